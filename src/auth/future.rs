@@ -1,0 +1,156 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::authenticator::Pending;
+use super::layer::AuthConfig;
+use super::service::admit;
+use super::source::SourceMask;
+use super::Principal;
+use crate::body::ResponseBody;
+use crate::reject::Rejection;
+use crate::store::Lookup;
+
+type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
+
+pin_project! {
+    /// The response future of [`AuthService`](super::AuthService).
+    pub struct ResponseFuture<F, S, ReqBody> {
+        #[pin]
+        state: State<F, S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, ReqBody> {
+        // Authenticated: waiting for the inner service.
+        Inner { #[pin] future: F, principal: Option<Principal> },
+        // Waiting for a store that does not answer at once.
+        Lookup { lookup: BoxLookup, waiting: Option<Waiting<S, ReqBody>> },
+        // Refused.
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<F, S, ReqBody> State<F, S, ReqBody> {
+    fn rejected(config: &AuthConfig, rejection: Rejection) -> Self {
+        let mut response = config.responder.respond(&rejection);
+        response.extensions_mut().insert(rejection);
+        State::Rejected {
+            response: Some(response),
+        }
+    }
+}
+
+struct Waiting<S, ReqBody> {
+    config: Arc<AuthConfig>,
+    pending: Pending,
+    sources: SourceMask,
+    service: S,
+    request: Request<ReqBody>,
+}
+
+impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
+    pub(crate) fn inner(future: F, principal: Principal) -> Self {
+        Self {
+            state: State::Inner {
+                future,
+                principal: Some(principal),
+            },
+        }
+    }
+
+    pub(crate) fn rejected(config: &AuthConfig, rejection: Rejection) -> Self {
+        Self {
+            state: State::rejected(config, rejection),
+        }
+    }
+
+    pub(crate) fn lookup(
+        config: Arc<AuthConfig>,
+        pending: Pending,
+        sources: SourceMask,
+        service: S,
+        request: Request<ReqBody>,
+    ) -> Self {
+        let store = Arc::clone(config.authenticator.store());
+        let id = pending.id;
+        Self {
+            state: State::Lookup {
+                lookup: Box::pin(async move { store.find(&id).await }),
+                waiting: Some(Waiting {
+                    config,
+                    pending,
+                    sources,
+                    service,
+                    request,
+                }),
+            },
+        }
+    }
+}
+
+impl<F, S, ReqBody, ResBody, E> Future for ResponseFuture<F, S, ReqBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = E, Future = F>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { future, principal } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(principal) = principal.take() {
+                        response.extensions_mut().insert(principal);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                }
+                StateProj::Lookup { lookup, waiting } => {
+                    let lookup = ready!(lookup.as_mut().poll(cx));
+                    let Waiting {
+                        config,
+                        pending,
+                        sources,
+                        mut service,
+                        mut request,
+                    } = waiting
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let next = match config.authenticator.finish(pending, lookup) {
+                        Ok(principal) => {
+                            admit(&config, sources, &mut request, &principal);
+                            State::Inner {
+                                future: service.call(request),
+                                principal: Some(principal),
+                            }
+                        }
+                        Err(rejection) => State::rejected(&config, rejection),
+                    };
+                    state.set(next);
+                }
+            }
+        }
+    }
+}
+
+impl<F, S, ReqBody> std::fmt::Debug for ResponseFuture<F, S, ReqBody> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,94 @@
+use std::sync::Arc;
+
+use tower_layer::Layer;
+
+use super::source::{KeySource, MAX_SOURCES};
+use super::{AuthService, Authenticator};
+use crate::clock::Clock;
+use crate::key::{KeyFormat, KeyHasher};
+use crate::reject::Responder;
+use crate::store::KeyStore;
+
+/// Authenticates every request by its API key; see the [module docs](super).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct AuthLayer {
+    config: Arc<AuthConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AuthConfig {
+    pub(crate) authenticator: Authenticator,
+    pub(crate) sources: Vec<KeySource>,
+    pub(crate) strip_credentials: bool,
+    pub(crate) responder: Responder,
+}
+
+impl AuthLayer {
+    /// Authenticates keys of `format` against `store`, read from
+    /// `Authorization: Bearer` and `X-API-Key`, hashed with plain SHA-256.
+    pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
+        Self::from_authenticator(Authenticator::new(store, format))
+    }
+
+    /// Uses an [`Authenticator`] you configured.
+    pub fn from_authenticator(authenticator: Authenticator) -> Self {
+        Self {
+            config: Arc::new(AuthConfig {
+                authenticator,
+                sources: vec![KeySource::bearer(), KeySource::x_api_key()],
+                strip_credentials: true,
+                responder: Responder::default(),
+            }),
+        }
+    }
+
+    /// Uses `hasher`: it must be the one that made the stored hashes.
+    pub fn hasher(mut self, hasher: KeyHasher) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_hasher(hasher);
+        self
+    }
+
+    /// Uses `clock` for expiry and not-before checks.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_clock(clock);
+        self
+    }
+
+    /// Where to look for the key, in order (at most 64 sources; more are
+    /// ignored). A request whose sources hold two different keys is refused.
+    pub fn sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
+        Arc::make_mut(&mut self.config).sources = sources.into_iter().take(MAX_SOURCES).collect();
+        self
+    }
+
+    /// Whether to remove the credential (header, query parameter or cookie)
+    /// before the inner service sees the request. On by default, so that
+    /// the key cannot leak through the service's own logging.
+    pub fn strip_credentials(mut self, strip: bool) -> Self {
+        Arc::make_mut(&mut self.config).strip_credentials = strip;
+        self
+    }
+
+    /// Answers rejections with `responder` (default: problem details with
+    /// realm `"api"`).
+    pub fn responder(mut self, responder: Responder) -> Self {
+        Arc::make_mut(&mut self.config).responder = responder;
+        self
+    }
+
+    /// The authenticator this layer uses.
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.config.authenticator
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService::new(inner, Arc::clone(&self.config))
+    }
+}

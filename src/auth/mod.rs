@@ -1,0 +1,77 @@
+//! [`AuthLayer`]: authenticate every request by its API key.
+//!
+//! For each request the layer:
+//!
+//! 1. finds the key in the configured [`KeySource`]s (by default
+//!    `Authorization: Bearer` and `X-API-Key`), refusing a key sent twice or
+//!    two different keys (`400`), and values that are not visible ASCII;
+//! 2. parses it — exact length, prefix, alphabet, checksum — with no I/O;
+//! 3. hashes the secret and looks the record up by its public id; an unknown
+//!    id is compared against a dummy hash, so it costs the same;
+//! 4. compares the hashes in constant time, then checks status, expiry and
+//!    not-before against the injected [`Clock`](crate::clock::Clock);
+//! 5. removes the credential from the request (configurable), inserts the
+//!    [`Principal`] into the request's extensions (and the response's), and
+//!    calls the inner service.
+//!
+//! Refusals are `Ok` responses (see [`reject`](crate::reject)): `401` with
+//! `WWW-Authenticate: Bearer`, the same for every kind of bad key; `503`
+//! when the store fails (fail closed). The exact reason goes to the logs
+//! (target `keyward::auth`, never the key) and to the [`Rejection`] in the
+//! response's extensions.
+//!
+//! [`Rejection`]: crate::reject::Rejection
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use http::{Request, Response, StatusCode};
+//! use keyward::auth::{AuthLayer, Principal};
+//! use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
+//! use keyward::record::KeyRecord;
+//! use keyward::store::{KeyStore, MemoryStore};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let format = KeyFormat::new("sk_live")?;
+//! let key = KeyGenerator::new(format.clone()).generate()?;
+//! let store = MemoryStore::new();
+//! let hash = KeyHasher::sha256().hash(key.secret());
+//! store.insert(KeyRecord::new(key.id(), hash, "acme", SystemTime::now())).await?;
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(store, format))
+//!     .service_fn(|request: Request<String>| async move {
+//!         let owner = request.extensions().get::<Principal>().unwrap().owner().to_owned();
+//!         Ok::<_, std::convert::Infallible>(Response::new(owner))
+//!     });
+//!
+//! let request = Request::get("/")
+//!     .header("authorization", format!("Bearer {}", key.expose_secret()))
+//!     .body(String::new())?;
+//! let response = service.clone().oneshot(request).await?;
+//! assert_eq!(response.status(), StatusCode::OK);
+//!
+//! let response = service.oneshot(Request::get("/").body(String::new())?).await?;
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # Ok(())
+//! # }
+//! ```
+
+mod authenticator;
+mod future;
+mod layer;
+mod principal;
+mod service;
+mod source;
+
+pub use authenticator::Authenticator;
+pub use future::ResponseFuture;
+pub use layer::AuthLayer;
+#[cfg(feature = "axum")]
+pub use principal::MissingPrincipal;
+pub use principal::Principal;
+pub use service::AuthService;
+pub use source::KeySource;

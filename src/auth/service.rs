@@ -1,0 +1,97 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::authenticator::Begun;
+use super::future::ResponseFuture;
+use super::layer::AuthConfig;
+use super::source::{self, Presented};
+use super::Principal;
+use crate::body::ResponseBody;
+use crate::reject::{RejectReason, Rejection};
+
+/// The service made by [`AuthLayer`](super::AuthLayer).
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    config: Arc<AuthConfig>,
+}
+
+impl<S> AuthService<S> {
+    pub(crate) fn new(inner: S, config: Arc<AuthConfig>) -> Self {
+        Self { inner, config }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuthService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let (begun, sources) = match source::extract(&config.sources, &request) {
+            Ok(Some(Presented { key, sources })) => (config.authenticator.begin(key), sources),
+            Ok(None) => {
+                tracing::debug!(target: "keyward::auth", "no API key presented");
+                return ResponseFuture::rejected(config, Rejection::new(RejectReason::MissingKey));
+            }
+            Err(reason) => {
+                tracing::info!(target: "keyward::auth", %reason, "API key refused");
+                return ResponseFuture::rejected(config, Rejection::new(reason));
+            }
+        };
+        match begun {
+            Begun::Done(Ok(principal)) => {
+                admit(config, sources, &mut request, &principal);
+                ResponseFuture::inner(self.inner.call(request), principal)
+            }
+            Begun::Done(Err(rejection)) => ResponseFuture::rejected(config, rejection),
+            Begun::Lookup(pending) => {
+                // The ready service goes into the future, which calls it
+                // after the look-up; `self` keeps a fresh clone (tower's
+                // clone-and-swap: the clone has not been polled ready).
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::lookup(Arc::clone(config), pending, sources, inner, request)
+            }
+        }
+    }
+}
+
+/// Prepares an authenticated request for the inner service.
+pub(crate) fn admit<B>(
+    config: &AuthConfig,
+    sources: source::SourceMask,
+    request: &mut Request<B>,
+    principal: &Principal,
+) {
+    if config.strip_credentials {
+        source::strip(&config.sources, sources, request);
+    }
+    request.extensions_mut().insert(principal.clone());
+}

@@ -1,0 +1,107 @@
+//! Time, injected: a [`Clock`] trait with a [`SystemClock`] and a [`FakeClock`].
+//!
+//! Every decision that depends on time (expiry, not-before, rotation grace
+//! periods, rate limits) asks a `Clock`, so that tests move time forward
+//! instead of sleeping.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, UNIX_EPOCH};
+//! use keyward::clock::{Clock, FakeClock};
+//!
+//! let clock = FakeClock::new(UNIX_EPOCH + Duration::from_secs(1_000));
+//! clock.advance(Duration::from_secs(60));
+//! assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(1_060));
+//! ```
+
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A source of wall-clock time.
+pub trait Clock: Debug + Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The operating system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// A clock that moves only when told to; clones share the same time.
+///
+/// Resolution is one nanosecond; times before the Unix epoch are clamped to
+/// it.
+#[derive(Debug, Clone)]
+pub struct FakeClock {
+    nanos_since_epoch: Arc<AtomicU64>,
+}
+
+impl FakeClock {
+    /// A clock that stands at `start`.
+    pub fn new(start: SystemTime) -> Self {
+        Self {
+            nanos_since_epoch: Arc::new(AtomicU64::new(to_nanos(start))),
+        }
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        // fetch_update cannot fail here: the closure always returns Some.
+        let _ = self
+            .nanos_since_epoch
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_add(by))
+            });
+    }
+
+    /// Sets the clock to `to` (which may be earlier than now).
+    pub fn set(&self, to: SystemTime) {
+        self.nanos_since_epoch
+            .store(to_nanos(to), Ordering::Release);
+    }
+}
+
+impl Default for FakeClock {
+    /// A clock standing at 2025-01-01T00:00:00Z.
+    fn default() -> Self {
+        Self::new(UNIX_EPOCH + Duration::from_secs(1_735_689_600))
+    }
+}
+
+impl Clock for FakeClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.nanos_since_epoch.load(Ordering::Acquire))
+    }
+}
+
+fn to_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clones_share_time() {
+        let clock = FakeClock::default();
+        let other = clock.clone();
+        let start = clock.now();
+        other.advance(Duration::from_millis(1500));
+        assert_eq!(clock.now(), start + Duration::from_millis(1500));
+        clock.set(start);
+        assert_eq!(other.now(), start);
+    }
+}

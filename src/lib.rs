@@ -1,0 +1,56 @@
+//! API-key authentication for tower, axum and tonic services, added by
+//! stacking layers: hashed keys, scopes, expiry and revocation, in-process.
+//!
+//! # Quick start
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use axum::{routing::get, Router};
+//! use keyward::{AuthLayer, KeyFormat, KeyGenerator, KeyHasher, KeyRecord, KeyStore, MemoryStore, Principal};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let format = KeyFormat::new("sk_live")?;
+//! let key = KeyGenerator::new(format.clone()).generate()?;   // give key.expose_secret() to the client
+//! let store = MemoryStore::new();
+//! store.insert(KeyRecord::new(key.id(), KeyHasher::sha256().hash(key.secret()), "acme", SystemTime::now())).await?;
+//! let app: Router = Router::new()
+//!     .route("/me", get(|who: Principal| async move { who.owner().to_owned() }))
+//!     .layer(AuthLayer::new(store, format));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Modules
+//!
+//! - [`key`]: the key format, generator and hashing;
+//! - [`record`] and [`store`]: what is kept about a key, and where;
+//! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
+//! - [`scope`]: scopes and wildcard grants;
+//! - [`reject`]: why a request was refused and how that is answered;
+//! - [`clock`]: injected time, for tests that do not sleep;
+//! - [`body`]: the response body type of the layers.
+//!
+//! # Feature flags
+//!
+//! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
+//! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
+//! - `test-util`: [`store::conformance`], the suite every store runs.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod key;
+pub mod record;
+pub mod reject;
+pub mod scope;
+pub mod store;
+
+pub use auth::{AuthLayer, Principal};
+pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
+pub use record::{KeyRecord, KeyStatus};
+pub use reject::{RejectReason, Rejection};
+pub use scope::{Scope, ScopeSet};
+pub use store::{KeyStore, MemoryStore};

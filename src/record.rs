@@ -1,0 +1,186 @@
+//! [`KeyRecord`]: what a store keeps about a key (never the key itself).
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
+//! use keyward::record::{KeyRecord, KeyStatus};
+//!
+//! let key = KeyGenerator::new(KeyFormat::new("sk_live")?).generate()?;
+//! let now = SystemTime::now();
+//! let record = KeyRecord::new(key.id(), KeyHasher::sha256().hash(key.secret()), "acme", now)
+//!     .with_name("billing export")
+//!     .with_scopes("invoices:read".parse()?)
+//!     .with_expires_at(now + Duration::from_secs(90 * 86_400));
+//!
+//! assert_eq!(record.status, KeyStatus::Active);
+//! assert!(record.is_valid_at(now));
+//! assert!(!record.is_valid_at(now + Duration::from_secs(91 * 86_400)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::SystemTime;
+
+use crate::key::{KeyHash, KeyId};
+use crate::scope::ScopeSet;
+
+/// Whether a key may be used at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum KeyStatus {
+    /// In use.
+    #[default]
+    Active,
+    /// Switched off for now; may be enabled again.
+    Disabled,
+    /// Withdrawn for good.
+    Revoked,
+}
+
+impl fmt::Display for KeyStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Disabled => "disabled",
+            KeyStatus::Revoked => "revoked",
+        })
+    }
+}
+
+/// Everything a store keeps about one key: its id, the hash of its secret,
+/// who owns it, what it may do and when.
+///
+/// Plain data. Build one with [`KeyRecord::new`] and the `with_*` methods;
+/// the fields are public for reading and for updates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// The public key id.
+    pub id: KeyId,
+    /// The hash of the key's secret.
+    pub hash: KeyHash,
+    /// The owner: a user, tenant or service account id.
+    pub owner: String,
+    /// A human name, such as "CI deploy key"; may be empty.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub name: String,
+    /// What the key may do.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub scopes: ScopeSet,
+    /// When the key was made.
+    pub created_at: SystemTime,
+    /// From when on the key is refused; `None` for never.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub expires_at: Option<SystemTime>,
+    /// Until when the key is refused; `None` for no such time.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub not_before: Option<SystemTime>,
+    /// Active, disabled or revoked.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub status: KeyStatus,
+    /// Free-form labels, handed to the service in the `Principal`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    /// An active record with no scopes, no expiry and no metadata.
+    pub fn new(id: KeyId, hash: KeyHash, owner: impl Into<String>, created_at: SystemTime) -> Self {
+        Self {
+            id,
+            hash,
+            owner: owner.into(),
+            name: String::new(),
+            scopes: ScopeSet::new(),
+            created_at,
+            expires_at: None,
+            not_before: None,
+            status: KeyStatus::Active,
+            metadata: BTreeMap::new(),
+        }
+    }
+
+    /// Sets the human name.
+    #[must_use]
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets the scopes.
+    #[must_use]
+    pub fn with_scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Sets the expiry time.
+    #[must_use]
+    pub fn with_expires_at(mut self, at: SystemTime) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Sets the time before which the key is refused.
+    #[must_use]
+    pub fn with_not_before(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Sets the status.
+    #[must_use]
+    pub fn with_status(mut self, status: KeyStatus) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Adds one metadata entry.
+    #[must_use]
+    pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Whether `now` falls between `not_before` and `expires_at` and the
+    /// status is active.
+    pub fn is_valid_at(&self, now: SystemTime) -> bool {
+        self.validity_at(now).is_ok()
+    }
+
+    /// The first reason the key is not usable at `now`, if any.
+    pub fn validity_at(&self, now: SystemTime) -> Result<(), Invalidity> {
+        match self.status {
+            KeyStatus::Active => {}
+            KeyStatus::Disabled => return Err(Invalidity::Disabled),
+            KeyStatus::Revoked => return Err(Invalidity::Revoked),
+        }
+        if self.expires_at.is_some_and(|at| now >= at) {
+            return Err(Invalidity::Expired);
+        }
+        if self.not_before.is_some_and(|at| now < at) {
+            return Err(Invalidity::NotYetValid);
+        }
+        Ok(())
+    }
+}
+
+/// Why a record is not usable at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Invalidity {
+    /// Past `expires_at`.
+    Expired,
+    /// Before `not_before`.
+    NotYetValid,
+    /// Status disabled.
+    Disabled,
+    /// Status revoked.
+    Revoked,
+}

@@ -1,0 +1,513 @@
+//! Rejections: why a request was refused ([`Rejection`], [`RejectReason`])
+//! and how the refusal is answered ([`Responder`]).
+//!
+//! Every layer answers a refusal with an `Ok` response, never a service
+//! error, and puts the [`Rejection`] in that response's extensions, where
+//! usage recording and your own middleware can read the exact reason. The
+//! client learns less: every kind of bad key gets the same `401`, so that
+//! nobody can tell an unknown id from a wrong secret or a revoked key.
+//!
+//! | reason | status | `WWW-Authenticate` (RFC 6750) |
+//! |---|---|---|
+//! | missing key | 401 | `Bearer realm="api"` |
+//! | malformed request (key sent twice, two keys) | 400 | `error="invalid_request"` |
+//! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key | 401 | `error="invalid_token"` |
+//! | insufficient scope | 403 | `error="insufficient_scope", scope="..."` |
+//! | restricted (network, environment) | 403 | none |
+//! | rate limited, quota exhausted, too many failures | 429 + `Retry-After` | none |
+//! | store unavailable | 503 | none |
+//!
+//! Bodies are RFC 9457 `application/problem+json`. Replace them with
+//! [`Responder::custom`].
+//!
+//! # Example
+//!
+//! ```
+//! use http::StatusCode;
+//! use keyward::reject::{RejectReason, Rejection, Responder};
+//!
+//! let rejection = Rejection::new(RejectReason::Revoked);
+//! let response = Responder::problem_json("pets").respond(&rejection);
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(
+//!     response.headers()["www-authenticate"],
+//!     r#"Bearer realm="pets", error="invalid_token""#
+//! );
+//! // The body says the key is bad, not that it was revoked.
+//! assert!(!String::from_utf8_lossy(response.body()).contains("revoked\""));
+//! ```
+
+use std::fmt::{self, Write as _};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+
+use crate::key::KeyId;
+use crate::scope::ScopeSet;
+
+/// Why a request was refused. Logged and recorded; the client sees only the
+/// coarse class (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// No key was presented.
+    MissingKey,
+    /// The credentials were malformed as a request: the key header sent
+    /// twice, two different keys, an empty bearer token.
+    InvalidRequest,
+    /// The presented string is not a key of this format: wrong length,
+    /// prefix, characters or checksum, too long, or not ASCII.
+    MalformedKey,
+    /// Well-formed, but no record has this id.
+    UnknownKey,
+    /// The record exists, but the secret does not match its hash.
+    WrongSecret,
+    /// Past the key's expiry.
+    Expired,
+    /// Before the key's not-before time.
+    NotYetValid,
+    /// The key is disabled.
+    Disabled,
+    /// The key is revoked.
+    Revoked,
+    /// The key lacks a scope the route requires.
+    InsufficientScope,
+    /// A restriction on the key (client network, environment) refused it.
+    Restricted,
+    /// A rate-limit policy of the key is exhausted for now.
+    RateLimited,
+    /// The key's credit quota is used up until it refills.
+    QuotaExhausted,
+    /// Too many refused keys from this client; it must wait.
+    TooManyFailures,
+    /// The key store (or limiter backend) failed; refused, fail closed.
+    StoreUnavailable,
+}
+
+impl RejectReason {
+    /// A stable `snake_case` name, for logs and usage records.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::MissingKey => "missing_key",
+            RejectReason::InvalidRequest => "invalid_request",
+            RejectReason::MalformedKey => "malformed_key",
+            RejectReason::UnknownKey => "unknown_key",
+            RejectReason::WrongSecret => "wrong_secret",
+            RejectReason::Expired => "expired",
+            RejectReason::NotYetValid => "not_yet_valid",
+            RejectReason::Disabled => "disabled",
+            RejectReason::Revoked => "revoked",
+            RejectReason::InsufficientScope => "insufficient_scope",
+            RejectReason::Restricted => "restricted",
+            RejectReason::RateLimited => "rate_limited",
+            RejectReason::QuotaExhausted => "quota_exhausted",
+            RejectReason::TooManyFailures => "too_many_failures",
+            RejectReason::StoreUnavailable => "store_unavailable",
+        }
+    }
+
+    /// Whether a key was presented but is not usable: these all answer the
+    /// same `401 invalid_token`.
+    pub fn is_invalid_key(&self) -> bool {
+        matches!(
+            self,
+            RejectReason::MalformedKey
+                | RejectReason::UnknownKey
+                | RejectReason::WrongSecret
+                | RejectReason::Expired
+                | RejectReason::NotYetValid
+                | RejectReason::Disabled
+                | RejectReason::Revoked
+        )
+    }
+
+    /// The HTTP status this reason answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RejectReason::InvalidRequest => StatusCode::BAD_REQUEST,
+            RejectReason::InsufficientScope | RejectReason::Restricted => StatusCode::FORBIDDEN,
+            RejectReason::RateLimited
+            | RejectReason::QuotaExhausted
+            | RejectReason::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
+            RejectReason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused request: the reason and what the response needs to say.
+///
+/// Found in the extensions of every response a keyward layer refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    reason: RejectReason,
+    key_id: Option<KeyId>,
+    required_scopes: Option<ScopeSet>,
+    retry_after: Option<Duration>,
+    violated_policies: Vec<Arc<str>>,
+}
+
+impl Rejection {
+    /// A rejection for `reason`, with nothing else known.
+    pub fn new(reason: RejectReason) -> Self {
+        Self {
+            reason,
+            key_id: None,
+            required_scopes: None,
+            retry_after: None,
+            violated_policies: Vec::new(),
+        }
+    }
+
+    /// Notes the id of the presented key (for logs; never sent to clients).
+    #[must_use]
+    pub fn with_key_id(mut self, id: KeyId) -> Self {
+        self.key_id = Some(id);
+        self
+    }
+
+    /// Notes the scopes the route required.
+    #[must_use]
+    pub fn with_required_scopes(mut self, scopes: ScopeSet) -> Self {
+        self.required_scopes = Some(scopes);
+        self
+    }
+
+    /// Notes how long the client must wait before trying again.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// Notes the name of a limit policy that refused the request.
+    #[must_use]
+    pub fn with_violated_policy(mut self, name: impl Into<Arc<str>>) -> Self {
+        self.violated_policies.push(name.into());
+        self
+    }
+
+    /// Why the request was refused.
+    pub fn reason(&self) -> RejectReason {
+        self.reason
+    }
+
+    /// The HTTP status of the default response.
+    pub fn status(&self) -> StatusCode {
+        self.reason.status()
+    }
+
+    /// The presented key's id, if it was well-formed.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key_id
+    }
+
+    /// The scopes the route required, for [`RejectReason::InsufficientScope`].
+    pub fn required_scopes(&self) -> Option<&ScopeSet> {
+        self.required_scopes.as_ref()
+    }
+
+    /// How long to wait before trying again, for the 429 reasons.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The names of the limit policies that refused the request.
+    pub fn violated_policies(&self) -> &[Arc<str>] {
+        &self.violated_policies
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request refused: {}", self.reason)?;
+        if let Some(id) = self.key_id {
+            write!(f, " (key id {id})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// Turns a [`Rejection`] into the response the client gets.
+///
+/// Cheap to clone. The default, [`Responder::problem_json`] with realm
+/// `"api"`, answers RFC 9457 problem details with RFC 6750 challenges.
+#[derive(Clone)]
+pub struct Responder(Arc<RespondFn>);
+
+type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+
+impl Responder {
+    /// Problem details with `WWW-Authenticate: Bearer realm="<realm>"`.
+    ///
+    /// Characters of `realm` that a quoted string cannot hold are replaced
+    /// by `?`.
+    pub fn problem_json(realm: &str) -> Self {
+        let realm: Arc<str> = quoted_string_safe(realm).into();
+        Self(Arc::new(move |rejection| {
+            problem_response(&realm, rejection)
+        }))
+    }
+
+    /// Your own response for every rejection. Keyward still puts the
+    /// [`Rejection`] into the response's extensions afterwards.
+    pub fn custom<F>(respond: F) -> Self
+    where
+        F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    {
+        Self(Arc::new(respond))
+    }
+
+    /// The response for `rejection`.
+    pub fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
+        (self.0)(rejection)
+    }
+}
+
+impl Default for Responder {
+    fn default() -> Self {
+        Self::problem_json("api")
+    }
+}
+
+impl fmt::Debug for Responder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Responder").finish_non_exhaustive()
+    }
+}
+
+const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
+
+fn problem_response(realm: &str, rejection: &Rejection) -> Response<Bytes> {
+    let reason = rejection.reason();
+    let status = reason.status();
+    let mut builder = Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "application/problem+json");
+
+    let challenge = match reason {
+        RejectReason::MissingKey => Some(format!(r#"Bearer realm="{realm}""#)),
+        RejectReason::InvalidRequest => Some(format!(
+            r#"Bearer realm="{realm}", error="invalid_request""#
+        )),
+        RejectReason::InsufficientScope => Some(match rejection.required_scopes() {
+            Some(scopes) => {
+                format!(r#"Bearer realm="{realm}", error="insufficient_scope", scope="{scopes}""#)
+            }
+            None => format!(r#"Bearer realm="{realm}", error="insufficient_scope""#),
+        }),
+        r if r.is_invalid_key() => {
+            Some(format!(r#"Bearer realm="{realm}", error="invalid_token""#))
+        }
+        _ => None,
+    };
+    if let Some(value) = challenge.and_then(|c| HeaderValue::try_from(c).ok()) {
+        builder = builder.header(WWW_AUTHENTICATE, value);
+    }
+    if let Some(wait) = rejection.retry_after() {
+        builder = builder.header(RETRY_AFTER, retry_after_seconds(wait));
+    }
+
+    let (problem_type, detail) = match reason {
+        RejectReason::MissingKey => ("about:blank", "An API key is required.".to_owned()),
+        RejectReason::InvalidRequest => (
+            "about:blank",
+            "The request carries its credentials more than once or malformed.".to_owned(),
+        ),
+        RejectReason::InsufficientScope => (
+            "about:blank",
+            match rejection.required_scopes() {
+                Some(scopes) => {
+                    format!("This API key lacks the scope this route requires: {scopes}.")
+                }
+                None => "This API key lacks a scope this route requires.".to_owned(),
+            },
+        ),
+        RejectReason::Restricted => (
+            "about:blank",
+            "This API key may not be used from here.".to_owned(),
+        ),
+        RejectReason::RateLimited | RejectReason::QuotaExhausted => (
+            QUOTA_EXCEEDED,
+            "This API key has used up its quota for now; retry later.".to_owned(),
+        ),
+        RejectReason::TooManyFailures => (
+            "about:blank",
+            "Too many requests with invalid API keys; retry later.".to_owned(),
+        ),
+        RejectReason::StoreUnavailable => (
+            "about:blank",
+            "API keys cannot be checked right now; retry later.".to_owned(),
+        ),
+        _ => (
+            "about:blank",
+            "The API key is invalid, expired or revoked.".to_owned(),
+        ),
+    };
+
+    let mut body = String::with_capacity(160);
+    body.push_str(r#"{"type":"#);
+    push_json_string(&mut body, problem_type);
+    let _ = write!(body, r#","title":"#);
+    push_json_string(&mut body, status.canonical_reason().unwrap_or("Error"));
+    let _ = write!(body, r#","status":{},"detail":"#, status.as_u16());
+    push_json_string(&mut body, &detail);
+    if let Some(scopes) = rejection.required_scopes() {
+        body.push_str(r#","required_scopes":["#);
+        for (i, scope) in scopes.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            push_json_string(&mut body, scope.as_str());
+        }
+        body.push(']');
+    }
+    if !rejection.violated_policies().is_empty() {
+        body.push_str(r#","violated-policies":["#);
+        for (i, policy) in rejection.violated_policies().iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            push_json_string(&mut body, policy);
+        }
+        body.push(']');
+    }
+    body.push('}');
+
+    builder
+        .body(Bytes::from(body))
+        .unwrap_or_else(|_| fallback_response(status))
+}
+
+/// Whole seconds, rounded up, and at least 1 for any wait: a client told
+/// `0` would retry at once and be refused again.
+pub(crate) fn retry_after_seconds(wait: Duration) -> HeaderValue {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+fn fallback_response(status: StatusCode) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = status;
+    response
+}
+
+fn quoted_string_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            ' ' | '!' | '#'..='[' | ']'..='~' => c,
+            _ => '?',
+        })
+        .collect()
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c < ' ' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(response: &Response<Bytes>) -> String {
+        String::from_utf8(response.body().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn missing_key_has_no_error_code() {
+        let response = Responder::default().respond(&Rejection::new(RejectReason::MissingKey));
+        assert_eq!(response.status(), 401);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api""#
+        );
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/problem+json");
+    }
+
+    #[test]
+    fn all_bad_keys_answer_alike() {
+        let responder = Responder::default();
+        let reasons = [
+            RejectReason::MalformedKey,
+            RejectReason::UnknownKey,
+            RejectReason::WrongSecret,
+            RejectReason::Expired,
+            RejectReason::NotYetValid,
+            RejectReason::Disabled,
+            RejectReason::Revoked,
+        ];
+        let first = responder.respond(&Rejection::new(reasons[0]));
+        for reason in reasons {
+            let id: KeyId = "abcdefABCDEF".parse().unwrap();
+            let response = responder.respond(&Rejection::new(reason).with_key_id(id));
+            assert_eq!(response.status(), first.status());
+            assert_eq!(response.headers(), first.headers());
+            assert_eq!(body(&response), body(&first));
+            assert!(!body(&response).contains("abcdefABCDEF"));
+        }
+    }
+
+    #[test]
+    fn insufficient_scope_names_the_scopes() {
+        let scopes: ScopeSet = "pets:write".parse().unwrap();
+        let response = Responder::default()
+            .respond(&Rejection::new(RejectReason::InsufficientScope).with_required_scopes(scopes));
+        assert_eq!(response.status(), 403);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="api", error="insufficient_scope", scope="pets:write""#
+        );
+        let json: serde_json::Value = serde_json::from_str(&body(&response)).unwrap();
+        assert_eq!(json["required_scopes"][0], "pets:write");
+        assert_eq!(json["status"], 403);
+    }
+
+    #[test]
+    fn rate_limited_rounds_retry_after_up() {
+        let response = Responder::default().respond(
+            &Rejection::new(RejectReason::RateLimited)
+                .with_retry_after(Duration::from_millis(200))
+                .with_violated_policy("burst\"x"),
+        );
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()[RETRY_AFTER], "1");
+        let json: serde_json::Value = serde_json::from_str(&body(&response)).unwrap();
+        assert_eq!(json["type"], QUOTA_EXCEEDED);
+        assert_eq!(json["violated-policies"][0], "burst\"x");
+        assert_eq!(retry_after_seconds(Duration::from_millis(2001)), "3");
+        assert_eq!(retry_after_seconds(Duration::from_secs(2)), "2");
+        assert_eq!(retry_after_seconds(Duration::ZERO), "1");
+    }
+
+    #[test]
+    fn realm_is_sanitized() {
+        let response =
+            Responder::problem_json("a\"b\\c\n").respond(&Rejection::new(RejectReason::MissingKey));
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="a?b?c?""#
+        );
+    }
+}

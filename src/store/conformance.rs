@@ -1,0 +1,187 @@
+//! The conformance suite that every [`KeyStore`] runs (feature `test-util`).
+//!
+//! Call [`run`] from a test of your store. It uses fresh random ids and owners
+//! on each call, so it can run again and again against a persistent backend.
+//! It panics, with a message naming the broken promise, on the first failure.
+//!
+//! # Example
+//!
+//! ```
+//! use keyward::store::{conformance, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! conformance::run(&MemoryStore::new()).await;
+//! # }
+//! ```
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{KeyStore, StoreError};
+use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use crate::record::{KeyRecord, KeyStatus};
+use crate::scope::ScopeSet;
+
+/// Runs every check against `store`.
+pub async fn run<S: KeyStore + ?Sized>(store: &S) {
+    find_returns_what_was_inserted(store).await;
+    find_unknown_is_none(store).await;
+    insert_refuses_a_taken_id(store).await;
+    update_replaces_and_refuses_unknown(store).await;
+    revoke_takes_effect_at_once(store).await;
+    list_by_owner_is_complete_ordered_and_isolated(store).await;
+}
+
+fn fresh_record(owner: &str, created_at: SystemTime) -> KeyRecord {
+    let generator = KeyGenerator::new(KeyFormat::new("conformance").expect("valid prefix"));
+    let key = generator.generate().expect("OS randomness");
+    KeyRecord::new(
+        key.id(),
+        KeyHasher::sha256().hash(key.secret()),
+        owner,
+        created_at,
+    )
+}
+
+fn fresh_owner() -> String {
+    let generator = KeyGenerator::new(KeyFormat::new("owner").expect("valid prefix"));
+    format!(
+        "owner-{}",
+        generator.generate().expect("OS randomness").id()
+    )
+}
+
+fn epoch(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+async fn find_returns_what_was_inserted<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000))
+        .with_name("conformance")
+        .with_scopes(
+            "pets:read pets:*"
+                .parse::<ScopeSet>()
+                .expect("valid scopes"),
+        )
+        .with_expires_at(epoch(1_800_000_000))
+        .with_not_before(epoch(1_700_000_100))
+        .with_metadata("team", "core");
+    store.insert(record.clone()).await.expect("insert");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(
+        *found, record,
+        "find must return the inserted record unchanged"
+    );
+    if let Some(answer) = store.find_immediate(&record.id) {
+        let found = answer.expect("find_immediate").expect("found");
+        assert_eq!(*found, record, "find_immediate must agree with find");
+    }
+}
+
+async fn find_unknown_is_none<S: KeyStore + ?Sized>(store: &S) {
+    let id = fresh_record("nobody", epoch(0)).id;
+    assert!(
+        store.find(&id).await.expect("find").is_none(),
+        "unknown id must be None"
+    );
+    if let Some(answer) = store.find_immediate(&id) {
+        assert!(answer.expect("find_immediate").is_none());
+    }
+}
+
+async fn insert_refuses_a_taken_id<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(record.clone()).await.expect("insert");
+    let mut again = record.clone().with_name("impostor");
+    again.owner = "someone-else".into();
+    match store.insert(again).await {
+        Err(StoreError::AlreadyExists(id)) => assert_eq!(id, record.id),
+        other => panic!("inserting a taken id must be AlreadyExists, got {other:?}"),
+    }
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(
+        *found, record,
+        "a refused insert must not change the record"
+    );
+}
+
+async fn update_replaces_and_refuses_unknown<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(record.clone()).await.expect("insert");
+    let updated = record
+        .clone()
+        .with_name("renamed")
+        .with_status(KeyStatus::Disabled)
+        .with_scopes("usage:read".parse().expect("valid scope"));
+    store.update(updated.clone()).await.expect("update");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(*found, updated, "update must replace the whole record");
+
+    let unknown = fresh_record("nobody", epoch(0));
+    match store.update(unknown.clone()).await {
+        Err(StoreError::NotFound(id)) => assert_eq!(id, unknown.id),
+        other => panic!("updating an unknown id must be NotFound, got {other:?}"),
+    }
+    assert!(
+        store.find(&unknown.id).await.expect("find").is_none(),
+        "update must not insert"
+    );
+}
+
+async fn revoke_takes_effect_at_once<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(record.clone()).await.expect("insert");
+    store
+        .revoke(&record.id, epoch(1_700_000_500))
+        .await
+        .expect("revoke");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(
+        found.status,
+        KeyStatus::Revoked,
+        "revoke must show on the next find"
+    );
+    assert_eq!(
+        found.hash, record.hash,
+        "revoke must keep the rest of the record"
+    );
+    if let Some(answer) = store.find_immediate(&record.id) {
+        let found = answer.expect("find_immediate").expect("found");
+        assert_eq!(found.status, KeyStatus::Revoked);
+    }
+
+    let unknown: KeyId = fresh_record("nobody", epoch(0)).id;
+    assert!(
+        matches!(store.revoke(&unknown, epoch(0)).await, Err(StoreError::NotFound(id)) if id == unknown),
+        "revoking an unknown id must be NotFound"
+    );
+}
+
+async fn list_by_owner_is_complete_ordered_and_isolated<S: KeyStore + ?Sized>(store: &S) {
+    let owner = fresh_owner();
+    let other = fresh_owner();
+    let newest = fresh_record(&owner, epoch(1_700_000_300));
+    let oldest = fresh_record(&owner, epoch(1_700_000_100));
+    let middle = fresh_record(&owner, epoch(1_700_000_200));
+    let foreign = fresh_record(&other, epoch(1_700_000_150));
+    for record in [&newest, &oldest, &middle, &foreign] {
+        store.insert((*record).clone()).await.expect("insert");
+    }
+    let listed: Vec<KeyId> = store
+        .list_by_owner(&owner)
+        .await
+        .expect("list")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(
+        listed,
+        vec![oldest.id, middle.id, newest.id],
+        "list_by_owner must return all of the owner's keys, oldest first, and no one else's"
+    );
+    assert!(store
+        .list_by_owner(&fresh_owner())
+        .await
+        .expect("list")
+        .is_empty());
+}

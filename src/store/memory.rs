@@ -1,0 +1,109 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{KeyStore, Lookup, StoreError};
+use crate::key::{KeyId, KeyIdBuildHasher};
+use crate::record::{KeyRecord, KeyStatus};
+
+/// The embedded store: records in a concurrent hash map, in this process.
+///
+/// Reads take no lock: the map is [`papaya`]'s lock-free table, so look-ups
+/// from many threads never wait on each other or on writers. Clones share
+/// the same records.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    records: Arc<papaya::HashMap<KeyId, Arc<KeyRecord>, KeyIdBuildHasher>>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store with room for `capacity` records.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            records: Arc::new(papaya::HashMap::with_capacity_and_hasher(
+                capacity,
+                KeyIdBuildHasher,
+            )),
+        }
+    }
+
+    /// How many records the store holds.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Whether the store is empty.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    fn get(&self, id: &KeyId) -> Option<Arc<KeyRecord>> {
+        self.records.pin().get(id).cloned()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait::async_trait]
+impl KeyStore for MemoryStore {
+    async fn find(&self, id: &KeyId) -> Lookup {
+        Ok(self.get(id))
+    }
+
+    fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
+        Some(Ok(self.get(id)))
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let id = record.id;
+        match self.records.pin().try_insert(id, Arc::new(record)) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(StoreError::AlreadyExists(id)),
+        }
+    }
+
+    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let id = record.id;
+        let record = Arc::new(record);
+        match self.records.pin().update(id, |_| Arc::clone(&record)) {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(id)),
+        }
+    }
+
+    async fn revoke(&self, id: &KeyId, _at: SystemTime) -> Result<(), StoreError> {
+        let records = self.records.pin();
+        let revoked = records.update(*id, |current| {
+            let mut record = KeyRecord::clone(current);
+            record.status = KeyStatus::Revoked;
+            Arc::new(record)
+        });
+        match revoked {
+            Some(_) => Ok(()),
+            None => Err(StoreError::NotFound(*id)),
+        }
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        let mut records: Vec<_> = self
+            .records
+            .pin()
+            .values()
+            .filter(|record| record.owner == owner)
+            .cloned()
+            .collect();
+        records.sort_by_key(|record| (record.created_at, record.id));
+        Ok(records)
+    }
+}

@@ -1,0 +1,132 @@
+//! Where records live: the [`KeyStore`] trait and [`MemoryStore`], the
+//! embedded default.
+//!
+//! A store keeps [`KeyRecord`]s, which hold hashes, never keys. The request
+//! path calls only [`find`](KeyStore::find) (or
+//! [`find_immediate`](KeyStore::find_immediate)); the rest is for
+//! management. Every store implementation runs the same conformance suite,
+//! [`conformance::run`] (feature `test-util`).
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::SystemTime;
+//! use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
+//! use keyward::record::KeyRecord;
+//! use keyward::store::{KeyStore, MemoryStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+//! let key = KeyGenerator::new(KeyFormat::new("sk_live")?).generate()?;
+//! let hash = KeyHasher::sha256().hash(key.secret());
+//! store.insert(KeyRecord::new(key.id(), hash, "acme", SystemTime::now())).await?;
+//!
+//! let found = store.find(&key.id()).await?.expect("just inserted");
+//! assert_eq!(found.owner, "acme");
+//! assert_eq!(store.list_by_owner("acme").await?.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#[cfg(feature = "test-util")]
+pub mod conformance;
+mod memory;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use memory::MemoryStore;
+
+use crate::key::KeyId;
+use crate::record::KeyRecord;
+
+/// The error type of [`KeyStore`] operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No record has this id.
+    #[error("no key with id {0}")]
+    NotFound(KeyId),
+    /// A record with this id exists already.
+    #[error("a key with id {0} exists already")]
+    AlreadyExists(KeyId),
+    /// The backend failed (connection, timeout, serialization).
+    #[error("key store backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend's own error.
+    pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Backend(Box::new(error))
+    }
+}
+
+/// The answer of a look-up: the record, if the id is known.
+pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
+
+/// A place where [`KeyRecord`]s are kept, looked up by [`KeyId`].
+///
+/// Implementations are shared as `Arc<dyn KeyStore>`. Records come back as
+/// `Arc<KeyRecord>` so that a store holding them in memory hands them out
+/// without copying.
+#[async_trait::async_trait]
+pub trait KeyStore: Debug + Send + Sync + 'static {
+    /// Finds the record with this id; `Ok(None)` when there is none.
+    async fn find(&self, id: &KeyId) -> Lookup;
+
+    /// Answers [`find`](KeyStore::find) without waiting, when the answer is
+    /// at hand (an in-memory store, a cache hit): `Some(answer)`.
+    ///
+    /// The default, `None`, makes the caller await `find`. Stores that
+    /// answer here let the request path skip a boxed future entirely.
+    fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
+        let _ = id;
+        None
+    }
+
+    /// Adds a new record; [`StoreError::AlreadyExists`] if its id is taken.
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError>;
+
+    /// Replaces the record with the same id; [`StoreError::NotFound`] if
+    /// there is none.
+    async fn update(&self, record: KeyRecord) -> Result<(), StoreError>;
+
+    /// Marks the key revoked, effective for the next look-up;
+    /// [`StoreError::NotFound`] if there is none. `at` is when the
+    /// revocation happened; stores that keep it may record it.
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError>;
+
+    /// Every record of `owner`, oldest first (ties broken by id).
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+}
+
+#[async_trait::async_trait]
+impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
+    async fn find(&self, id: &KeyId) -> Lookup {
+        (**self).find(id).await
+    }
+
+    fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
+        (**self).find_immediate(id)
+    }
+
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        (**self).insert(record).await
+    }
+
+    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+        (**self).update(record).await
+    }
+
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
+        (**self).revoke(id, at).await
+    }
+
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        (**self).list_by_owner(owner).await
+    }
+}
