@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
@@ -272,6 +272,16 @@ impl Responder {
     /// The response for `rejection`.
     pub fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
         (self.0)(rejection)
+    }
+
+    /// The response that refuses a request with these headers: the
+    /// responder's answer, with `rejection` in its extensions. Every layer
+    /// refuses through here.
+    pub fn refuse(&self, request_headers: &HeaderMap, rejection: Rejection) -> Response<Bytes> {
+        let _ = request_headers; // gRPC requests will be answered in gRPC's terms.
+        let mut response = self.respond(&rejection);
+        response.extensions_mut().insert(rejection);
+        response
     }
 }
 

@@ -14,7 +14,6 @@ use super::service::admit;
 use super::source::SourceMask;
 use super::Principal;
 use crate::body::ResponseBody;
-use crate::reject::Rejection;
 use crate::store::Lookup;
 
 type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
@@ -39,16 +38,6 @@ pin_project! {
     }
 }
 
-impl<F, S, ReqBody> State<F, S, ReqBody> {
-    fn rejected(config: &AuthConfig, rejection: Rejection) -> Self {
-        let mut response = config.responder.respond(&rejection);
-        response.extensions_mut().insert(rejection);
-        State::Rejected {
-            response: Some(response),
-        }
-    }
-}
-
 struct Waiting<S, ReqBody> {
     config: Arc<AuthConfig>,
     pending: Pending,
@@ -67,9 +56,11 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         }
     }
 
-    pub(crate) fn rejected(config: &AuthConfig, rejection: Rejection) -> Self {
+    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
         Self {
-            state: State::rejected(config, rejection),
+            state: State::Rejected {
+                response: Some(response),
+            },
         }
     }
 
@@ -140,7 +131,9 @@ where
                                 principal: Some(principal),
                             }
                         }
-                        Err(rejection) => State::rejected(&config, rejection),
+                        Err(rejection) => State::Rejected {
+                            response: Some(config.responder.refuse(request.headers(), rejection)),
+                        },
                     };
                     state.set(next);
                 }

@@ -58,11 +58,17 @@ where
             Ok(Some(Presented { key, sources })) => (config.authenticator.begin(key), sources),
             Ok(None) => {
                 tracing::debug!(target: "keyward::auth", "no API key presented");
-                return ResponseFuture::rejected(config, Rejection::new(RejectReason::MissingKey));
+                let rejection = Rejection::new(RejectReason::MissingKey);
+                return ResponseFuture::rejected(
+                    config.responder.refuse(request.headers(), rejection),
+                );
             }
             Err(reason) => {
                 tracing::info!(target: "keyward::auth", %reason, "API key refused");
-                return ResponseFuture::rejected(config, Rejection::new(reason));
+                let rejection = Rejection::new(reason);
+                return ResponseFuture::rejected(
+                    config.responder.refuse(request.headers(), rejection),
+                );
             }
         };
         match begun {
@@ -70,7 +76,9 @@ where
                 admit(config, sources, &mut request, &principal);
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
-            Begun::Done(Err(rejection)) => ResponseFuture::rejected(config, rejection),
+            Begun::Done(Err(rejection)) => {
+                ResponseFuture::rejected(config.responder.refuse(request.headers(), rejection))
+            }
             Begun::Lookup(pending) => {
                 // The ready service goes into the future, which calls it
                 // after the look-up; `self` keeps a fresh clone (tower's
