@@ -1,0 +1,105 @@
+//! The auth path on the in-memory store: a valid key, a well-formed key
+//! with an unknown id, and a key with a bad checksum, with 1 and 100 000
+//! keys in the store. `bare` is the inner service alone.
+//!
+//! `cargo bench --bench auth`
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+use std::time::SystemTime;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use http::{Request, Response};
+use keyward::auth::AuthLayer;
+use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
+use keyward::record::KeyRecord;
+use keyward::store::{KeyStore, MemoryStore};
+use tower::{service_fn, Layer, Service, ServiceExt};
+
+/// Polls a future that is ready at once (the in-memory path never waits).
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+    }
+}
+
+async fn inner(_: Request<()>) -> Result<Response<()>, Infallible> {
+    Ok(Response::new(()))
+}
+
+fn store_with(keys: usize, generator: &KeyGenerator) -> (MemoryStore, ApiKey) {
+    let store = MemoryStore::with_capacity(keys);
+    let hasher = KeyHasher::sha256();
+    let mut last = None;
+    for i in 0..keys {
+        let key = generator.generate().unwrap();
+        let record = KeyRecord::new(
+            key.id(),
+            hasher.hash(key.secret()),
+            format!("owner-{i}"),
+            SystemTime::now(),
+        )
+        .with_scopes("pets:read".parse().unwrap());
+        ready(store.insert(record)).unwrap();
+        last = Some(key);
+    }
+    (store, last.unwrap())
+}
+
+fn bench(c: &mut Criterion) {
+    let format = KeyFormat::new("sk_live").unwrap();
+    let generator = KeyGenerator::new(format.clone());
+    let mut group = c.benchmark_group("auth");
+    group.throughput(Throughput::Elements(1));
+
+    group.bench_function("bare", |b| {
+        let mut service = service_fn(inner);
+        b.iter(|| {
+            let request = Request::get("/pets")
+                .header("authorization", "Bearer x")
+                .body(())
+                .unwrap();
+            ready(service.ready()).unwrap();
+            black_box(ready(service.call(request)).unwrap())
+        })
+    });
+
+    for keys in [1usize, 100_000] {
+        let (store, key) = store_with(keys, &generator);
+        let unknown = generator.generate().unwrap();
+        let mut bad_checksum = key.expose_secret().to_owned();
+        let last = bad_checksum.pop().unwrap();
+        bad_checksum.push(if last == 'a' { 'b' } else { 'a' });
+        let service = AuthLayer::new(store, format.clone()).layer(service_fn(inner));
+
+        for (name, presented) in [
+            ("valid", key.expose_secret().to_owned()),
+            ("unknown_id", unknown.expose_secret().to_owned()),
+            ("bad_checksum", bad_checksum),
+        ] {
+            let header = format!("Bearer {presented}");
+            group.bench_with_input(BenchmarkId::new(name, keys), &header, |b, header| {
+                let mut service = service.clone();
+                b.iter(|| {
+                    let request = Request::get("/pets")
+                        .header("authorization", header.as_str())
+                        .body(())
+                        .unwrap();
+                    ready(service.ready()).unwrap();
+                    black_box(ready(service.call(request)).unwrap())
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
