@@ -27,6 +27,7 @@
 //! - [`record`] and [`store`]: what is kept about a key, and where;
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
 //! - [`scope`]: scopes and wildcard grants;
+//! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers.
@@ -43,6 +44,7 @@ pub mod auth;
 pub mod body;
 pub mod clock;
 pub mod key;
+pub mod limit;
 pub mod record;
 pub mod reject;
 pub mod scope;
@@ -50,6 +52,7 @@ pub mod store;
 
 pub use auth::{AuthLayer, Principal};
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
+pub use limit::{Limits, MemoryLimiter, RateLimitLayer};
 pub use record::{KeyRecord, KeyStatus};
 pub use reject::{RejectReason, Rejection};
 pub use scope::{Scope, ScopeSet};

@@ -25,6 +25,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use crate::key::{KeyHash, KeyId};
+use crate::limit::Limits;
 use crate::scope::ScopeSet;
 
 /// Whether a key may be used at all.
@@ -87,6 +88,10 @@ pub struct KeyRecord {
     /// Free-form labels, handed to the service in the `Principal`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub metadata: BTreeMap<String, String>,
+    /// Rate limits and credits, checked by
+    /// [`RateLimitLayer`](crate::limit::RateLimitLayer); none by default.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub limits: Limits,
 }
 
 impl KeyRecord {
@@ -103,7 +108,15 @@ impl KeyRecord {
             not_before: None,
             status: KeyStatus::Active,
             metadata: BTreeMap::new(),
+            limits: Limits::none(),
         }
+    }
+
+    /// Sets the key's limits (share one [`Limits`] among a tier's keys).
+    #[must_use]
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Sets the human name.

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -42,6 +43,7 @@ struct Waiting<S, ReqBody> {
     config: Arc<AuthConfig>,
     pending: Pending,
     sources: SourceMask,
+    client: Option<IpAddr>,
     service: S,
     request: Request<ReqBody>,
 }
@@ -68,6 +70,7 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         config: Arc<AuthConfig>,
         pending: Pending,
         sources: SourceMask,
+        client: Option<IpAddr>,
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
@@ -80,6 +83,7 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
                     config,
                     pending,
                     sources,
+                    client,
                     service,
                     request,
                 }),
@@ -118,6 +122,7 @@ where
                         config,
                         pending,
                         sources,
+                        client,
                         mut service,
                         mut request,
                     } = waiting
@@ -132,7 +137,7 @@ where
                             }
                         }
                         Err(rejection) => State::Rejected {
-                            response: Some(config.responder.refuse(request.headers(), rejection)),
+                            response: Some(config.refuse(request.headers(), rejection, client)),
                         },
                     };
                     state.set(next);

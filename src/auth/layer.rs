@@ -1,12 +1,16 @@
+use std::net::IpAddr;
 use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
 
 use tower_layer::Layer;
 
 use super::source::{KeySource, MAX_SOURCES};
-use super::{AuthService, Authenticator};
+use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
 use crate::key::{KeyFormat, KeyHasher};
-use crate::reject::Responder;
+use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
 
 /// Authenticates every request by its API key; see the [module docs](super).
@@ -22,6 +26,24 @@ pub(crate) struct AuthConfig {
     pub(crate) sources: Vec<KeySource>,
     pub(crate) strip_credentials: bool,
     pub(crate) responder: Responder,
+    pub(crate) throttle: Option<FailureThrottle>,
+}
+
+impl AuthConfig {
+    /// Refuses a request, counting a refused key against its client.
+    pub(crate) fn refuse(
+        &self,
+        request_headers: &http::HeaderMap,
+        rejection: Rejection,
+        client: Option<IpAddr>,
+    ) -> Response<Bytes> {
+        if let (Some(throttle), Some(client)) = (&self.throttle, client) {
+            if rejection.reason().is_invalid_key() {
+                throttle.record_failure(client);
+            }
+        }
+        self.responder.refuse(request_headers, rejection)
+    }
 }
 
 impl AuthLayer {
@@ -39,6 +61,7 @@ impl AuthLayer {
                 sources: vec![KeySource::bearer(), KeySource::x_api_key()],
                 strip_credentials: true,
                 responder: Responder::default(),
+                throttle: None,
             }),
         }
     }
@@ -76,6 +99,14 @@ impl AuthLayer {
     /// realm `"api"`).
     pub fn responder(mut self, responder: Responder) -> Self {
         Arc::make_mut(&mut self.config).responder = responder;
+        self
+    }
+
+    /// Slows down key guessing: a client whose keys were refused too
+    /// often gets `429` for a while (see [`FailureThrottle`]). Off by
+    /// default.
+    pub fn failure_throttle(mut self, throttle: FailureThrottle) -> Self {
+        Arc::make_mut(&mut self.config).throttle = Some(throttle);
         self
     }
 

@@ -66,6 +66,7 @@ mod layer;
 mod principal;
 mod service;
 mod source;
+mod throttle;
 
 pub use authenticator::Authenticator;
 pub use future::ResponseFuture;
@@ -75,3 +76,4 @@ pub use principal::MissingPrincipal;
 pub use principal::Principal;
 pub use service::AuthService;
 pub use source::KeySource;
+pub use throttle::FailureThrottle;

@@ -8,6 +8,7 @@ use super::authenticator::Begun;
 use super::future::ResponseFuture;
 use super::layer::AuthConfig;
 use super::source::{self, Presented};
+use super::throttle::client_ip;
 use super::Principal;
 use crate::body::ResponseBody;
 use crate::reject::{RejectReason, Rejection};
@@ -54,8 +55,19 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
+        let client = config.throttle.as_ref().and_then(|_| client_ip(&request));
         let (begun, sources) = match source::extract(&config.sources, &request) {
-            Ok(Some(Presented { key, sources })) => (config.authenticator.begin(key), sources),
+            Ok(Some(Presented { key, sources })) => {
+                if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
+                    // Refused before any look-up: guessing costs the guesser.
+                    let rejection =
+                        Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
+                    return ResponseFuture::rejected(
+                        config.responder.refuse(request.headers(), rejection),
+                    );
+                }
+                (config.authenticator.begin(key), sources)
+            }
             Ok(None) => {
                 tracing::debug!(target: "keyward::auth", "no API key presented");
                 let rejection = Rejection::new(RejectReason::MissingKey);
@@ -66,9 +78,11 @@ where
             Err(reason) => {
                 tracing::info!(target: "keyward::auth", %reason, "API key refused");
                 let rejection = Rejection::new(reason);
-                return ResponseFuture::rejected(
-                    config.responder.refuse(request.headers(), rejection),
-                );
+                return ResponseFuture::rejected(config.refuse(
+                    request.headers(),
+                    rejection,
+                    client,
+                ));
             }
         };
         match begun {
@@ -77,7 +91,7 @@ where
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
             Begun::Done(Err(rejection)) => {
-                ResponseFuture::rejected(config.responder.refuse(request.headers(), rejection))
+                ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
             }
             Begun::Lookup(pending) => {
                 // The ready service goes into the future, which calls it
@@ -85,7 +99,7 @@ where
                 // clone-and-swap: the clone has not been polled ready).
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::lookup(Arc::clone(config), pending, sources, inner, request)
+                ResponseFuture::lookup(Arc::clone(config), pending, sources, client, inner, request)
             }
         }
     }

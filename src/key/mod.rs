@@ -94,9 +94,14 @@ impl TryFrom<&str> for KeyId {
 
 impl Hash for KeyId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(word));
+        // All twelve bytes count, as two words: ids that share a prefix
+        // (imported, sequential) must not share a bucket.
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&self.0[..8]);
+        let mut tail = [0u8; 4];
+        tail.copy_from_slice(&self.0[8..]);
+        state.write_u64(u64::from_le_bytes(head));
+        state.write_u64(u64::from(u32::from_le_bytes(tail)));
     }
 }
 
@@ -148,7 +153,15 @@ pub struct KeyIdHasher(u64);
 
 impl Hasher for KeyIdHasher {
     fn finish(&self) -> u64 {
-        self.0
+        // A multiply carries bits only upwards, so finish with a full
+        // avalanche (murmur3's fmix64): every output bit depends on every
+        // byte, and ids that differ in one character land far apart.
+        let mut x = self.0;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        x ^ (x >> 33)
     }
 
     fn write(&mut self, bytes: &[u8]) {

@@ -1,0 +1,274 @@
+//! [`FailureThrottle`]: slows down key guessing, per client address.
+
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+
+use crate::clock::{Clock, SystemClock};
+use crate::limit::{BoundedMap, Expiring};
+
+/// Counts refused keys per client address; once a client has had
+/// `max_failures` refused within `window`, every request of it that
+/// carries a key is answered `429 Too Many Requests` (with `Retry-After`)
+/// before any look-up, until the count has drained (GCRA: one failure is
+/// forgiven every `window / max_failures`).
+///
+/// It counts by address, never by key, so nobody can lock a key out by
+/// guessing: only the guessing client waits. IPv6 clients are counted by
+/// their `/64` network, since one host holds a whole one. Requests whose
+/// client address is unknown (no axum `ConnectInfo`) are not counted. At most
+/// [`max_clients`](Self::with_max_clients) addresses are tracked
+/// (100 000 by default); entries that have drained are dropped first.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use keyward::auth::FailureThrottle;
+/// use keyward::{AuthLayer, KeyFormat, MemoryStore};
+///
+/// let layer = AuthLayer::new(MemoryStore::new(), KeyFormat::new("sk_live")?)
+///     .failure_throttle(FailureThrottle::new(10, Duration::from_secs(60)));
+/// # let _ = layer;
+/// # Ok::<(), keyward::key::FormatError>(())
+/// ```
+#[derive(Clone)]
+pub struct FailureThrottle {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    clients: BoundedMap<IpAddr, Failures, RandomState>,
+    quota: governor::Quota,
+    period: Duration,
+    max_failures: u32,
+    window: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+struct Failures {
+    cell: governor::RateLimiter<NotKeyed, InMemoryState, EpochClock, StateInformationMiddleware>,
+    /// Nanoseconds since the epoch until which the client is refused.
+    blocked_until: AtomicU64,
+    /// Nanoseconds since the epoch at which every failure is forgiven.
+    restored_at: AtomicU64,
+}
+
+impl Expiring for Failures {
+    fn is_idle(&self, now: u64) -> bool {
+        self.restored_at.load(Ordering::Relaxed) <= now
+    }
+}
+
+#[derive(Clone)]
+struct EpochClock(Arc<dyn Clock>);
+
+impl governor::clock::Clock for EpochClock {
+    type Instant = Nanos;
+
+    fn now(&self) -> Nanos {
+        Nanos::from(epoch_nanos(self.0.now()))
+    }
+}
+
+fn epoch_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The unit a client is counted by: its IPv4 address, or its IPv6 /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into()),
+        },
+    }
+}
+
+/// The address of the client that sent `request`, if known.
+pub(crate) fn client_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
+    #[cfg(feature = "axum")]
+    if let Some(info) = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+    {
+        return Some(info.0.ip());
+    }
+    let _ = request;
+    None
+}
+
+impl FailureThrottle {
+    /// Refuses a client after `max_failures` refused keys within `window`
+    /// (`max_failures` at least 1, `window` at least 1 ms).
+    pub fn new(max_failures: u32, window: Duration) -> Self {
+        Self::build(max_failures, window, 100_000, Arc::new(SystemClock))
+    }
+
+    fn build(
+        max_failures: u32,
+        window: Duration,
+        max_clients: usize,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let max_failures = max_failures.max(1);
+        let window = window.max(Duration::from_millis(1));
+        let period = (window / max_failures).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(max_failures).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period)
+            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        Self {
+            shared: Arc::new(Shared {
+                clients: BoundedMap::new(max_clients, Duration::from_secs(60)),
+                quota,
+                period,
+                max_failures,
+                window,
+                clock,
+            }),
+        }
+    }
+
+    /// Tracks at most `max_clients` client addresses at once.
+    #[must_use]
+    pub fn with_max_clients(self, max_clients: usize) -> Self {
+        let s = &self.shared;
+        Self::build(s.max_failures, s.window, max_clients, Arc::clone(&s.clock))
+    }
+
+    /// Reads time from `clock` (a [`FakeClock`](crate::clock::FakeClock) in tests).
+    #[must_use]
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        let s = &self.shared;
+        Self::build(s.max_failures, s.window, s.clients.max(), Arc::new(clock))
+    }
+
+    /// How many client addresses have state now.
+    pub fn tracked_clients(&self) -> usize {
+        self.shared.clients.len()
+    }
+
+    /// If `client` must wait, for how long.
+    pub(crate) fn blocked(&self, client: IpAddr) -> Option<Duration> {
+        let shared = &*self.shared;
+        let map = shared.clients.map().pin();
+        let failures = map.get(&client_key(client))?;
+        let until = failures.blocked_until.load(Ordering::Relaxed);
+        let now = epoch_nanos(shared.clock.now());
+        (until > now).then(|| Duration::from_nanos(until - now))
+    }
+
+    /// Counts one refused key from `client`.
+    pub(crate) fn record_failure(&self, client: IpAddr) {
+        let shared = &*self.shared;
+        let key = client_key(client);
+        let now = epoch_nanos(shared.clock.now());
+        let map = shared.clients.map().pin();
+        let failures = match map.get(&key) {
+            Some(failures) => failures,
+            None => {
+                shared.clients.make_room(now);
+                map.get_or_insert_with(key, || Failures {
+                    cell: governor::RateLimiter::<_, _, _, NoOpMiddleware<Nanos>>::new(
+                        shared.quota,
+                        InMemoryState::default(),
+                        EpochClock(Arc::clone(&shared.clock)),
+                    )
+                    .with_middleware::<StateInformationMiddleware>(),
+                    blocked_until: AtomicU64::new(0),
+                    restored_at: AtomicU64::new(now),
+                })
+            }
+        };
+        let block_until = match failures.cell.check() {
+            Ok(snapshot) => {
+                let spent = shared.max_failures - snapshot.remaining_burst_capacity();
+                failures.restored_at.fetch_max(
+                    now.saturating_add(nanos(shared.period.saturating_mul(spent))),
+                    Ordering::Relaxed,
+                );
+                // The last allowed failure: wait for one to be forgiven.
+                (snapshot.remaining_burst_capacity() == 0)
+                    .then(|| now.saturating_add(nanos(shared.period)))
+            }
+            Err(not_until) => {
+                Some(now.saturating_add(nanos(not_until.wait_time_from(Nanos::from(now)))))
+            }
+        };
+        if let Some(until) = block_until {
+            failures.blocked_until.fetch_max(until, Ordering::Relaxed);
+            tracing::warn!(
+                target: "keyward::auth",
+                client = %key,
+                "too many refused API keys from this client; refusing it for now"
+            );
+        }
+    }
+}
+
+impl fmt::Debug for FailureThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailureThrottle")
+            .field("max_failures", &self.shared.max_failures)
+            .field("window", &self.shared.window)
+            .field("tracked_clients", &self.tracked_clients())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FakeClock;
+
+    #[test]
+    fn ipv6_counts_by_slash_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(a), client_key(b));
+        assert_ne!(client_key(a), client_key(c));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn blocks_after_the_threshold_and_forgives_over_time() {
+        let clock = FakeClock::default();
+        let throttle = FailureThrottle::new(3, Duration::from_secs(3)).with_clock(clock.clone());
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..2 {
+            throttle.record_failure(ip);
+            assert_eq!(throttle.blocked(ip), None);
+        }
+        throttle.record_failure(ip);
+        assert_eq!(throttle.blocked(ip), Some(Duration::from_secs(1)));
+        assert_eq!(throttle.blocked("192.0.2.2".parse().unwrap()), None);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(throttle.blocked(ip), None);
+    }
+
+    #[test]
+    fn bounded() {
+        let throttle = FailureThrottle::new(1, Duration::from_secs(60)).with_max_clients(100);
+        for i in 0..10_000u32 {
+            throttle.record_failure(IpAddr::V4(i.into()));
+        }
+        assert!(throttle.tracked_clients() <= 100);
+    }
+}

@@ -1,0 +1,101 @@
+//! A lock-free map of per-key state with a hard bound on its size: what
+//! the limiter and the failed-attempt throttle keep their state in.
+
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// State that can tell when forgetting it loses nothing.
+pub(crate) trait Expiring {
+    /// Whether, at `now` (nanoseconds since the epoch), the state is back
+    /// to what a fresh one would be.
+    fn is_idle(&self, now: u64) -> bool;
+}
+
+/// A papaya map that never holds more than `max` entries: before a new
+/// entry goes in, idle entries are swept out (also once per
+/// `sweep_every`), and if the map is still full, arbitrary entries go
+/// until a tenth of the room is free.
+pub(crate) struct BoundedMap<K, V, S> {
+    map: papaya::HashMap<K, V, S>,
+    max: usize,
+    sweep_every: u64,
+    last_sweep: AtomicU64,
+}
+
+impl<K, V, S> BoundedMap<K, V, S>
+where
+    K: Hash + Eq + Clone + Send + Sync,
+    V: Expiring + Send + Sync,
+    S: BuildHasher + Default,
+{
+    pub(crate) fn new(max: usize, sweep_every: Duration) -> Self {
+        Self {
+            map: papaya::HashMap::builder()
+                .hasher(S::default())
+                .capacity(max.min(1024))
+                .build(),
+            max: max.max(1),
+            sweep_every: u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX),
+            last_sweep: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn map(&self) -> &papaya::HashMap<K, V, S> {
+        &self.map
+    }
+
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Makes room for one more entry. Called only when a key is about to
+    /// be added, so the request path of known keys never sweeps.
+    pub(crate) fn make_room(&self, now: u64) {
+        let last = self.last_sweep.load(Ordering::Relaxed);
+        let due = now.saturating_sub(last) >= self.sweep_every;
+        if self.map.len() < self.max && !due {
+            return;
+        }
+        // One sweeper at a time; the others go on (the bound may be
+        // overshot by the number of concurrent inserters, no more).
+        if self
+            .last_sweep
+            .compare_exchange(last, now.max(last + 1), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let map = self.map.pin();
+        // Collect, then remove: papaya's `retain` copies the whole table.
+        let idle: Vec<K> = map
+            .iter()
+            .filter(|(_, state)| state.is_idle(now))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &idle {
+            map.remove(key);
+        }
+        let target = self.max - self.max / 10;
+        let excess = map.len().saturating_sub(target.min(self.max - 1));
+        if excess > 0 && map.len() >= self.max {
+            // Spread the victims over the table: evicting a contiguous run
+            // of slots leaves papaya a tombstoned region that it rescans.
+            let stride = (map.len() / excess).max(1);
+            let victims: Vec<K> = map.keys().step_by(stride).take(excess).cloned().collect();
+            for key in &victims {
+                map.remove(key);
+            }
+            tracing::warn!(
+                target: "keyward::limit",
+                evicted = victims.len(),
+                max = self.max,
+                "limit state full of active keys; evicted some (raise the bound)"
+            );
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! [`RateLimitLayer`]: checks the authenticated key's limits and answers in
+//! the standard `RateLimit` fields.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{LimitError, Limiter, Limits, Policy, Verdict};
+use crate::auth::Principal;
+use crate::body::ResponseBody;
+use crate::key::KeyId;
+use crate::reject::{RejectReason, Rejection, Responder};
+
+/// The `RateLimit-Policy` field (draft-ietf-httpapi-ratelimit-headers-10).
+pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// The `RateLimit` field (draft-ietf-httpapi-ratelimit-headers-10).
+pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+/// What one request costs, set as a request extension by an outer layer or
+/// middleware; overrides the layer's [`cost`](RateLimitLayer::cost).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost(pub u32);
+
+/// Limits each authenticated key by the policies on its record; see the
+/// [module docs](super). Stack it inside [`AuthLayer`](crate::AuthLayer).
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RateLimitLayer {
+    config: Arc<LimitConfig>,
+}
+
+#[derive(Debug)]
+struct LimitConfig {
+    limiter: Arc<dyn Limiter>,
+    responder: Responder,
+    cost: u32,
+    fail_open: bool,
+}
+
+impl RateLimitLayer {
+    /// Checks keys against `limiter`; every request costs 1.
+    pub fn new(limiter: impl Limiter) -> Self {
+        Self {
+            config: Arc::new(LimitConfig {
+                limiter: Arc::new(limiter),
+                responder: Responder::default(),
+                cost: 1,
+                fail_open: false,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut LimitConfig {
+        // Built once, before any service exists: the Arc is not shared yet
+        // unless the layer was cloned, in which case the clone keeps its own.
+        if Arc::get_mut(&mut self.config).is_none() {
+            let c = &*self.config;
+            self.config = Arc::new(LimitConfig {
+                limiter: Arc::clone(&c.limiter),
+                responder: c.responder.clone(),
+                cost: c.cost,
+                fail_open: c.fail_open,
+            });
+        }
+        Arc::get_mut(&mut self.config).expect("just made unique")
+    }
+
+    /// What each request costs (default 1), unless a [`Cost`] extension
+    /// says otherwise. Give a route its own cost by stacking a layer with
+    /// another cost on that route only (and not on the whole router too).
+    pub fn cost(mut self, cost: u32) -> Self {
+        self.config_mut().cost = cost;
+        self
+    }
+
+    /// Answers refusals with `responder` (default: problem details).
+    pub fn responder(mut self, responder: Responder) -> Self {
+        self.config_mut().responder = responder;
+        self
+    }
+
+    /// **Insecure**: lets requests through when the limiter backend fails,
+    /// instead of answering `503`. Off by default; turning it on means an
+    /// outage of the backend removes every limit.
+    pub fn insecure_fail_open(mut self, fail_open: bool) -> Self {
+        self.config_mut().fail_open = fail_open;
+        self
+    }
+}
+
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service made by [`RateLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct RateLimit<S> {
+    inner: S,
+    config: Arc<LimitConfig>,
+}
+
+impl<S> RateLimit<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let config = &self.config;
+        let Some(principal) = request.extensions().get::<Principal>() else {
+            // Stacked outside AuthLayer, or on a route without it: refuse.
+            let rejection = Rejection::new(RejectReason::MissingKey);
+            return ResponseFuture::rejected(config.responder.refuse(request.headers(), rejection));
+        };
+        let limits = &principal.record().limits;
+        if limits.is_empty() {
+            return ResponseFuture::inner(self.inner.call(request), None);
+        }
+        let id = principal.key_id();
+        let cost = request
+            .extensions()
+            .get::<Cost>()
+            .map_or(config.cost, |cost| cost.0);
+        let mut tally = Tally::new(limits);
+        for (i, policy) in limits.policies().iter().enumerate() {
+            match config.limiter.check_immediate(&id, policy, cost) {
+                Some(result) => {
+                    if tally.add(policy, result, &id).is_break() {
+                        break;
+                    }
+                }
+                None => {
+                    // The limiter must wait (a remote backend): check the
+                    // rest in a future. The ready service goes with it.
+                    let clone = self.inner.clone();
+                    let inner = std::mem::replace(&mut self.inner, clone);
+                    let check =
+                        remote_check(Arc::clone(config), limits.clone(), i, id, cost, tally);
+                    let waiting = Waiting {
+                        config: Arc::clone(config),
+                        id,
+                        service: inner,
+                        request,
+                    };
+                    return ResponseFuture::checking(check, waiting);
+                }
+            }
+        }
+        match tally.finish(config, request.headers(), id) {
+            Decision::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
+            Decision::Refuse(response) => ResponseFuture::rejected(response),
+        }
+    }
+}
+
+type BoxCheck = Pin<Box<dyn Future<Output = Tally> + Send>>;
+
+fn remote_check(
+    config: Arc<LimitConfig>,
+    limits: Limits,
+    start: usize,
+    id: KeyId,
+    cost: u32,
+    mut tally: Tally,
+) -> BoxCheck {
+    Box::pin(async move {
+        for policy in &limits.policies()[start..] {
+            let result = config.limiter.check(&id, policy, cost).await;
+            if tally.add(policy, result, &id).is_break() {
+                break;
+            }
+        }
+        tally
+    })
+}
+
+/// The `RateLimit` fields of one response.
+#[derive(Debug, Clone)]
+struct LimitHeaders {
+    policy: HeaderValue,
+    state: Option<HeaderValue>,
+}
+
+impl LimitHeaders {
+    fn apply<B>(self, response: &mut Response<B>) {
+        let headers = response.headers_mut();
+        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
+        if let Some(state) = self.state {
+            headers.insert(RATELIMIT.clone(), state);
+        }
+    }
+}
+
+/// The verdicts so far, and the `RateLimit` field they make.
+struct Tally {
+    policy_header: Option<HeaderValue>,
+    field: String,
+    refusal: Option<Refusal>,
+}
+
+enum Refusal {
+    Denied {
+        reason: RejectReason,
+        policy: Arc<str>,
+        retry_after: Option<Duration>,
+    },
+    Failed(LimitError),
+}
+
+fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+impl Tally {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            policy_header: limits.policy_header().cloned(),
+            field: String::new(),
+            refusal: None,
+        }
+    }
+
+    fn add(
+        &mut self,
+        policy: &Policy,
+        result: Result<Verdict, LimitError>,
+        id: &KeyId,
+    ) -> std::ops::ControlFlow<()> {
+        let reason = match policy {
+            Policy::Credits(_) => RejectReason::QuotaExhausted,
+            _ => RejectReason::RateLimited,
+        };
+        let verdict = match result {
+            Ok(verdict) => verdict,
+            Err(LimitError::CostTooHigh { policy: name, cost }) => {
+                tracing::warn!(
+                    target: "keyward::limit", key_id = %id, policy = %name, cost,
+                    "request costs more than the policy can ever allow"
+                );
+                self.refusal = Some(Refusal::Denied {
+                    reason,
+                    policy: Arc::clone(policy.shared_name()),
+                    retry_after: None,
+                });
+                return std::ops::ControlFlow::Break(());
+            }
+            Err(error) => {
+                self.refusal = Some(Refusal::Failed(error));
+                return std::ops::ControlFlow::Break(());
+            }
+        };
+        if !self.field.is_empty() {
+            self.field.push_str(", ");
+        }
+        let _ = write!(
+            self.field,
+            "\"{}\";r={}",
+            policy.name(),
+            verdict.remaining()
+        );
+        // A balance that never refills has no time to announce.
+        if verdict.reset() != Duration::MAX {
+            let _ = write!(self.field, ";t={}", whole_seconds(verdict.reset()));
+        }
+        if verdict.is_allowed() {
+            return std::ops::ControlFlow::Continue(());
+        }
+        self.refusal = Some(Refusal::Denied {
+            reason,
+            policy: Arc::clone(policy.shared_name()),
+            retry_after: (verdict.reset() != Duration::MAX).then_some(verdict.reset()),
+        });
+        std::ops::ControlFlow::Break(())
+    }
+
+    /// The headers for an allowed request, or the refusal.
+    fn finish(
+        self,
+        config: &LimitConfig,
+        request_headers: &http::HeaderMap,
+        id: KeyId,
+    ) -> Decision {
+        let headers = self.policy_header.map(|policy| LimitHeaders {
+            policy,
+            state: HeaderValue::try_from(self.field).ok(),
+        });
+        let rejection = match self.refusal {
+            None => return Decision::Pass(headers),
+            Some(Refusal::Failed(error)) => {
+                tracing::error!(
+                    target: "keyward::limit", key_id = %id,
+                    error = &error as &dyn std::error::Error,
+                    fail_open = config.fail_open,
+                    "limiter failed"
+                );
+                if config.fail_open {
+                    return Decision::Pass(None);
+                }
+                Rejection::new(RejectReason::StoreUnavailable).with_key_id(id)
+            }
+            Some(Refusal::Denied {
+                reason,
+                policy,
+                retry_after,
+            }) => {
+                tracing::info!(
+                    target: "keyward::limit", key_id = %id, %reason, policy = %policy,
+                    "request refused: limit reached"
+                );
+                let rejection = Rejection::new(reason)
+                    .with_key_id(id)
+                    .with_violated_policy(policy);
+                match retry_after {
+                    Some(wait) => rejection.with_retry_after(wait),
+                    None => rejection,
+                }
+            }
+        };
+        let mut response = config.responder.refuse(request_headers, rejection);
+        if let Some(headers) = headers {
+            headers.apply(&mut response);
+        }
+        Decision::Refuse(response)
+    }
+}
+
+/// What a tally decided: pass with these headers, or this refusal.
+enum Decision {
+    Pass(Option<LimitHeaders>),
+    Refuse(Response<Bytes>),
+}
+
+pin_project! {
+    /// The response future of [`RateLimit`].
+    pub struct ResponseFuture<F, S, ReqBody> {
+        #[pin]
+        state: State<F, S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, S, ReqBody> {
+        // Allowed: waiting for the inner service.
+        Inner { #[pin] future: F, headers: Option<LimitHeaders> },
+        // Waiting for a limiter that does not answer at once.
+        Checking { check: BoxCheck, waiting: Option<Waiting<S, ReqBody>> },
+        // Refused.
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+struct Waiting<S, ReqBody> {
+    config: Arc<LimitConfig>,
+    id: KeyId,
+    service: S,
+    request: Request<ReqBody>,
+}
+
+impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
+    fn inner(future: F, headers: Option<LimitHeaders>) -> Self {
+        Self {
+            state: State::Inner { future, headers },
+        }
+    }
+
+    fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+
+    fn checking(check: BoxCheck, waiting: Waiting<S, ReqBody>) -> Self {
+        Self {
+            state: State::Checking {
+                check,
+                waiting: Some(waiting),
+            },
+        }
+    }
+}
+
+impl<F, S, ReqBody, ResBody, E> Future for ResponseFuture<F, S, ReqBody>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>, Error = E, Future = F>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Inner { future, headers } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(headers) = headers.take() {
+                        headers.apply(&mut response);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                }
+                StateProj::Checking { check, waiting } => {
+                    let tally = ready!(check.as_mut().poll(cx));
+                    let Waiting {
+                        config,
+                        id,
+                        mut service,
+                        request,
+                    } = waiting
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let next = match tally.finish(&config, request.headers(), id) {
+                        Decision::Pass(headers) => State::Inner {
+                            future: service.call(request),
+                            headers,
+                        },
+                        Decision::Refuse(response) => State::Rejected {
+                            response: Some(response),
+                        },
+                    };
+                    state.set(next);
+                }
+            }
+        }
+    }
+}
+
+impl<F, S, ReqBody> std::fmt::Debug for ResponseFuture<F, S, ReqBody> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,86 @@
+//! Per-key rate limits and credit quotas, answered in the IETF `RateLimit`
+//! fields.
+//!
+//! Each [`KeyRecord`](crate::KeyRecord) carries [`Limits`]: named
+//! [`RatePolicy`]s (a quota per window, with a burst) and at most one
+//! [`CreditPolicy`] (a balance that requests spend by their [`Cost`] and
+//! that refills on a schedule). Give the same `Limits` to every key of a
+//! tier; each key still has its own budget.
+//!
+//! [`RateLimitLayer`] goes inside [`AuthLayer`](crate::AuthLayer). For each
+//! authenticated request it asks the [`Limiter`] about every policy of the
+//! key, rates first and credits last (so credits are spent only on requests
+//! every rate allows), and answers:
+//!
+//! - on every response, `RateLimit-Policy: "burst";q=5;w=1` and
+//!   `RateLimit: "burst";r=4;t=1` (draft-ietf-httpapi-ratelimit-headers-10;
+//!   `r` what remains, `t` the seconds until the policy is full again, or,
+//!   on a denial, until it can allow the request; the key is never sent);
+//! - on a denial, `429` with `Retry-After` equal to that `t`, rounded up,
+//!   and a problem body of type
+//!   `https://iana.org/assignments/http-problem-types#quota-exceeded`
+//!   naming the `violated-policies`;
+//! - if the limiter fails, `503` (fail closed), unless you opted into
+//!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
+//!
+//! [`MemoryLimiter`] keeps the state in this process with governor's GCRA,
+//! bounded in size; a shared backend implements the same [`Limiter`] trait.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use axum::{body::Body, routing::get, Router};
+//! use http::{Request, StatusCode};
+//! use keyward::limit::{Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
+//! use keyward::{AuthLayer, KeyFormat, KeyGenerator, KeyHasher, KeyRecord, KeyStore, MemoryStore};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let format = KeyFormat::new("sk_live")?;
+//! let key = KeyGenerator::new(format.clone()).generate()?;
+//! let free_tier = Limits::new([RatePolicy::new("burst", 2, Duration::from_secs(1))?.into()])?;
+//! let store = MemoryStore::new();
+//! store
+//!     .insert(
+//!         KeyRecord::new(key.id(), KeyHasher::sha256().hash(key.secret()), "acme", SystemTime::now())
+//!             .with_limits(free_tier),
+//!     )
+//!     .await?;
+//!
+//! let app = Router::new()
+//!     .route("/", get(|| async { "hello" }))
+//!     .layer(RateLimitLayer::new(MemoryLimiter::new()))
+//!     .layer(AuthLayer::new(store, format)); // the last layer added runs first
+//!
+//! let request = || {
+//!     Request::get("/")
+//!         .header("x-api-key", key.expose_secret())
+//!         .body(Body::empty())
+//!         .unwrap()
+//! };
+//! let first = app.clone().oneshot(request()).await?;
+//! assert_eq!(first.status(), StatusCode::OK);
+//! assert_eq!(first.headers()["ratelimit-policy"], r#""burst";q=2;w=1"#);
+//! assert_eq!(first.headers()["ratelimit"], r#""burst";r=1;t=1"#);
+//!
+//! app.clone().oneshot(request()).await?;
+//! let third = app.oneshot(request()).await?;
+//! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(third.headers()["retry-after"], "1");
+//! # Ok(())
+//! # }
+//! ```
+
+mod bounded;
+mod layer;
+mod limiter;
+mod memory;
+mod policy;
+
+pub(crate) use bounded::{BoundedMap, Expiring};
+pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
+pub use limiter::{LimitError, Limiter, Verdict};
+pub use memory::MemoryLimiter;
+pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
