@@ -29,7 +29,8 @@
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
-//! - [`body`]: the response body type of the layers.
+//! - [`body`]: the response body type of the layers;
+//! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //!
 //! # Feature flags
 //!
@@ -42,6 +43,7 @@
 pub mod auth;
 pub mod body;
 pub mod clock;
+pub mod grpc;
 pub mod key;
 pub mod record;
 pub mod reject;
