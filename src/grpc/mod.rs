@@ -101,6 +101,30 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # With a tonic server
+//!
+//! ```
+//! use keyward::grpc::MethodScopesLayer;
+//! use keyward::{AuthLayer, KeyFormat, MemoryStore};
+//! use tonic::transport::Server;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let (store, format) = (MemoryStore::new(), KeyFormat::new("sk_live")?);
+//! let (_reporter, health) = tonic_health::server::health_reporter();
+//! let server = Server::builder()
+//!     .layer(AuthLayer::new(store, format)) // outermost: authenticates
+//!     .layer(
+//!         MethodScopesLayer::new() // then checks the method's scopes
+//!             .method("/grpc.health.v1.Health/*", "health:read".parse()?)?,
+//!     )
+//!     .add_service(health)
+//!     .serve("127.0.0.1:50051".parse()?);
+//! # drop(server); // not served here
+//! # Ok(())
+//! # }
+//! ```
 
 mod future;
 mod layer;
