@@ -30,7 +30,8 @@
 //! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
-//! - [`body`]: the response body type of the layers.
+//! - [`body`]: the response body type of the layers;
+//! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //!
 //! # Feature flags
 //!
@@ -43,6 +44,7 @@
 pub mod auth;
 pub mod body;
 pub mod clock;
+pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod record;

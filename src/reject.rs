@@ -20,6 +20,9 @@
 //! Bodies are RFC 9457 `application/problem+json`. Replace them with
 //! [`Responder::custom`].
 //!
+//! gRPC requests are refused in gRPC's terms (a trailers-only response with
+//! `grpc-status`); see [`grpc`](crate::grpc).
+//!
 //! # Example
 //!
 //! ```
@@ -262,6 +265,9 @@ impl Responder {
 
     /// Your own response for every rejection. Keyward still puts the
     /// [`Rejection`] into the response's extensions afterwards.
+    ///
+    /// It answers HTTP requests; gRPC requests get keyward's gRPC status
+    /// (see [`Responder::refuse`]).
     pub fn custom<F>(respond: F) -> Self
     where
         F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
@@ -277,9 +283,15 @@ impl Responder {
     /// The response that refuses a request with these headers: the
     /// responder's answer, with `rejection` in its extensions. Every layer
     /// refuses through here.
+    ///
+    /// A gRPC or gRPC-web request (by its `content-type`) is answered in
+    /// gRPC's terms instead: a trailers-only response with `grpc-status`
+    /// and `grpc-message` (see [`grpc`](crate::grpc)), whatever the responder.
     pub fn refuse(&self, request_headers: &HeaderMap, rejection: Rejection) -> Response<Bytes> {
-        let _ = request_headers; // gRPC requests will be answered in gRPC's terms.
-        let mut response = self.respond(&rejection);
+        let mut response = match crate::grpc::Protocol::of(request_headers) {
+            crate::grpc::Protocol::Http => self.respond(&rejection),
+            protocol => crate::grpc::trailers_only(protocol, &rejection),
+        };
         response.extensions_mut().insert(rejection);
         response
     }
