@@ -27,6 +27,8 @@
 //! - [`record`] and [`store`]: what is kept about a key, and where;
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
 //! - [`scope`]: scopes and wildcard grants;
+//! - [`authorize`]: [`RequireScopes`], the per-route scope check;
+//! - [`manager`]: [`KeyManager`]: issue, rotate, revoke, disable keys;
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers.
@@ -40,16 +42,21 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auth;
+pub mod authorize;
 pub mod body;
 pub mod clock;
 pub mod key;
+pub mod manager;
 pub mod record;
 pub mod reject;
 pub mod scope;
 pub mod store;
 
 pub use auth::{AuthLayer, Principal};
+pub use authorize::RequireScopes;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
+pub use manager::KeyManager;
+pub use record::Environment;
 pub use record::{KeyRecord, KeyStatus};
 pub use reject::{RejectReason, Rejection};
 pub use scope::{Scope, ScopeSet};
