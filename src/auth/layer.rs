@@ -1,6 +1,10 @@
 use std::sync::Arc;
 
+use ipnet::IpNet;
 use tower_layer::Layer;
+
+use super::client::TrustedProxies;
+use crate::record::Environment;
 
 use super::source::{KeySource, MAX_SOURCES};
 use super::{AuthService, Authenticator};
@@ -22,6 +26,8 @@ pub(crate) struct AuthConfig {
     pub(crate) sources: Vec<KeySource>,
     pub(crate) strip_credentials: bool,
     pub(crate) responder: Responder,
+    pub(crate) environment: Option<Environment>,
+    pub(crate) trusted_proxies: TrustedProxies,
 }
 
 impl AuthLayer {
@@ -39,6 +45,8 @@ impl AuthLayer {
                 sources: vec![KeySource::bearer(), KeySource::x_api_key()],
                 strip_credentials: true,
                 responder: Responder::default(),
+                environment: None,
+                trusted_proxies: TrustedProxies::none(),
             }),
         }
     }
@@ -76,6 +84,24 @@ impl AuthLayer {
     /// realm `"api"`).
     pub fn responder(mut self, responder: Responder) -> Self {
         Arc::make_mut(&mut self.config).responder = responder;
+        self
+    }
+
+    /// Declares the service's environment: keys tagged with another
+    /// environment ([`KeyRecord::environment`](crate::record::KeyRecord::environment))
+    /// are refused with `403` (reason `Restricted`). Keys without a tag are
+    /// accepted; a layer without an environment accepts every tag.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        Arc::make_mut(&mut self.config).environment = Some(environment);
+        self
+    }
+
+    /// Believes `X-Forwarded-For` / `Forwarded` from peers in `networks`,
+    /// when checking a key's allowed networks (see
+    /// [`client`](super::client)). By default no proxy is trusted and the
+    /// headers are ignored.
+    pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        Arc::make_mut(&mut self.config).trusted_proxies = TrustedProxies::new(networks);
         self
     }
 

@@ -73,7 +73,11 @@ where
         };
         match begun {
             Begun::Done(Ok(principal)) => {
-                admit(config, sources, &mut request, &principal);
+                if let Err(rejection) = admit(config, sources, &mut request, &principal) {
+                    return ResponseFuture::rejected(
+                        config.responder.refuse(request.headers(), rejection),
+                    );
+                }
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
             Begun::Done(Err(rejection)) => {
@@ -91,15 +95,18 @@ where
     }
 }
 
-/// Prepares an authenticated request for the inner service.
+/// Checks the key's restrictions, then prepares an authenticated request
+/// for the inner service.
 pub(crate) fn admit<B>(
     config: &AuthConfig,
     sources: source::SourceMask,
     request: &mut Request<B>,
     principal: &Principal,
-) {
+) -> Result<(), Rejection> {
+    super::client::restrict(config, request, principal)?;
     if config.strip_credentials {
         source::strip(&config.sources, sources, request);
     }
     request.extensions_mut().insert(principal.clone());
+    Ok(())
 }
