@@ -7,7 +7,8 @@
 //! 1. a [`ClientAddr`] in the request's extensions (insert one from your own
 //!    middleware or server glue);
 //! 2. axum's `ConnectInfo<SocketAddr>` (feature `axum`; serve with
-//!    `into_make_service_with_connect_info::<SocketAddr>()`).
+//!    `into_make_service_with_connect_info::<SocketAddr>()`), or, as axum's
+//!    extractor does, its test double `MockConnectInfo<SocketAddr>`.
 //!
 //! Forwarding headers are believed only when that peer lies in one of the
 //! [`TrustedProxies`] given to
@@ -211,11 +212,18 @@ fn peer_addr<B>(request: &Request<B>) -> Option<IpAddr> {
         return Some(*addr);
     }
     #[cfg(feature = "axum")]
-    if let Some(info) = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
     {
-        return Some(info.0.ip());
+        use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
+        // As axum's own `ConnectInfo` extractor: the real one, else the
+        // test double.
+        if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+            return Some(addr.ip());
+        }
+        if let Some(MockConnectInfo(addr)) =
+            request.extensions().get::<MockConnectInfo<SocketAddr>>()
+        {
+            return Some(addr.ip());
+        }
     }
     None
 }
