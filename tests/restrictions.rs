@@ -102,14 +102,23 @@ async fn network_restriction_with_and_without_trusted_proxies() {
     let behind_proxy = f.auth().trusted_proxies([net("127.0.0.1/32")]);
 
     // Straight from 127.0.0.1: refused. From 10.1.2.3: accepted.
-    assert_eq!(status(f.auth(), &key, Some("127.0.0.1"), None).await, RESTRICTED);
+    assert_eq!(
+        status(f.auth(), &key, Some("127.0.0.1"), None).await,
+        RESTRICTED
+    );
     assert_eq!(status(f.auth(), &key, Some("10.1.2.3"), None).await, OK);
     // No known client address: refused (fail closed).
     assert_eq!(status(f.auth(), &key, None, None).await, RESTRICTED);
 
     // Through the trusted proxy on 127.0.0.1, forwarding for 10.1.2.3.
     assert_eq!(
-        status(behind_proxy.clone(), &key, Some("127.0.0.1"), Some("10.1.2.3")).await,
+        status(
+            behind_proxy.clone(),
+            &key,
+            Some("127.0.0.1"),
+            Some("10.1.2.3")
+        )
+        .await,
         OK
     );
     // A spoofed leftmost entry does not help a client outside the network.
@@ -146,8 +155,14 @@ async fn ipv6_networks() {
         .key(|r| r.with_allowed_networks([net("2001:db8::/32"), net("192.0.2.0/24")]))
         .await;
     assert_eq!(status(f.auth(), &key, Some("2001:db8::7"), None).await, OK);
-    assert_eq!(status(f.auth(), &key, Some("::ffff:192.0.2.8"), None).await, OK);
-    assert_eq!(status(f.auth(), &key, Some("2001:db9::7"), None).await, RESTRICTED);
+    assert_eq!(
+        status(f.auth(), &key, Some("::ffff:192.0.2.8"), None).await,
+        OK
+    );
+    assert_eq!(
+        status(f.auth(), &key, Some("2001:db9::7"), None).await,
+        RESTRICTED
+    );
 }
 
 #[tokio::test]
@@ -158,7 +173,10 @@ async fn environment_must_match_the_service() {
     let untagged = f.key(|r| r).await;
     let live = f.auth().environment(Environment::Live);
 
-    assert_eq!(status(live.clone(), &test_key, None, None).await, RESTRICTED);
+    assert_eq!(
+        status(live.clone(), &test_key, None, None).await,
+        RESTRICTED
+    );
     assert_eq!(status(live.clone(), &live_key, None, None).await, OK);
     assert_eq!(status(live, &untagged, None, None).await, OK);
     let test = f.auth().environment(Environment::Test);
@@ -172,8 +190,12 @@ async fn status_and_times_answer_401_restrictions_403() {
     let f = Fixture::new();
     let now = f.clock.now();
     let unauthorized = |reason| (StatusCode::UNAUTHORIZED, Some(reason));
-    let expired = f.key(|r| r.with_expires_at(now + Duration::from_secs(60))).await;
-    let early = f.key(|r| r.with_not_before(now + Duration::from_secs(60))).await;
+    let expired = f
+        .key(|r| r.with_expires_at(now + Duration::from_secs(60)))
+        .await;
+    let early = f
+        .key(|r| r.with_not_before(now + Duration::from_secs(60)))
+        .await;
     let disabled = f.key(|r| r.with_status(KeyStatus::Disabled)).await;
     let revoked = f.key(|r| r.with_status(KeyStatus::Revoked)).await;
     // A revoked key restricted elsewhere is still answered 401, not 403:
@@ -212,7 +234,10 @@ async fn status_and_times_answer_401_restrictions_403() {
 
 fn router(auth: AuthLayer) -> Router {
     Router::new()
-        .route("/me", get(|p: Principal| async move { p.owner().to_owned() }))
+        .route(
+            "/me",
+            get(|p: Principal| async move { p.owner().to_owned() }),
+        )
         .layer(auth)
 }
 
@@ -237,15 +262,22 @@ async fn axum_router_reads_connect_info() {
     let inside = SocketAddr::from(([10, 1, 2, 3], 4000));
 
     let app = router(f.auth()).layer(MockConnectInfo(loopback));
-    assert_eq!(router_status(app.clone(), &key, None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        router_status(app.clone(), &key, None).await,
+        StatusCode::FORBIDDEN
+    );
     assert_eq!(
         router_status(app, &key, Some("10.1.2.3")).await,
         StatusCode::FORBIDDEN
     );
     let app = router(f.auth()).layer(MockConnectInfo(inside));
     assert_eq!(router_status(app, &key, None).await, StatusCode::OK);
-    let app = router(f.auth().trusted_proxies([net("127.0.0.0/8")])).layer(MockConnectInfo(loopback));
-    assert_eq!(router_status(app, &key, Some("10.1.2.3")).await, StatusCode::OK);
+    let app =
+        router(f.auth().trusted_proxies([net("127.0.0.0/8")])).layer(MockConnectInfo(loopback));
+    assert_eq!(
+        router_status(app, &key, Some("10.1.2.3")).await,
+        StatusCode::OK
+    );
 }
 
 /// Over a real loopback connection: the peer is 127.0.0.1, from axum's
@@ -287,7 +319,10 @@ async fn real_connection_through_a_trusted_proxy() {
         .key(|r| r.with_allowed_networks([net("10.0.0.0/8")]))
         .await;
     assert_eq!(over_tcp(router(f.auth()), &key, None).await, 403);
-    assert_eq!(over_tcp(router(f.auth()), &key, Some("10.1.2.3")).await, 403);
+    assert_eq!(
+        over_tcp(router(f.auth()), &key, Some("10.1.2.3")).await,
+        403
+    );
     let proxied = router(f.auth().trusted_proxies([net("127.0.0.1/32")]));
     assert_eq!(over_tcp(proxied.clone(), &key, Some("10.1.2.3")).await, 200);
     assert_eq!(over_tcp(proxied, &key, None).await, 403);
