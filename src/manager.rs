@@ -24,7 +24,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use keyward::clock::FakeClock;
+//! use keyward::clock::{Clock, FakeClock};
 //! use keyward::key::KeyFormat;
 //! use keyward::manager::{IssueOptions, KeyManager};
 //! use keyward::store::MemoryStore;
