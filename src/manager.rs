@@ -90,6 +90,10 @@ pub enum ManagerError {
     /// The key is revoked; revocation is final.
     #[error("key {0} is revoked")]
     Revoked(KeyId),
+    /// The key has expired: a successor would inherit its expiry and be
+    /// born dead, so it is not rotated.
+    #[error("key {0} has expired")]
+    Expired(KeyId),
     /// A time computed from the options lies beyond what `SystemTime` holds.
     #[error("the requested expiry is out of range")]
     ExpiryOutOfRange,
@@ -314,10 +318,14 @@ impl KeyManager {
     ///
     /// The successor copies every field of the old record — owner, name,
     /// scopes, limits, metadata, restrictions, status, expiry — except its
-    /// id, hash and creation time. Revoked keys cannot be rotated.
+    /// id, hash and creation time. Revoked and expired keys cannot be
+    /// rotated.
     pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<Rotated, ManagerError> {
         let old = self.load(id).await?;
         let now = self.clock.now();
+        if old.expires_at.is_some_and(|at| at <= now) {
+            return Err(ManagerError::Expired(*id));
+        }
         let old_until = now
             .checked_add(grace)
             .ok_or(ManagerError::ExpiryOutOfRange)?;

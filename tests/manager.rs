@@ -199,6 +199,14 @@ async fn rotation_keeps_an_earlier_expiry_and_a_zero_grace_ends_at_once() {
     // a key's life.
     assert_eq!(rotated.record.expires_at, soon.record.expires_at);
 
+    // Once expired, a key is not rotated: its successor would be born dead.
+    f.clock.advance(Duration::from_secs(60));
+    let id = soon.record.id;
+    assert!(matches!(
+        f.manager.rotate(&id, Duration::from_secs(60)).await,
+        Err(ManagerError::Expired(x)) if x == id
+    ));
+
     let other = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
     let rotated = f
         .manager
