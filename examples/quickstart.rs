@@ -11,20 +11,30 @@
 //! curl http://127.0.0.1:3000/health
 //! curl -H "Authorization: Bearer $ADMIN_KEY" http://127.0.0.1:3000/pets
 //! curl -H "X-API-Key: $READER_KEY" http://127.0.0.1:3000/me
+//! curl -H "Authorization: Bearer $ADMIN_KEY" -d '{"name":"Ada","kind":"owl"}' http://127.0.0.1:3000/pets
+//! curl -H "Authorization: Bearer $ADMIN_KEY" \
+//!      -d '{"scopes":["pets:read"],"owner":"bob","expires_in_seconds":3600}' http://127.0.0.1:3000/keys
+//! curl -X DELETE -H "Authorization: Bearer $ADMIN_KEY" http://127.0.0.1:3000/keys/$KEY_ID
 //! ```
 
-use std::time::{Instant, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
-use axum::extract::Request;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use keyward::auth::{AuthLayer, Principal};
-use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
+use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use keyward::manager::{IssueOptions, KeyManager, ManagerError};
 use keyward::record::KeyRecord;
 use keyward::reject::Rejection;
+use keyward::scope::{Scope, ScopeError, ScopeSet};
 use keyward::store::{KeyStore, MemoryStore};
+use keyward::RequireScopes;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -41,23 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:3000".to_owned());
-    let format = KeyFormat::new("sk_live")?;
-    let store = MemoryStore::new();
-    let admin = issue(
-        &store,
-        &format,
-        "admin",
-        "pets:read pets:write keys:admin usage:read",
-    )
-    .await?;
-    let reader = issue(&store, &format, "reader", "pets:read").await?;
-
-    let app = Router::new()
-        .route("/pets", get(list_pets))
-        .route("/me", get(me))
-        .layer(AuthLayer::new(store, format))
-        .route("/health", get(|| async { "ok" }))
-        .layer(middleware::from_fn(log_request));
+    let (app, admin, reader) = build().await?;
 
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -69,6 +63,63 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// The whole application: a store holding the admin and reader keys, and
+/// the router. Returns the router and the two keys (admin, reader).
+pub(crate) async fn build() -> Result<(Router, ApiKey, ApiKey), Box<dyn std::error::Error>> {
+    let format = KeyFormat::new("sk_live")?;
+    let store = MemoryStore::new();
+    let admin = issue(
+        &store,
+        &format,
+        "admin",
+        "pets:read pets:write keys:admin usage:read",
+    )
+    .await?;
+    let reader = issue(&store, &format, "reader", "pets:read").await?;
+    Ok((app(store, format)?, admin, reader))
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    manager: KeyManager,
+    pets: Arc<Mutex<Vec<Value>>>,
+}
+
+/// The routes. `AuthLayer` wraps them all (`layer`); each route then asks
+/// for its scopes with `route_layer(RequireScopes::...)`, which runs after
+/// authentication. `/health` is added after the `AuthLayer`, so it needs no
+/// key.
+pub(crate) fn app(store: MemoryStore, format: KeyFormat) -> Result<Router, ScopeError> {
+    let state = AppState {
+        manager: KeyManager::new(store.clone(), format.clone()),
+        pets: Arc::new(Mutex::new(vec![
+            json!({"id": 1, "name": "Rex", "kind": "dog"}),
+            json!({"id": 2, "name": "Tom", "kind": "cat"}),
+        ])),
+    };
+    let require = |scope: &str| Ok::<_, ScopeError>(RequireScopes::all([Scope::new(scope)?]));
+    Ok(Router::new()
+        .route("/pets", get(list_pets).route_layer(require("pets:read")?))
+        .route(
+            "/pets",
+            post(create_pet).route_layer(require("pets:write")?),
+        )
+        .route("/me", get(me))
+        .route(
+            "/keys",
+            post(create_key).route_layer(require("keys:admin")?),
+        )
+        .route(
+            "/keys/{key_id}",
+            delete(revoke_key).route_layer(require("keys:admin")?),
+        )
+        .with_state(state)
+        .layer(AuthLayer::new(store, format))
+        .route("/health", get(|| async { "ok" }))
+        .layer(middleware::from_fn(log_request)))
 }
 
 /// Mints a key with `scopes` and stores its record; the plaintext is
@@ -88,11 +139,166 @@ async fn issue(
     Ok(key)
 }
 
-async fn list_pets() -> Json<Value> {
-    Json(json!([
-        {"id": 1, "name": "Rex", "kind": "dog"},
-        {"id": 2, "name": "Tom", "kind": "cat"},
-    ]))
+async fn list_pets(State(state): State<AppState>) -> Json<Value> {
+    Json(Value::Array(lock(&state.pets).clone()))
+}
+
+/// `POST /pets` (`pets:write`): `{"name": "...", "kind": "..."}`.
+async fn create_pet(State(state): State<AppState>, body: Bytes) -> Response {
+    let Some(body) = json_object(&body) else {
+        return problem(StatusCode::BAD_REQUEST, "The body must be a JSON object.");
+    };
+    let (Some(name), kind) = (
+        body.get("name").and_then(Value::as_str),
+        body.get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown"),
+    ) else {
+        return problem(StatusCode::BAD_REQUEST, "\"name\" must be a string.");
+    };
+    let mut pets = lock(&state.pets);
+    let pet = json!({"id": pets.len() + 1, "name": name, "kind": kind});
+    pets.push(pet.clone());
+    (StatusCode::CREATED, Json(pet)).into_response()
+}
+
+/// `POST /keys` (`keys:admin`): `{"scopes": [...], "owner": "...",
+/// "expires_in_seconds": N}` → `{"key": ..., "key_id": ...}`. The caller
+/// may only hand out scopes it holds itself.
+async fn create_key(State(state): State<AppState>, caller: Principal, body: Bytes) -> Response {
+    let Some(body) = json_object(&body) else {
+        return problem(StatusCode::BAD_REQUEST, "The body must be a JSON object.");
+    };
+    let Some(owner) = body
+        .get("owner")
+        .and_then(Value::as_str)
+        .filter(|o| !o.is_empty())
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "\"owner\" must be a non-empty string.",
+        );
+    };
+    let Some(scopes) = body.get("scopes").and_then(Value::as_array) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "\"scopes\" must be an array of strings.",
+        );
+    };
+    let mut parsed = Vec::with_capacity(scopes.len());
+    for scope in scopes {
+        let Some(scope) = scope.as_str() else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "\"scopes\" must be an array of strings.",
+            );
+        };
+        match Scope::new(scope) {
+            Ok(scope) => parsed.push(scope),
+            Err(error) => {
+                return problem(StatusCode::BAD_REQUEST, &format!("Invalid scope: {error}."))
+            }
+        }
+    }
+    let scopes: ScopeSet = parsed.into_iter().collect();
+    if let Some(beyond) = scopes.iter().find(|s| !caller.scopes().grants(s)) {
+        return problem(
+            StatusCode::FORBIDDEN,
+            &format!("You cannot grant the scope {beyond}, which you do not hold."),
+        );
+    }
+    let mut options = IssueOptions::new(owner)
+        .scopes(scopes)
+        .metadata("issued_by", caller.key_id().to_string());
+    match body.get("expires_in_seconds") {
+        None | Some(Value::Null) => {}
+        Some(value) => match value.as_u64().filter(|&secs| secs > 0) {
+            Some(secs) => options = options.expires_in(Duration::from_secs(secs)),
+            None => {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "\"expires_in_seconds\" must be a positive integer.",
+                )
+            }
+        },
+    }
+    match state.manager.issue(options).await {
+        Ok(issued) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "key": issued.key.expose_secret(),
+                "key_id": issued.record.id.to_string(),
+                "owner": issued.record.owner,
+                "scopes": issued.record.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
+            })),
+        )
+            .into_response(),
+        Err(ManagerError::ExpiryOutOfRange) => problem(
+            StatusCode::BAD_REQUEST,
+            "\"expires_in_seconds\" is too large.",
+        ),
+        Err(error) => {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "issuing a key failed"
+            );
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The key could not be issued.",
+            )
+        }
+    }
+}
+
+/// `DELETE /keys/{key_id}` (`keys:admin`): revokes the key at once.
+async fn revoke_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Response {
+    let Ok(id) = key_id.parse::<KeyId>() else {
+        return problem(StatusCode::BAD_REQUEST, "That is not a key id.");
+    };
+    match state.manager.revoke(&id).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(ManagerError::NotFound(_)) => problem(StatusCode::NOT_FOUND, "No key has this id."),
+        Err(error) => {
+            tracing::error!(
+                error = &error as &dyn std::error::Error,
+                "revoking a key failed"
+            );
+            problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The key could not be revoked.",
+            )
+        }
+    }
+}
+
+fn json_object(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(map)) => Some(map),
+        _ => None,
+    }
+}
+
+/// An RFC 9457 problem response.
+fn problem(status: StatusCode, detail: &str) -> Response {
+    let body = json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or("Error"),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A handler that panicked while holding the lock left valid data.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The caller's identity: never the key itself.

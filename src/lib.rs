@@ -28,6 +28,8 @@
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
+//! - [`authorize`]: [`RequireScopes`], the per-route scope check;
+//! - [`manager`]: [`KeyManager`]: issue, rotate, revoke, disable keys;
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers;
@@ -42,19 +44,24 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 pub mod auth;
+pub mod authorize;
 pub mod body;
 pub mod clock;
 pub mod grpc;
 pub mod key;
 pub mod limit;
+pub mod manager;
 pub mod record;
 pub mod reject;
 pub mod scope;
 pub mod store;
 
 pub use auth::{AuthLayer, Principal};
+pub use authorize::RequireScopes;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
 pub use limit::{Limits, MemoryLimiter, RateLimitLayer};
+pub use manager::KeyManager;
+pub use record::Environment;
 pub use record::{KeyRecord, KeyStatus};
 pub use reject::{RejectReason, Rejection};
 pub use scope::{Scope, ScopeSet};

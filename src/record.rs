@@ -24,6 +24,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::SystemTime;
 
+use ipnet::IpNet;
+
 use crate::key::{KeyHash, KeyId};
 use crate::limit::Limits;
 use crate::scope::ScopeSet;
@@ -92,6 +94,16 @@ pub struct KeyRecord {
     /// [`RateLimitLayer`](crate::limit::RateLimitLayer); none by default.
     #[cfg_attr(feature = "serde", serde(default))]
     pub limits: Limits,
+    /// The client networks (IPv4 or IPv6 CIDR) the key may be used from;
+    /// empty for anywhere. Checked by [`AuthLayer`](crate::AuthLayer)
+    /// against the client address (see [`auth::client`](crate::auth::client)).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub allowed_networks: Vec<IpNet>,
+    /// The environment the key belongs to; `None` for any. A service
+    /// configured with [`AuthLayer::environment`](crate::AuthLayer::environment)
+    /// refuses keys of another environment.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub environment: Option<Environment>,
 }
 
 impl KeyRecord {
@@ -109,6 +121,8 @@ impl KeyRecord {
             status: KeyStatus::Active,
             metadata: BTreeMap::new(),
             limits: Limits::none(),
+            allowed_networks: Vec::new(),
+            environment: None,
         }
     }
 
@@ -161,6 +175,21 @@ impl KeyRecord {
         self
     }
 
+    /// Restricts the key to client addresses in `networks` (an empty list
+    /// allows any address).
+    #[must_use]
+    pub fn with_allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+
+    /// Tags the key with an environment.
+    #[must_use]
+    pub fn with_environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+
     /// Whether `now` falls between `not_before` and `expires_at` and the
     /// status is active.
     pub fn is_valid_at(&self, now: SystemTime) -> bool {
@@ -196,4 +225,50 @@ pub enum Invalidity {
     Disabled,
     /// Status revoked.
     Revoked,
+}
+
+/// The environment a key or a service belongs to, in the manner of
+/// Stripe's `sk_live` / `sk_test` keys: a service refuses keys of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum Environment {
+    /// Production.
+    Live,
+    /// Testing, development, sandboxes.
+    Test,
+}
+
+impl Environment {
+    /// `"live"` or `"test"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Environment::Live => "live",
+            Environment::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a string is not an [`Environment`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an environment is \"live\" or \"test\"")]
+pub struct InvalidEnvironment;
+
+impl std::str::FromStr for Environment {
+    type Err = InvalidEnvironment;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "live" => Ok(Environment::Live),
+            "test" => Ok(Environment::Test),
+            _ => Err(InvalidEnvironment),
+        }
+    }
 }

@@ -18,6 +18,8 @@ const DUMMY_HASH: KeyHash = KeyHash::from_bytes([0x5a; 32]);
 ///
 /// [`AuthLayer`](super::AuthLayer) uses one; use it directly where there is
 /// no tower stack (a WebSocket handshake, a message consumer).
+/// It knows no request, so it does not check a key's restrictions (client
+/// networks, environment): [`AuthLayer`](super::AuthLayer) does that.
 ///
 /// # Example
 ///

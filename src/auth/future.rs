@@ -128,18 +128,22 @@ where
                     } = waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match config.authenticator.finish(pending, lookup) {
-                        Ok(principal) => {
-                            admit(&config, sources, &mut request, &principal);
-                            State::Inner {
+                    let next =
+                        match config
+                            .authenticator
+                            .finish(pending, lookup)
+                            .and_then(|principal| {
+                                admit(&config, sources, &mut request, &principal)
+                                    .map(|()| principal)
+                            }) {
+                            Ok(principal) => State::Inner {
                                 future: service.call(request),
                                 principal: Some(principal),
-                            }
-                        }
-                        Err(rejection) => State::Rejected {
-                            response: Some(config.refuse(request.headers(), rejection, client)),
-                        },
-                    };
+                            },
+                            Err(rejection) => State::Rejected {
+                                response: Some(config.refuse(request.headers(), rejection, client)),
+                            },
+                        };
                     state.set(next);
                 }
             }

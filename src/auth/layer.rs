@@ -4,7 +4,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::Response;
 
+use ipnet::IpNet;
 use tower_layer::Layer;
+
+use super::client::TrustedProxies;
+use crate::record::Environment;
 
 use super::source::{KeySource, MAX_SOURCES};
 use super::{AuthService, Authenticator, FailureThrottle};
@@ -27,6 +31,8 @@ pub(crate) struct AuthConfig {
     pub(crate) strip_credentials: bool,
     pub(crate) responder: Responder,
     pub(crate) throttle: Option<FailureThrottle>,
+    pub(crate) environment: Option<Environment>,
+    pub(crate) trusted_proxies: TrustedProxies,
 }
 
 impl AuthConfig {
@@ -62,6 +68,8 @@ impl AuthLayer {
                 strip_credentials: true,
                 responder: Responder::default(),
                 throttle: None,
+                environment: None,
+                trusted_proxies: TrustedProxies::none(),
             }),
         }
     }
@@ -107,6 +115,24 @@ impl AuthLayer {
     /// default.
     pub fn failure_throttle(mut self, throttle: FailureThrottle) -> Self {
         Arc::make_mut(&mut self.config).throttle = Some(throttle);
+        self
+    }
+
+    /// Declares the service's environment: keys tagged with another
+    /// environment ([`KeyRecord::environment`](crate::record::KeyRecord::environment))
+    /// are refused with `403` (reason `Restricted`). Keys without a tag are
+    /// accepted; a layer without an environment accepts every tag.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        Arc::make_mut(&mut self.config).environment = Some(environment);
+        self
+    }
+
+    /// Believes `X-Forwarded-For` / `Forwarded` from peers in `networks`,
+    /// when checking a key's allowed networks (see
+    /// [`client`](super::client)). By default no proxy is trusted and the
+    /// headers are ignored.
+    pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        Arc::make_mut(&mut self.config).trusted_proxies = TrustedProxies::new(networks);
         self
     }
 

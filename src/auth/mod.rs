@@ -9,14 +9,18 @@
 //! 3. hashes the secret and looks the record up by its public id; an unknown
 //!    id is compared against a dummy hash, so it costs the same;
 //! 4. compares the hashes in constant time, then checks status, expiry and
-//!    not-before against the injected [`Clock`](crate::clock::Clock);
+//!    not-before against the injected [`Clock`](crate::clock::Clock), then
+//!    the key's restrictions: its environment against the service's
+//!    ([`AuthLayer::environment`]) and the client's address against its
+//!    allowed networks (see [`client`]);
 //! 5. removes the credential from the request (configurable), inserts the
 //!    [`Principal`] into the request's extensions (and the response's), and
 //!    calls the inner service.
 //!
 //! Refusals are `Ok` responses (see [`reject`](crate::reject)): `401` with
-//! `WWW-Authenticate: Bearer`, the same for every kind of bad key; `503`
-//! when the store fails (fail closed). The exact reason goes to the logs
+//! `WWW-Authenticate: Bearer`, the same for every kind of bad key (expired,
+//! disabled and revoked included); `403` when a restriction refuses a good
+//! key; `503` when the store fails (fail closed). The exact reason goes to the logs
 //! (target `keyward::auth`, never the key) and to the [`Rejection`] in the
 //! response's extensions.
 //!
@@ -61,6 +65,7 @@
 //! ```
 
 mod authenticator;
+pub mod client;
 mod future;
 mod layer;
 mod principal;

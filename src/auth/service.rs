@@ -8,7 +8,6 @@ use super::authenticator::Begun;
 use super::future::ResponseFuture;
 use super::layer::AuthConfig;
 use super::source::{self, Presented};
-use super::throttle::client_ip;
 use super::Principal;
 use crate::body::ResponseBody;
 use crate::reject::{RejectReason, Rejection};
@@ -55,7 +54,10 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
-        let client = config.throttle.as_ref().and_then(|_| client_ip(&request));
+        let client = config
+            .throttle
+            .as_ref()
+            .and_then(|_| config.trusted_proxies.client_addr(&request));
         let (begun, sources) = match source::extract(&config.sources, &request) {
             Ok(Some(Presented { key, sources })) => {
                 if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
@@ -87,7 +89,11 @@ where
         };
         match begun {
             Begun::Done(Ok(principal)) => {
-                admit(config, sources, &mut request, &principal);
+                if let Err(rejection) = admit(config, sources, &mut request, &principal) {
+                    return ResponseFuture::rejected(
+                        config.responder.refuse(request.headers(), rejection),
+                    );
+                }
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
             Begun::Done(Err(rejection)) => {
@@ -105,15 +111,18 @@ where
     }
 }
 
-/// Prepares an authenticated request for the inner service.
+/// Checks the key's restrictions, then prepares an authenticated request
+/// for the inner service.
 pub(crate) fn admit<B>(
     config: &AuthConfig,
     sources: source::SourceMask,
     request: &mut Request<B>,
     principal: &Principal,
-) {
+) -> Result<(), Rejection> {
+    super::client::restrict(config, request, principal)?;
     if config.strip_credentials {
         source::strip(&config.sources, sources, request);
     }
     request.extensions_mut().insert(principal.clone());
+    Ok(())
 }

@@ -24,7 +24,10 @@ use crate::limit::{BoundedMap, Expiring};
 /// It counts by address, never by key, so nobody can lock a key out by
 /// guessing: only the guessing client waits. IPv6 clients are counted by
 /// their `/64` network, since one host holds a whole one. Requests whose
-/// client address is unknown (no axum `ConnectInfo`) are not counted. At most
+/// client address is unknown (no [`ClientAddr`](super::client::ClientAddr),
+/// no axum `ConnectInfo`) are not counted. Behind a proxy, set
+/// [`AuthLayer::trusted_proxies`](super::AuthLayer::trusted_proxies), or
+/// every client counts as the proxy. At most
 /// [`max_clients`](Self::with_max_clients) addresses are tracked
 /// (100 000 by default); entries that have drained are dropped first.
 ///
@@ -97,19 +100,6 @@ fn client_key(ip: IpAddr) -> IpAddr {
             None => IpAddr::V6((u128::from(v6) & !(u128::from(u64::MAX))).into()),
         },
     }
-}
-
-/// The address of the client that sent `request`, if known.
-pub(crate) fn client_ip<B>(request: &http::Request<B>) -> Option<IpAddr> {
-    #[cfg(feature = "axum")]
-    if let Some(info) = request
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-    {
-        return Some(info.0.ip());
-    }
-    let _ = request;
-    None
 }
 
 impl FailureThrottle {

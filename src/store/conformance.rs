@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{KeyStore, StoreError};
 use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId};
-use crate::record::{KeyRecord, KeyStatus};
+use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
 
 /// Runs every check against `store`.
@@ -30,6 +30,9 @@ pub async fn run<S: KeyStore + ?Sized>(store: &S) {
     update_replaces_and_refuses_unknown(store).await;
     revoke_takes_effect_at_once(store).await;
     list_by_owner_is_complete_ordered_and_isolated(store).await;
+    restrictions_round_trip(store).await;
+    lifecycle_updates_show_on_the_next_find(store).await;
+    revoke_keeps_every_other_field(store).await;
 }
 
 fn fresh_record(owner: &str, created_at: SystemTime) -> KeyRecord {
@@ -184,4 +187,96 @@ async fn list_by_owner_is_complete_ordered_and_isolated<S: KeyStore + ?Sized>(st
         .await
         .expect("list")
         .is_empty());
+}
+
+async fn restrictions_round_trip<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000))
+        .with_allowed_networks([
+            "10.0.0.0/8".parse().expect("valid network"),
+            "2001:db8::/32".parse().expect("valid network"),
+        ])
+        .with_environment(Environment::Test);
+    store.insert(record.clone()).await.expect("insert");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(
+        *found, record,
+        "allowed networks and environment must be kept as inserted"
+    );
+}
+
+/// The updates KeyManager makes (disable, enable, new scopes, a rotation's
+/// earlier expiry) each show on the next find and in list_by_owner.
+async fn lifecycle_updates_show_on_the_next_find<S: KeyStore + ?Sized>(store: &S) {
+    let owner = fresh_owner();
+    let record = fresh_record(&owner, epoch(1_700_000_000))
+        .with_scopes("pets:read".parse().expect("valid scope"))
+        .with_metadata("team", "core");
+    store.insert(record.clone()).await.expect("insert");
+
+    let steps: [(&str, KeyRecord); 4] = [
+        (
+            "status disabled",
+            record.clone().with_status(KeyStatus::Disabled),
+        ),
+        (
+            "status active",
+            record.clone().with_status(KeyStatus::Active),
+        ),
+        (
+            "scopes",
+            record
+                .clone()
+                .with_scopes("pets:* usage:read".parse().expect("valid scopes")),
+        ),
+        (
+            "expiry",
+            record.clone().with_expires_at(epoch(1_700_003_600)),
+        ),
+    ];
+    for (what, updated) in steps {
+        store.update(updated.clone()).await.expect("update");
+        let found = store.find(&record.id).await.expect("find").expect("found");
+        assert_eq!(
+            *found, updated,
+            "an update of the {what} must show on the next find"
+        );
+        if let Some(answer) = store.find_immediate(&record.id) {
+            let found = answer.expect("find_immediate").expect("found");
+            assert_eq!(*found, updated, "find_immediate must see the {what} update");
+        }
+        let listed = store.list_by_owner(&owner).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            *listed[0], updated,
+            "list_by_owner must see the {what} update"
+        );
+    }
+}
+
+async fn revoke_keeps_every_other_field<S: KeyStore + ?Sized>(store: &S) {
+    let owner = fresh_owner();
+    let record = fresh_record(&owner, epoch(1_700_000_000))
+        .with_name("to revoke")
+        .with_scopes("pets:read".parse().expect("valid scope"))
+        .with_expires_at(epoch(1_800_000_000))
+        .with_metadata("team", "core")
+        .with_allowed_networks(["192.0.2.0/24".parse().expect("valid network")])
+        .with_environment(Environment::Live);
+    store.insert(record.clone()).await.expect("insert");
+    store
+        .revoke(&record.id, epoch(1_700_000_100))
+        .await
+        .expect("revoke");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    let expected = record.with_status(KeyStatus::Revoked);
+    assert_eq!(
+        *found, expected,
+        "revoke must change the status and nothing else"
+    );
+    let listed = store.list_by_owner(&owner).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|r| r.status).collect::<Vec<_>>(),
+        vec![KeyStatus::Revoked],
+        "list_by_owner must show a revoked key as revoked"
+    );
 }

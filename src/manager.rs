@@ -1,0 +1,464 @@
+//! [`KeyManager`]: the key lifecycle over any [`KeyStore`]: issue, rotate,
+//! revoke, disable and enable, change scopes, list.
+//!
+//! - [`issue`](KeyManager::issue) mints a key and stores its record; the
+//!   plaintext is in the returned [`IssuedKey`] and nowhere else — hand it
+//!   to its owner once.
+//! - [`rotate`](KeyManager::rotate) mints a successor that copies every
+//!   field of the old record (owner, name, scopes, limits, metadata,
+//!   restrictions, expiry), and makes the old key expire after a grace
+//!   period you choose, so clients can switch over without downtime.
+//! - [`revoke`](KeyManager::revoke) is immediate and final;
+//!   [`disable`](KeyManager::disable) / [`enable`](KeyManager::enable) switch
+//!   a key off and on again.
+//!
+//! Times come from the injected [`Clock`]. `issue` and `revoke` are single
+//! store operations; `rotate`, `disable`, `enable` and `update_scopes` read
+//! the record, change it and write it back with [`KeyStore::update`], and
+//! refuse keys that are revoked. The [`KeyStore`] trait has no
+//! compare-and-swap, so two writers changing the *same* key at the same
+//! moment may overwrite each other (a revocation racing a rotation may be
+//! undone by it); serialize management of one key if that matters to you.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use keyward::clock::{Clock, FakeClock};
+//! use keyward::key::KeyFormat;
+//! use keyward::manager::{IssueOptions, KeyManager};
+//! use keyward::store::MemoryStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let clock = FakeClock::default();
+//! let manager = KeyManager::new(MemoryStore::new(), KeyFormat::new("sk_live")?)
+//!     .with_clock(clock.clone());
+//!
+//! let issued = manager
+//!     .issue(IssueOptions::new("acme").name("CI").scopes("pets:read".parse()?))
+//!     .await?;
+//! println!("your key, shown once: {}", issued.key.expose_secret());
+//!
+//! // A day's grace: the old key works until then, the new one from now on.
+//! let rotated = manager.rotate(&issued.record.id, Duration::from_secs(86_400)).await?;
+//! assert_eq!(rotated.record.scopes, issued.record.scopes);
+//! assert_eq!(rotated.previous.expires_at, Some(clock.now() + Duration::from_secs(86_400)));
+//!
+//! manager.revoke(&rotated.record.id).await?;
+//! assert_eq!(manager.list_by_owner("acme").await?.len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+
+use crate::clock::{Clock, SystemClock};
+use crate::key::{ApiKey, GenerateError, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use crate::record::{Environment, KeyRecord, KeyStatus};
+use crate::scope::ScopeSet;
+use crate::store::{KeyStore, StoreError};
+
+/// How many fresh ids [`KeyManager::issue`] tries when an id is taken (with
+/// 62^12 ids, a second try is already astronomically unlikely).
+const ISSUE_ATTEMPTS: usize = 3;
+
+/// Issues, rotates and revokes keys in a [`KeyStore`]; see the
+/// [module docs](self).
+///
+/// Cheap to clone: clones share the store, clock and hasher.
+#[derive(Clone)]
+pub struct KeyManager {
+    store: Arc<dyn KeyStore>,
+    generator: KeyGenerator,
+    hasher: KeyHasher,
+    clock: Arc<dyn Clock>,
+}
+
+/// The error type of [`KeyManager`] operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManagerError {
+    /// No key has this id.
+    #[error("no key with id {0}")]
+    NotFound(KeyId),
+    /// The key is revoked; revocation is final.
+    #[error("key {0} is revoked")]
+    Revoked(KeyId),
+    /// The key has expired: a successor would inherit its expiry and be
+    /// born dead, so it is not rotated.
+    #[error("key {0} has expired")]
+    Expired(KeyId),
+    /// A time computed from the options lies beyond what `SystemTime` holds.
+    #[error("the requested expiry is out of range")]
+    ExpiryOutOfRange,
+    /// The store failed.
+    #[error("key store failed")]
+    Store(#[source] StoreError),
+    /// The operating system's random number generator failed.
+    #[error("could not generate a key")]
+    Generate(#[from] GenerateError),
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::NotFound(id) => ManagerError::NotFound(id),
+            other => ManagerError::Store(other),
+        }
+    }
+}
+
+/// What [`KeyManager::issue`] makes: owner, scopes, name, times,
+/// restrictions, metadata.
+///
+/// # Example
+///
+/// ```
+/// use std::time::Duration;
+/// use keyward::manager::IssueOptions;
+/// use keyward::record::Environment;
+///
+/// let options = IssueOptions::new("acme")
+///     .name("billing export")
+///     .scopes("invoices:read".parse()?)
+///     .expires_in(Duration::from_secs(90 * 86_400))
+///     .allowed_networks(["10.0.0.0/8".parse()?])
+///     .environment(Environment::Live)
+///     .metadata("team", "billing");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct IssueOptions {
+    owner: String,
+    name: String,
+    scopes: ScopeSet,
+    expiry: Option<Expiry>,
+    not_before: Option<SystemTime>,
+    metadata: BTreeMap<String, String>,
+    allowed_networks: Vec<IpNet>,
+    environment: Option<Environment>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Expiry {
+    In(Duration),
+    At(SystemTime),
+}
+
+impl IssueOptions {
+    /// A key for `owner` with no scopes, no expiry and no restrictions.
+    pub fn new(owner: impl Into<String>) -> Self {
+        Self {
+            owner: owner.into(),
+            name: String::new(),
+            scopes: ScopeSet::new(),
+            expiry: None,
+            not_before: None,
+            metadata: BTreeMap::new(),
+            allowed_networks: Vec::new(),
+            environment: None,
+        }
+    }
+
+    /// A human name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The scopes.
+    pub fn scopes(mut self, scopes: ScopeSet) -> Self {
+        self.scopes = scopes;
+        self
+    }
+
+    /// Expires `after` the moment of issue (by the manager's clock).
+    pub fn expires_in(mut self, after: Duration) -> Self {
+        self.expiry = Some(Expiry::In(after));
+        self
+    }
+
+    /// Expires at `at`.
+    pub fn expires_at(mut self, at: SystemTime) -> Self {
+        self.expiry = Some(Expiry::At(at));
+        self
+    }
+
+    /// Refused before `at`.
+    pub fn not_before(mut self, at: SystemTime) -> Self {
+        self.not_before = Some(at);
+        self
+    }
+
+    /// Adds one metadata entry.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Restricts the key to client addresses in `networks`.
+    pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+
+    /// Tags the key with an environment.
+    pub fn environment(mut self, environment: Environment) -> Self {
+        self.environment = Some(environment);
+        self
+    }
+}
+
+/// A freshly issued key: the plaintext, once, and its stored record.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IssuedKey {
+    /// The plaintext key, for its owner. It is not stored anywhere.
+    pub key: ApiKey,
+    /// The record as stored.
+    pub record: KeyRecord,
+}
+
+/// The outcome of [`KeyManager::rotate`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Rotated {
+    /// The successor's plaintext key, for its owner.
+    pub key: ApiKey,
+    /// The successor's record as stored.
+    pub record: KeyRecord,
+    /// The old key's record as stored, with its new, earlier expiry.
+    pub previous: KeyRecord,
+}
+
+impl KeyManager {
+    /// Manages keys of `format` in `store`, hashed with plain SHA-256, timed
+    /// by the system clock.
+    pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
+        Self::from_shared(Arc::new(store), format)
+    }
+
+    /// Manages keys in a store shared as `Arc<dyn KeyStore>`.
+    pub fn from_shared(store: Arc<dyn KeyStore>, format: KeyFormat) -> Self {
+        Self {
+            store,
+            generator: KeyGenerator::new(format),
+            hasher: KeyHasher::sha256(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Uses `clock` for creation, expiry and revocation times.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Hashes new keys with `hasher`: it must be the one the
+    /// [`AuthLayer`](crate::AuthLayer) uses.
+    #[must_use]
+    pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.hasher = hasher;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// The format of the keys this manager mints.
+    pub fn format(&self) -> &KeyFormat {
+        self.generator.format()
+    }
+
+    /// Mints a key and stores its record. The plaintext is returned here
+    /// once and kept nowhere.
+    pub async fn issue(&self, options: IssueOptions) -> Result<IssuedKey, ManagerError> {
+        let now = self.clock.now();
+        let expires_at = match options.expiry {
+            None => None,
+            Some(Expiry::At(at)) => Some(at),
+            Some(Expiry::In(after)) => Some(
+                now.checked_add(after)
+                    .ok_or(ManagerError::ExpiryOutOfRange)?,
+            ),
+        };
+        self.insert_fresh(|id, hash| {
+            let mut record = KeyRecord::new(id, hash, options.owner.clone(), now)
+                .with_name(options.name.clone())
+                .with_scopes(options.scopes.clone())
+                .with_allowed_networks(options.allowed_networks.iter().copied());
+            record.expires_at = expires_at;
+            record.not_before = options.not_before;
+            record.metadata = options.metadata.clone();
+            record.environment = options.environment;
+            record
+        })
+        .await
+        .map(|(key, record)| IssuedKey { key, record })
+    }
+
+    /// Mints a successor to key `id` and lets the old key expire `grace`
+    /// from now (or at its own expiry, if that is earlier). A grace of zero
+    /// ends the old key at once.
+    ///
+    /// The successor copies every field of the old record — owner, name,
+    /// scopes, limits, metadata, restrictions, status, expiry — except its
+    /// id, hash and creation time. Revoked and expired keys cannot be
+    /// rotated.
+    pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<Rotated, ManagerError> {
+        let old = self.load(id).await?;
+        let now = self.clock.now();
+        if old.expires_at.is_some_and(|at| at <= now) {
+            return Err(ManagerError::Expired(*id));
+        }
+        let old_until = now
+            .checked_add(grace)
+            .ok_or(ManagerError::ExpiryOutOfRange)?;
+        let (key, record) = self
+            .insert_fresh(|new_id, hash| KeyRecord {
+                id: new_id,
+                hash,
+                created_at: now,
+                ..old.clone()
+            })
+            .await?;
+        let mut previous = old.clone();
+        previous.expires_at = Some(match old.expires_at {
+            Some(at) if at < old_until => at,
+            _ => old_until,
+        });
+        if let Err(error) = self.store.update(previous.clone()).await {
+            // Do not leave a successor whose key nobody received.
+            if let Err(cleanup) = self.store.revoke(&record.id, now).await {
+                tracing::error!(
+                    target: "keyward::manager",
+                    key_id = %record.id,
+                    error = &cleanup as &dyn std::error::Error,
+                    "rotation failed and its successor could not be revoked"
+                );
+            }
+            return Err(error.into());
+        }
+        tracing::info!(
+            target: "keyward::manager",
+            key_id = %id,
+            successor = %record.id,
+            grace_secs = grace.as_secs(),
+            "key rotated"
+        );
+        Ok(Rotated {
+            key,
+            record,
+            previous,
+        })
+    }
+
+    /// Revokes key `id`, effective on the next request. Final.
+    pub async fn revoke(&self, id: &KeyId) -> Result<(), ManagerError> {
+        self.store.revoke(id, self.clock.now()).await?;
+        tracing::info!(target: "keyward::manager", key_id = %id, "key revoked");
+        Ok(())
+    }
+
+    /// Switches key `id` off until [`enable`](Self::enable)d. Returns the
+    /// updated record.
+    pub async fn disable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
+        self.modify(id, |record| record.status = KeyStatus::Disabled)
+            .await
+    }
+
+    /// Switches a disabled key `id` on again. Revoked keys stay revoked
+    /// ([`ManagerError::Revoked`]).
+    pub async fn enable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
+        self.modify(id, |record| record.status = KeyStatus::Active)
+            .await
+    }
+
+    /// Replaces the scopes of key `id`. Returns the updated record.
+    pub async fn update_scopes(
+        &self,
+        id: &KeyId,
+        scopes: ScopeSet,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.modify(id, move |record| record.scopes = scopes).await
+    }
+
+    /// Every key of `owner`, oldest first.
+    pub async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, ManagerError> {
+        Ok(self.store.list_by_owner(owner).await?)
+    }
+
+    /// The record of key `id`, if there is one.
+    pub async fn find(&self, id: &KeyId) -> Result<Option<Arc<KeyRecord>>, ManagerError> {
+        Ok(self.store.find(id).await?)
+    }
+
+    /// The record of a key that is not revoked.
+    async fn load(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
+        let record = self
+            .store
+            .find(id)
+            .await?
+            .ok_or(ManagerError::NotFound(*id))?;
+        if record.status == KeyStatus::Revoked {
+            return Err(ManagerError::Revoked(*id));
+        }
+        Ok(KeyRecord::clone(&record))
+    }
+
+    async fn modify(
+        &self,
+        id: &KeyId,
+        change: impl FnOnce(&mut KeyRecord),
+    ) -> Result<KeyRecord, ManagerError> {
+        let mut record = self.load(id).await?;
+        change(&mut record);
+        self.store.update(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// Generates a key, builds its record with `build` and inserts it,
+    /// trying a fresh id if the id is taken.
+    async fn insert_fresh(
+        &self,
+        build: impl Fn(KeyId, crate::key::KeyHash) -> KeyRecord,
+    ) -> Result<(ApiKey, KeyRecord), ManagerError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let key = self.generator.generate()?;
+            let record = build(key.id(), self.hasher.hash(key.secret()));
+            match self.store.insert(record.clone()).await {
+                Ok(()) => return Ok((key, record)),
+                Err(StoreError::AlreadyExists(_)) if attempt < ISSUE_ATTEMPTS => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("store", &self.store)
+            .field("format", self.generator.format())
+            .field("hasher", &self.hasher)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}

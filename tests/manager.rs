@@ -1,0 +1,335 @@
+//! KeyManager: issue, rotate with a grace period, revoke, disable/enable,
+//! update scopes — checked through AuthLayer with a fake clock.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use axum::Router;
+use http::{Request, Response, StatusCode};
+use keyward::auth::{AuthLayer, Principal};
+use keyward::clock::{Clock, FakeClock};
+use keyward::key::{ApiKey, KeyFormat, KeyHasher, KeyId};
+use keyward::manager::{IssueOptions, KeyManager, ManagerError};
+use keyward::record::{Environment, KeyStatus};
+use keyward::reject::{RejectReason, Rejection};
+use keyward::store::{KeyStore, MemoryStore};
+use keyward::RequireScopes;
+use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+struct Fixture {
+    format: KeyFormat,
+    store: MemoryStore,
+    clock: FakeClock,
+    manager: KeyManager,
+}
+
+fn fixture() -> Fixture {
+    let format = KeyFormat::new("sk_live").unwrap();
+    let store = MemoryStore::new();
+    let clock = FakeClock::default();
+    let manager = KeyManager::new(store.clone(), format.clone()).with_clock(clock.clone());
+    Fixture {
+        format,
+        store,
+        clock,
+        manager,
+    }
+}
+
+impl Fixture {
+    fn auth(&self) -> AuthLayer {
+        AuthLayer::new(self.store.clone(), self.format.clone()).clock(self.clock.clone())
+    }
+
+    async fn check(&self, key: &ApiKey) -> (StatusCode, Option<RejectReason>) {
+        let service = ServiceBuilder::new().layer(self.auth()).service(service_fn(
+            |r: Request<String>| async move {
+                let who = r.extensions().get::<Principal>().unwrap().key_id();
+                Ok::<_, Infallible>(Response::new(who.to_string()))
+            },
+        ));
+        let request = Request::get("/")
+            .header("authorization", format!("Bearer {}", key.expose_secret()))
+            .body(String::new())
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        (
+            response.status(),
+            response.extensions().get::<Rejection>().map(|r| r.reason()),
+        )
+    }
+}
+
+const OK: (StatusCode, Option<RejectReason>) = (StatusCode::OK, None);
+
+#[tokio::test]
+async fn issue_stores_a_hash_and_returns_the_key_once() {
+    let f = fixture();
+    let issued = f
+        .manager
+        .issue(
+            IssueOptions::new("acme")
+                .name("CI")
+                .scopes("pets:read pets:write".parse().unwrap())
+                .expires_in(Duration::from_secs(3600))
+                .metadata("team", "core")
+                .environment(Environment::Live)
+                .allowed_networks(["10.0.0.0/8".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let stored = f.store.find(&issued.record.id).await.unwrap().unwrap();
+    assert_eq!(*stored, issued.record);
+    assert_eq!(stored.id, issued.key.id());
+    assert!(KeyHasher::sha256()
+        .hash(issued.key.secret())
+        .verify(&stored.hash));
+    assert_eq!(stored.owner, "acme");
+    assert_eq!(stored.name, "CI");
+    assert_eq!(stored.created_at, f.clock.now());
+    assert_eq!(
+        stored.expires_at,
+        Some(f.clock.now() + Duration::from_secs(3600))
+    );
+    assert_eq!(stored.metadata["team"], "core");
+    assert_eq!(stored.environment, Some(Environment::Live));
+    assert_eq!(stored.allowed_networks.len(), 1);
+    // Nothing the manager keeps or prints holds the secret.
+    let shown = format!("{issued:?} {:?} {stored:?}", f.manager);
+    assert!(!shown.contains(issued.key.secret()));
+
+    let plain = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
+    assert_eq!(f.check(&plain.key).await, OK);
+    assert_eq!(f.manager.list_by_owner("acme").await.unwrap().len(), 2);
+    assert!(f.manager.list_by_owner("nobody").await.unwrap().is_empty());
+    assert_eq!(
+        f.manager.find(&plain.record.id).await.unwrap().unwrap().id,
+        plain.record.id
+    );
+}
+
+#[tokio::test]
+async fn rotated_predecessor_works_inside_the_grace_period_only() {
+    let f = fixture();
+    let old = f
+        .manager
+        .issue(
+            IssueOptions::new("acme")
+                .name("deploy")
+                .scopes("pets:*".parse().unwrap())
+                .metadata("team", "core")
+                .environment(Environment::Live)
+                .allowed_networks(["10.0.0.0/8".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(100));
+    let grace = Duration::from_secs(3600);
+    let rotated = f.manager.rotate(&old.record.id, grace).await.unwrap();
+
+    // The successor copies everything but id, hash and creation time.
+    let new = &rotated.record;
+    assert_ne!(new.id, old.record.id);
+    assert_ne!(new.hash, old.record.hash);
+    assert_eq!(new.created_at, f.clock.now());
+    assert_eq!(new.owner, old.record.owner);
+    assert_eq!(new.name, old.record.name);
+    assert_eq!(new.scopes, old.record.scopes);
+    assert_eq!(new.metadata, old.record.metadata);
+    assert_eq!(new.environment, old.record.environment);
+    assert_eq!(new.allowed_networks, old.record.allowed_networks);
+    assert_eq!(new.expires_at, None);
+    assert_eq!(new.status, KeyStatus::Active);
+    assert_eq!(rotated.previous.expires_at, Some(f.clock.now() + grace));
+
+    // The keys are restricted to 10.0.0.0/8: call from there.
+    let old_key = &old.key;
+    let new_key = &rotated.key;
+    let net_ok =
+        |key: &ApiKey| {
+            let key = key.clone();
+            let service = ServiceBuilder::new().layer(f.auth()).service(service_fn(
+                |_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) },
+            ));
+            async move {
+                let request = Request::get("/")
+                    .header("authorization", format!("Bearer {}", key.expose_secret()))
+                    .extension(keyward::auth::client::ClientAddr(
+                        "10.0.0.1".parse().unwrap(),
+                    ))
+                    .body(String::new())
+                    .unwrap();
+                let response = service.oneshot(request).await.unwrap();
+                (
+                    response.status(),
+                    response.extensions().get::<Rejection>().map(|r| r.reason()),
+                )
+            }
+        };
+    assert_eq!(net_ok(old_key).await, OK);
+    assert_eq!(net_ok(new_key).await, OK);
+    f.clock.advance(grace - Duration::from_secs(1));
+    assert_eq!(net_ok(old_key).await, OK, "inside the grace period");
+    f.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        net_ok(old_key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Expired)),
+        "after the grace period"
+    );
+    assert_eq!(net_ok(new_key).await, OK);
+}
+
+#[tokio::test]
+async fn rotation_keeps_an_earlier_expiry_and_a_zero_grace_ends_at_once() {
+    let f = fixture();
+    let soon = f
+        .manager
+        .issue(IssueOptions::new("acme").expires_in(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let rotated = f
+        .manager
+        .rotate(&soon.record.id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(rotated.previous.expires_at, soon.record.expires_at);
+    // The successor keeps the same absolute expiry: rotation never extends
+    // a key's life.
+    assert_eq!(rotated.record.expires_at, soon.record.expires_at);
+
+    // Once expired, a key is not rotated: its successor would be born dead.
+    f.clock.advance(Duration::from_secs(60));
+    let id = soon.record.id;
+    assert!(matches!(
+        f.manager.rotate(&id, Duration::from_secs(60)).await,
+        Err(ManagerError::Expired(x)) if x == id
+    ));
+
+    let other = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
+    let rotated = f
+        .manager
+        .rotate(&other.record.id, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.check(&other.key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Expired))
+    );
+    assert_eq!(f.check(&rotated.key).await, OK);
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_on_the_very_next_request() {
+    let f = fixture();
+    let issued = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
+    assert_eq!(f.check(&issued.key).await, OK);
+    f.manager.revoke(&issued.record.id).await.unwrap();
+    assert_eq!(
+        f.check(&issued.key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Revoked))
+    );
+    // Revocation is final.
+    let id = issued.record.id;
+    assert!(matches!(f.manager.enable(&id).await, Err(ManagerError::Revoked(x)) if x == id));
+    assert!(matches!(
+        f.manager.disable(&id).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        f.manager.rotate(&id, Duration::ZERO).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        f.manager.update_scopes(&id, "a:b".parse().unwrap()).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert_eq!(
+        f.store.find(&id).await.unwrap().unwrap().status,
+        KeyStatus::Revoked
+    );
+}
+
+#[tokio::test]
+async fn disable_enable_and_unknown_ids() {
+    let f = fixture();
+    let issued = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
+    let id = issued.record.id;
+    assert_eq!(
+        f.manager.disable(&id).await.unwrap().status,
+        KeyStatus::Disabled
+    );
+    assert_eq!(
+        f.check(&issued.key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Disabled))
+    );
+    assert_eq!(
+        f.manager.enable(&id).await.unwrap().status,
+        KeyStatus::Active
+    );
+    assert_eq!(f.check(&issued.key).await, OK);
+
+    let unknown: KeyId = "AAAAAAAAAAAA".parse().unwrap();
+    assert!(
+        matches!(f.manager.revoke(&unknown).await, Err(ManagerError::NotFound(x)) if x == unknown)
+    );
+    assert!(matches!(
+        f.manager.disable(&unknown).await,
+        Err(ManagerError::NotFound(_))
+    ));
+    assert!(matches!(
+        f.manager.rotate(&unknown, Duration::ZERO).await,
+        Err(ManagerError::NotFound(_))
+    ));
+    assert!(f.manager.find(&unknown).await.unwrap().is_none());
+    assert!(matches!(
+        f.manager
+            .issue(IssueOptions::new("acme").expires_in(Duration::MAX))
+            .await,
+        Err(ManagerError::ExpiryOutOfRange)
+    ));
+}
+
+#[tokio::test]
+async fn update_scopes_changes_what_the_next_request_may_do() {
+    let f = fixture();
+    let issued = f
+        .manager
+        .issue(IssueOptions::new("acme").scopes("pets:read".parse().unwrap()))
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route(
+            "/pets",
+            get(|| async { "ok" }).route_layer(RequireScopes::try_all(["pets:write"]).unwrap()),
+        )
+        .layer(f.auth());
+    let send = |app: Router| {
+        let key = issued.key.expose_secret().to_owned();
+        async move {
+            let request = Request::get("/pets")
+                .header("x-api-key", key)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap().status()
+        }
+    };
+    assert_eq!(send(app.clone()).await, StatusCode::FORBIDDEN);
+    let updated = f
+        .manager
+        .update_scopes(&issued.record.id, "pets:*".parse().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(updated.scopes.to_string(), "pets:*");
+    assert_eq!(send(app).await, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn works_over_a_shared_dyn_store() {
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+    let manager = KeyManager::from_shared(Arc::clone(&store), KeyFormat::new("sk_test").unwrap());
+    let issued = manager.issue(IssueOptions::new("acme")).await.unwrap();
+    assert!(store.find(&issued.record.id).await.unwrap().is_some());
+    assert!(Arc::ptr_eq(manager.store(), &store));
+}
