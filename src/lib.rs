@@ -29,13 +29,15 @@
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`reject`]: why a request was refused and how that is answered;
 //! - [`clock`]: injected time, for tests that do not sleep;
-//! - [`body`]: the response body type of the layers.
+//! - [`body`]: the response body type of the layers;
+//! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //!
 //! # Feature flags
 //!
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
 //! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
 //! - `test-util`: [`store::conformance`], the suite every store runs.
+//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -47,6 +49,7 @@ pub mod record;
 pub mod reject;
 pub mod scope;
 pub mod store;
+pub mod usage;
 
 pub use auth::{AuthLayer, Principal};
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
