@@ -11,13 +11,14 @@
 //! curl http://127.0.0.1:3000/health
 //! curl -H "Authorization: Bearer $ADMIN_KEY" http://127.0.0.1:3000/pets
 //! curl -H "X-API-Key: $READER_KEY" http://127.0.0.1:3000/me
+//! curl -H "X-API-Key: $ADMIN_KEY" http://127.0.0.1:3000/usage
 //! ```
 
 use std::time::{Instant, SystemTime};
 
 use axum::extract::Request;
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use keyward::auth::{AuthLayer, Principal};
@@ -25,6 +26,7 @@ use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::record::KeyRecord;
 use keyward::reject::Rejection;
 use keyward::store::{KeyStore, MemoryStore};
+use keyward::usage::{AggregatingSink, UsageLayer};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -52,12 +54,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let reader = issue(&store, &format, "reader", "pets:read").await?;
 
+    // Per-key counters for GET /usage; UsageLayer, outermost, feeds them.
+    let usage = AggregatingSink::new();
     let app = Router::new()
         .route("/pets", get(list_pets))
         .route("/me", get(me))
+        .route("/usage", {
+            let usage = usage.clone();
+            get(move |principal: Principal, headers: http::HeaderMap| {
+                std::future::ready(usage_report(&principal, &headers, &usage))
+            })
+        })
         .layer(AuthLayer::new(store, format))
         .route("/health", get(|| async { "ok" }))
-        .layer(middleware::from_fn(log_request));
+        .layer(middleware::from_fn(log_request))
+        .layer(UsageLayer::new(usage));
 
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
@@ -103,6 +114,58 @@ async fn me(principal: Principal) -> Json<Value> {
         "name": principal.name(),
         "scopes": principal.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
     }))
+}
+
+/// The usage of every key, from the aggregate (scope `usage:read`).
+fn usage_report(
+    principal: &Principal,
+    headers: &http::HeaderMap,
+    usage: &AggregatingSink,
+) -> Response {
+    let required: keyward::scope::Scope = "usage:read".parse().expect("a valid scope");
+    if !principal.scopes().grants(&required) {
+        let rejection = Rejection::new(keyward::reject::RejectReason::InsufficientScope)
+            .with_key_id(principal.key_id())
+            .with_required_scopes(keyward::scope::ScopeSet::from([required]));
+        return keyward::reject::Responder::default()
+            .refuse(headers, rejection)
+            .map(axum::body::Body::from);
+    }
+    let keys: Vec<Value> = usage
+        .snapshot()
+        .iter()
+        .map(|key| {
+            let denied_by_reason: serde_json::Map<String, Value> = key
+                .denied_by_reason
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+                .collect();
+            json!({
+                "key_id": key.key_id.map(|id| id.to_string()),
+                "owner": key.owner,
+                "requests": key.requests,
+                "allowed": key.allowed,
+                "denied": key.denied,
+                "denied_by_reason": denied_by_reason,
+                "status": {
+                    "2xx": key.statuses.success,
+                    "3xx": key.statuses.redirection,
+                    "4xx": key.statuses.client_error,
+                    "5xx": key.statuses.server_error,
+                },
+                "mean_latency_us": key.mean_latency().map(|d| d.as_micros() as u64),
+                "last_used_unix": key.last_used
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    let anonymous = usage.anonymous();
+    Json(json!({
+        "keys": keys,
+        "anonymous": {"requests": anonymous.requests, "denied": anonymous.denied},
+    }))
+    .into_response()
 }
 
 /// Logs each request: key id, method, path, status and latency; never a
