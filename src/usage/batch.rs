@@ -18,6 +18,46 @@ use super::{UsageEvent, UsageSink};
 /// sink's queue fills up and new events are dropped (and counted), so a
 /// stuck exporter costs events, never requests. Deal with your own errors
 /// (retry, log) inside `export`.
+///
+/// ```
+/// use std::io::Write;
+/// use std::time::{SystemTime, UNIX_EPOCH};
+/// use keyward::usage::{BatchingSink, Lifecycle, UsageEvent, UsageExporter, UsageSink};
+///
+/// /// One JSON object a line.
+/// struct JsonLines<W>(W);
+///
+/// #[async_trait::async_trait]
+/// impl<W: Write + Send + 'static> UsageExporter for JsonLines<W> {
+///     async fn export(&mut self, batch: Vec<UsageEvent>) {
+///         for event in &batch {
+///             let line = serde_json::json!({
+///                 "at_ms": event.at().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+///                 "kind": event.kind().as_str(),
+///                 "key_id": event.key_id().map(|id| id.to_string()),
+///                 "owner": event.owner(),
+///                 "method": event.method().map(|m| m.as_str()),
+///                 "route": event.route(),
+///                 "status": event.status().map(|s| s.as_u16()),
+///                 "outcome": event.outcome().as_str(),
+///                 "latency_us": event.latency().as_micros() as u64,
+///                 "tags": event.tags().iter().collect::<std::collections::BTreeMap<_, _>>(),
+///             });
+///             let _ = writeln!(self.0, "{line}");
+///         }
+///         let _ = self.0.flush();
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sink = BatchingSink::new(JsonLines(std::io::stdout()));
+/// let id = "abcdefABCDEF".parse()?;
+/// sink.record(UsageEvent::lifecycle(Lifecycle::Issued, id, "acme", SystemTime::now()));
+/// sink.shutdown().await; // exports what is queued, then stops
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait UsageExporter: Send + 'static {
     /// Delivers one batch, in the order the events were recorded.
