@@ -777,3 +777,41 @@ fn lifecycle_events_from_key_management() {
     assert!(aggregate.snapshot().is_empty());
     assert_eq!(aggregate.anonymous().requests, 0);
 }
+
+#[test]
+fn a_shared_dyn_sink_works() {
+    let aggregate = AggregatingSink::new();
+    let shared: Arc<dyn UsageSink> = Arc::new(aggregate.clone());
+    let service = plain_service(shared);
+    let request = Request::get("/").body(String::new()).unwrap();
+    let response = tokio_test_block_on(service.oneshot(request)).unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let anonymous = aggregate.anonymous();
+    assert_eq!((anonymous.requests, anonymous.allowed), (1, 1));
+    assert_eq!(anonymous.statuses.success, 1);
+}
+
+fn tokio_test_block_on<F: Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+proptest::proptest! {
+    /// The recorded route is the path: never the query, whatever it holds.
+    #[test]
+    fn the_route_never_holds_the_query(
+        path in "(/[a-zA-Z0-9._~-]{0,12}){1,4}",
+        query in "[a-zA-Z0-9=&_%.-]{0,60}",
+    ) {
+        let collected = Collected::default();
+        let service = plain_service(collected.sink());
+        let uri = format!("{path}?{query}");
+        let request = Request::get(uri.as_str()).body(String::new()).unwrap();
+        tokio_test_block_on(service.oneshot(request)).unwrap();
+        let events = collected.take();
+        proptest::prop_assert_eq!(events.len(), 1);
+        proptest::prop_assert_eq!(events[0].route(), Some(path.as_str()));
+    }
+}

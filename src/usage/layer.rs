@@ -232,3 +232,28 @@ impl FirstSeen {
         set.insert(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_seen_is_bounded() {
+        let ids: Vec<KeyId> = ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let seen = FirstSeen::new(2);
+        assert!(seen.first(ids[0]));
+        assert!(!seen.first(ids[0]));
+        assert!(seen.first(ids[1]));
+        // Full: it starts over, so the set never holds more than 2.
+        assert!(seen.first(ids[2]));
+        assert!(seen.set.len() <= 2);
+        assert!(seen.first(ids[0]));
+
+        let off = FirstSeen::new(0);
+        assert!(!off.first(ids[0]));
+        assert_eq!(off.set.len(), 0);
+    }
+}
