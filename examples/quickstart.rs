@@ -15,8 +15,13 @@
 //! curl -H "Authorization: Bearer $ADMIN_KEY" \
 //!      -d '{"scopes":["pets:read"],"owner":"bob","expires_in_seconds":3600}' http://127.0.0.1:3000/keys
 //! curl -X DELETE -H "Authorization: Bearer $ADMIN_KEY" http://127.0.0.1:3000/keys/$KEY_ID
+//! curl -H "X-API-Key: $ADMIN_KEY" http://127.0.0.1:3000/usage
 //! ```
+//!
+//! The reader key may make 5 requests a second (burst 5); the sixth gets
+//! `429` with `Retry-After`. Every answer carries `RateLimit` fields.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -27,13 +32,15 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyward::auth::{AuthLayer, Principal};
+use keyward::auth::{AuthLayer, FailureThrottle, Principal};
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use keyward::limit::{Limits, MemoryLimiter, PolicyError, RateLimitLayer, RatePolicy};
 use keyward::manager::{IssueOptions, KeyManager, ManagerError};
 use keyward::record::KeyRecord;
 use keyward::reject::Rejection;
 use keyward::scope::{Scope, ScopeError, ScopeSet};
 use keyward::store::{KeyStore, MemoryStore};
+use keyward::usage::{AggregatingSink, TracingSink, UsageLayer};
 use keyward::RequireScopes;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -57,11 +64,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("listening on http://{}", listener.local_addr()?);
     println!("admin key: {}", admin.expose_secret());
     println!("reader key: {}", reader.expose_secret());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    // The client address feeds the failed-attempt throttle.
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
     Ok(())
 }
 
@@ -75,10 +86,16 @@ pub(crate) async fn build() -> Result<(Router, ApiKey, ApiKey), Box<dyn std::err
         &format,
         "admin",
         "pets:read pets:write keys:admin usage:read",
+        per_second(100)?,
     )
     .await?;
-    let reader = issue(&store, &format, "reader", "pets:read").await?;
+    let reader = issue(&store, &format, "reader", "pets:read", per_second(5)?).await?;
     Ok((app(store, format)?, admin, reader))
+}
+
+/// A tier of `n` requests a second, with a burst of `n`.
+fn per_second(n: u32) -> Result<Limits, PolicyError> {
+    Limits::new([RatePolicy::new("burst", n, Duration::from_secs(1))?.into()])
 }
 
 /// What the handlers share.
@@ -86,19 +103,33 @@ pub(crate) async fn build() -> Result<(Router, ApiKey, ApiKey), Box<dyn std::err
 struct AppState {
     manager: KeyManager,
     pets: Arc<Mutex<Vec<Value>>>,
+    usage: AggregatingSink,
+    /// The tier of keys made through `POST /keys`.
+    standard: Limits,
 }
 
-/// The routes. `AuthLayer` wraps them all (`layer`); each route then asks
-/// for its scopes with `route_layer(RequireScopes::...)`, which runs after
-/// authentication. `/health` is added after the `AuthLayer`, so it needs no
-/// key.
-pub(crate) fn app(store: MemoryStore, format: KeyFormat) -> Result<Router, ScopeError> {
+/// The routes and the layers around them, outermost first:
+///
+/// - `UsageLayer` counts every request (also the refused ones) per key;
+/// - the request log;
+/// - `AuthLayer` (with a failed-attempt throttle): `/health` is added after
+///   it, so it needs no key;
+/// - `RateLimitLayer`: each key's own limits, `RateLimit` fields;
+/// - `RequireScopes`, per route (`route_layer`).
+pub(crate) fn app(
+    store: MemoryStore,
+    format: KeyFormat,
+) -> Result<Router, Box<dyn std::error::Error>> {
+    let usage = AggregatingSink::new();
     let state = AppState {
-        manager: KeyManager::new(store.clone(), format.clone()),
+        // Issued, rotated and revoked keys are logged as lifecycle events.
+        manager: KeyManager::new(store.clone(), format.clone()).with_events(TracingSink::info()),
         pets: Arc::new(Mutex::new(vec![
             json!({"id": 1, "name": "Rex", "kind": "dog"}),
             json!({"id": 2, "name": "Tom", "kind": "cat"}),
         ])),
+        usage: usage.clone(),
+        standard: per_second(5)?,
     };
     let require = |scope: &str| Ok::<_, ScopeError>(RequireScopes::all([Scope::new(scope)?]));
     Ok(Router::new()
@@ -116,10 +147,19 @@ pub(crate) fn app(store: MemoryStore, format: KeyFormat) -> Result<Router, Scope
             "/keys/{key_id}",
             delete(revoke_key).route_layer(require("keys:admin")?),
         )
+        .route(
+            "/usage",
+            get(usage_report).route_layer(require("usage:read")?),
+        )
         .with_state(state)
-        .layer(AuthLayer::new(store, format))
+        .layer(RateLimitLayer::new(MemoryLimiter::new()))
+        .layer(
+            AuthLayer::new(store, format)
+                .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60))),
+        )
         .route("/health", get(|| async { "ok" }))
-        .layer(middleware::from_fn(log_request)))
+        .layer(middleware::from_fn(log_request))
+        .layer(UsageLayer::new(usage)))
 }
 
 /// Mints a key with `scopes` and stores its record; the plaintext is
@@ -129,12 +169,14 @@ async fn issue(
     format: &KeyFormat,
     owner: &str,
     scopes: &str,
+    limits: Limits,
 ) -> Result<ApiKey, Box<dyn std::error::Error>> {
     let key = KeyGenerator::new(format.clone()).generate()?;
     let hash = KeyHasher::sha256().hash(key.secret());
     let record = KeyRecord::new(key.id(), hash, owner, SystemTime::now())
         .with_name(format!("{owner} key"))
-        .with_scopes(scopes.parse()?);
+        .with_scopes(scopes.parse()?)
+        .with_limits(limits);
     store.insert(record).await?;
     Ok(key)
 }
@@ -209,6 +251,7 @@ async fn create_key(State(state): State<AppState>, caller: Principal, body: Byte
     }
     let mut options = IssueOptions::new(owner)
         .scopes(scopes)
+        .limits(state.standard.clone())
         .metadata("issued_by", caller.key_id().to_string());
     match body.get("expires_in_seconds") {
         None | Some(Value::Null) => {}
@@ -309,6 +352,46 @@ async fn me(principal: Principal) -> Json<Value> {
         "name": principal.name(),
         "scopes": principal.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
     }))
+}
+
+/// `GET /usage` (`usage:read`): the usage of every key, from the aggregate.
+async fn usage_report(State(state): State<AppState>) -> Response {
+    let usage = &state.usage;
+    let keys: Vec<Value> = usage
+        .snapshot()
+        .iter()
+        .map(|key| {
+            let denied_by_reason: serde_json::Map<String, Value> = key
+                .denied_by_reason
+                .iter()
+                .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
+                .collect();
+            json!({
+                "key_id": key.key_id.map(|id| id.to_string()),
+                "owner": key.owner,
+                "requests": key.requests,
+                "allowed": key.allowed,
+                "denied": key.denied,
+                "denied_by_reason": denied_by_reason,
+                "status": {
+                    "2xx": key.statuses.success,
+                    "3xx": key.statuses.redirection,
+                    "4xx": key.statuses.client_error,
+                    "5xx": key.statuses.server_error,
+                },
+                "mean_latency_us": key.mean_latency().map(|d| d.as_micros() as u64),
+                "last_used_unix": key.last_used
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs()),
+            })
+        })
+        .collect();
+    let anonymous = usage.anonymous();
+    Json(json!({
+        "keys": keys,
+        "anonymous": {"requests": anonymous.requests, "denied": anonymous.denied},
+    }))
+    .into_response()
 }
 
 /// Logs each request: key id, method, path, status and latency; never a

@@ -34,12 +34,14 @@
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
+//! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //!
 //! # Feature flags
 //!
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
 //! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
 //! - `test-util`: [`store::conformance`], the suite every store runs.
+//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
 
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
@@ -55,6 +57,7 @@ pub mod record;
 pub mod reject;
 pub mod scope;
 pub mod store;
+pub mod usage;
 
 pub use auth::{AuthLayer, Principal};
 pub use authorize::RequireScopes;

@@ -60,9 +60,11 @@ use ipnet::IpNet;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::{ApiKey, GenerateError, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use crate::limit::Limits;
 use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
 use crate::store::{KeyStore, StoreError};
+use crate::usage::{Lifecycle, UsageEvent, UsageSink};
 
 /// How many fresh ids [`KeyManager::issue`] tries when an id is taken (with
 /// 62^12 ids, a second try is already astronomically unlikely).
@@ -78,6 +80,7 @@ pub struct KeyManager {
     generator: KeyGenerator,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    events: Arc<dyn UsageSink>,
 }
 
 /// The error type of [`KeyManager`] operations.
@@ -144,6 +147,7 @@ pub struct IssueOptions {
     metadata: BTreeMap<String, String>,
     allowed_networks: Vec<IpNet>,
     environment: Option<Environment>,
+    limits: Limits,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -164,6 +168,7 @@ impl IssueOptions {
             metadata: BTreeMap::new(),
             allowed_networks: Vec::new(),
             environment: None,
+            limits: Limits::none(),
         }
     }
 
@@ -206,6 +211,12 @@ impl IssueOptions {
     /// Restricts the key to client addresses in `networks`.
     pub fn allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         self.allowed_networks = networks.into_iter().collect();
+        self
+    }
+
+    /// The key's rate limits and credits (share one [`Limits`] per tier).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -252,7 +263,26 @@ impl KeyManager {
             generator: KeyGenerator::new(format),
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
+            events: Arc::new(()),
         }
+    }
+
+    /// Records every change (issued, rotated, revoked, disabled, enabled)
+    /// as a lifecycle [`UsageEvent`] in `sink`: the audit trail, through
+    /// the same sinks as request usage.
+    #[must_use]
+    pub fn with_events(mut self, sink: impl UsageSink) -> Self {
+        self.events = Arc::new(sink);
+        self
+    }
+
+    fn audit(&self, lifecycle: Lifecycle, record: &KeyRecord) {
+        self.events.record(UsageEvent::lifecycle(
+            lifecycle,
+            record.id,
+            record.owner.as_str(),
+            self.clock.now(),
+        ));
     }
 
     /// Uses `clock` for creation, expiry and revocation times.
@@ -306,10 +336,14 @@ impl KeyManager {
             record.not_before = options.not_before;
             record.metadata = options.metadata.clone();
             record.environment = options.environment;
+            record.limits = options.limits.clone();
             record
         })
         .await
-        .map(|(key, record)| IssuedKey { key, record })
+        .map(|(key, record)| {
+            self.audit(Lifecycle::Issued, &record);
+            IssuedKey { key, record }
+        })
     }
 
     /// Mints a successor to key `id` and lets the old key expire `grace`
@@ -361,6 +395,8 @@ impl KeyManager {
             grace_secs = grace.as_secs(),
             "key rotated"
         );
+        self.audit(Lifecycle::Rotated, &previous);
+        self.audit(Lifecycle::Issued, &record);
         Ok(Rotated {
             key,
             record,
@@ -372,21 +408,37 @@ impl KeyManager {
     pub async fn revoke(&self, id: &KeyId) -> Result<(), ManagerError> {
         self.store.revoke(id, self.clock.now()).await?;
         tracing::info!(target: "keyward::manager", key_id = %id, "key revoked");
+        let owner = match self.store.find(id).await {
+            Ok(Some(record)) => record.owner.clone(),
+            _ => String::new(),
+        };
+        self.events.record(UsageEvent::lifecycle(
+            Lifecycle::Revoked,
+            *id,
+            owner,
+            self.clock.now(),
+        ));
         Ok(())
     }
 
     /// Switches key `id` off until [`enable`](Self::enable)d. Returns the
     /// updated record.
     pub async fn disable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
-        self.modify(id, |record| record.status = KeyStatus::Disabled)
-            .await
+        let record = self
+            .modify(id, |record| record.status = KeyStatus::Disabled)
+            .await?;
+        self.audit(Lifecycle::Disabled, &record);
+        Ok(record)
     }
 
     /// Switches a disabled key `id` on again. Revoked keys stay revoked
     /// ([`ManagerError::Revoked`]).
     pub async fn enable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
-        self.modify(id, |record| record.status = KeyStatus::Active)
-            .await
+        let record = self
+            .modify(id, |record| record.status = KeyStatus::Active)
+            .await?;
+        self.audit(Lifecycle::Enabled, &record);
+        Ok(record)
     }
 
     /// Replaces the scopes of key `id`. Returns the updated record.
@@ -459,6 +511,7 @@ impl fmt::Debug for KeyManager {
             .field("format", self.generator.format())
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("events", &self.events)
             .finish()
     }
 }

@@ -1,0 +1,262 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::{EventKind, Outcome, UsageEvent, UsageSink};
+use crate::key::{KeyId, KeyIdBuildHasher};
+use crate::reject::RejectReason;
+
+/// Counts requests per key in memory, for dashboards and billing; read
+/// them with [`snapshot`](AggregatingSink::snapshot).
+///
+/// Recording takes no lock: one look-up in a lock-free map, then atomic
+/// increments. Clones share the same counters.
+///
+/// Only keys that exist get an entry: requests by an authenticated key, or
+/// refused for a key whose record was found (wrong secret, expired, not yet
+/// valid, disabled, revoked). Everything else — no key, a malformed key, an
+/// unknown id — is counted in [`anonymous`](AggregatingSink::anonymous), so
+/// that made-up key ids cannot grow the map. Lifecycle events are not
+/// counted.
+#[derive(Clone, Default)]
+pub struct AggregatingSink {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    keys: papaya::HashMap<KeyId, Counters, KeyIdBuildHasher>,
+    anonymous: Counters,
+}
+
+/// Every reason known when this was written; others count as the last slot.
+const REASONS: [RejectReason; 15] = [
+    RejectReason::MissingKey,
+    RejectReason::InvalidRequest,
+    RejectReason::MalformedKey,
+    RejectReason::UnknownKey,
+    RejectReason::WrongSecret,
+    RejectReason::Expired,
+    RejectReason::NotYetValid,
+    RejectReason::Disabled,
+    RejectReason::Revoked,
+    RejectReason::InsufficientScope,
+    RejectReason::Restricted,
+    RejectReason::RateLimited,
+    RejectReason::QuotaExhausted,
+    RejectReason::TooManyFailures,
+    RejectReason::StoreUnavailable,
+];
+
+#[derive(Default)]
+struct Counters {
+    owner: OnceLock<Arc<str>>,
+    requests: AtomicU64,
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    unanswered: AtomicU64,
+    denied_by: [AtomicU64; REASONS.len()],
+    statuses: [AtomicU64; 5],
+    latency_nanos: AtomicU64,
+    last_used_nanos: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, event: &UsageEvent) {
+        self.requests.fetch_add(1, Relaxed);
+        match event.outcome() {
+            Outcome::Allowed => {
+                self.allowed.fetch_add(1, Relaxed);
+            }
+            Outcome::Refused(reason) => {
+                self.denied.fetch_add(1, Relaxed);
+                if let Some(i) = REASONS.iter().position(|r| *r == reason) {
+                    self.denied_by[i].fetch_add(1, Relaxed);
+                }
+            }
+            _ => {
+                self.unanswered.fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(status) = event.status() {
+            let class = usize::from(status.as_u16() / 100);
+            if (1..=5).contains(&class) {
+                self.statuses[class - 1].fetch_add(1, Relaxed);
+            }
+        }
+        let latency = u64::try_from(event.latency().as_nanos()).unwrap_or(u64::MAX);
+        self.latency_nanos.fetch_add(latency, Relaxed);
+        let at = event
+            .at()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.last_used_nanos.fetch_max(at, Relaxed);
+        if self.owner.get().is_none() {
+            if let Some(owner) = event.owner() {
+                let _ = self.owner.set(owner.into());
+            }
+        }
+    }
+
+    fn snapshot(&self, key_id: Option<KeyId>) -> KeyUsage {
+        let count = |c: &AtomicU64| c.load(Relaxed);
+        let last = count(&self.last_used_nanos);
+        KeyUsage {
+            key_id,
+            owner: self.owner.get().map(|o| o.to_string()),
+            requests: count(&self.requests),
+            allowed: count(&self.allowed),
+            denied: count(&self.denied),
+            unanswered: count(&self.unanswered),
+            denied_by_reason: REASONS
+                .iter()
+                .zip(&self.denied_by)
+                .filter_map(|(r, c)| Some((*r, count(c))).filter(|(_, n)| *n > 0))
+                .collect(),
+            statuses: StatusClasses {
+                informational: count(&self.statuses[0]),
+                success: count(&self.statuses[1]),
+                redirection: count(&self.statuses[2]),
+                client_error: count(&self.statuses[3]),
+                server_error: count(&self.statuses[4]),
+            },
+            total_latency: Duration::from_nanos(count(&self.latency_nanos)),
+            last_used: (last > 0).then(|| UNIX_EPOCH + Duration::from_nanos(last)),
+        }
+    }
+}
+
+/// The counters of one key (or of the anonymous requests), at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyUsage {
+    /// The key; `None` for [`AggregatingSink::anonymous`].
+    pub key_id: Option<KeyId>,
+    /// The key's owner, once a request authenticated with it.
+    pub owner: Option<String>,
+    /// Requests recorded.
+    pub requests: u64,
+    /// Requests no keyward layer refused.
+    pub allowed: u64,
+    /// Requests refused (401, 403, 429, 503 from keyward's layers).
+    pub denied: u64,
+    /// Requests that ended with a service error or were cancelled.
+    pub unanswered: u64,
+    /// The refusals by reason; reasons with no refusal are left out.
+    pub denied_by_reason: Vec<(RejectReason, u64)>,
+    /// Responses by status class.
+    pub statuses: StatusClasses,
+    /// The sum of the requests' latencies.
+    pub total_latency: Duration,
+    /// When the latest request arrived.
+    pub last_used: Option<SystemTime>,
+}
+
+impl KeyUsage {
+    /// The mean latency, if there were requests.
+    pub fn mean_latency(&self) -> Option<Duration> {
+        let n = u32::try_from(self.requests).ok().filter(|n| *n > 0)?;
+        Some(self.total_latency / n)
+    }
+
+    /// The number of refusals for `reason`.
+    pub fn denied_for(&self, reason: RejectReason) -> u64 {
+        self.denied_by_reason
+            .iter()
+            .find(|(r, _)| *r == reason)
+            .map_or(0, |(_, n)| *n)
+    }
+}
+
+/// Responses counted by status class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusClasses {
+    /// 1xx.
+    pub informational: u64,
+    /// 2xx.
+    pub success: u64,
+    /// 3xx.
+    pub redirection: u64,
+    /// 4xx.
+    pub client_error: u64,
+    /// 5xx.
+    pub server_error: u64,
+}
+
+impl AggregatingSink {
+    /// An empty aggregate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every key's counters, ordered by key id.
+    pub fn snapshot(&self) -> Vec<KeyUsage> {
+        let keys = self.inner.keys.pin();
+        let mut out: Vec<KeyUsage> = keys
+            .iter()
+            .map(|(id, counters)| counters.snapshot(Some(*id)))
+            .collect();
+        out.sort_by_key(|usage| usage.key_id);
+        out
+    }
+
+    /// One key's counters, if it was seen.
+    pub fn get(&self, id: &KeyId) -> Option<KeyUsage> {
+        self.inner
+            .keys
+            .pin()
+            .get(id)
+            .map(|counters| counters.snapshot(Some(*id)))
+    }
+
+    /// The requests that no existing key made.
+    pub fn anonymous(&self) -> KeyUsage {
+        self.inner.anonymous.snapshot(None)
+    }
+}
+
+/// Whether a request event belongs to a key whose record exists.
+fn known_key(event: &UsageEvent) -> Option<KeyId> {
+    let id = event.key_id()?;
+    let record_found = event.authenticated()
+        || matches!(
+            event.outcome(),
+            Outcome::Refused(
+                RejectReason::WrongSecret
+                    | RejectReason::Expired
+                    | RejectReason::NotYetValid
+                    | RejectReason::Disabled
+                    | RejectReason::Revoked
+            )
+        );
+    record_found.then_some(id)
+}
+
+#[async_trait::async_trait]
+impl UsageSink for AggregatingSink {
+    fn record(&self, event: UsageEvent) {
+        if event.kind() != EventKind::Request {
+            return;
+        }
+        match known_key(&event) {
+            Some(id) => {
+                let keys = self.inner.keys.pin();
+                match keys.get(&id) {
+                    Some(counters) => counters.add(&event),
+                    None => keys.get_or_insert_with(id, Counters::default).add(&event),
+                }
+            }
+            None => self.inner.anonymous.add(&event),
+        }
+    }
+}
+
+impl fmt::Debug for AggregatingSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AggregatingSink")
+            .field("keys", &self.inner.keys.len())
+            .finish_non_exhaustive()
+    }
+}

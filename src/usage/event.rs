@@ -1,0 +1,448 @@
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::{Method, StatusCode};
+
+use crate::auth::Principal;
+use crate::key::KeyId;
+use crate::reject::RejectReason;
+
+/// One record of usage: a request that was answered, or a moment in a
+/// key's life (see [`EventKind`]).
+///
+/// It never holds a key, only its public id; the route never holds the
+/// query string. Cloning it is cheap (reference counts and small copies).
+#[derive(Clone)]
+pub struct UsageEvent {
+    kind: EventKind,
+    at: SystemTime,
+    key_id: Option<KeyId>,
+    owner: Option<Owner>,
+    method: Option<Method>,
+    route: Option<Route>,
+    status: Option<StatusCode>,
+    outcome: Outcome,
+    latency: Duration,
+    request_size: Option<u64>,
+    response_size: Option<u64>,
+    tags: UsageTags,
+}
+
+/// What a [`UsageEvent`] records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventKind {
+    /// A request, answered (or abandoned): one per request.
+    Request,
+    /// A moment in a key's life, for the audit trail.
+    Lifecycle(Lifecycle),
+}
+
+/// Moments in a key's life.
+///
+/// [`UsageLayer`](super::UsageLayer) emits [`FirstUsed`](Lifecycle::FirstUsed)
+/// and [`ExpiredOnUse`](Lifecycle::ExpiredOnUse); key management emits the
+/// others through [`UsageEvent::lifecycle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Lifecycle {
+    /// The key was issued.
+    Issued,
+    /// The key was replaced by a new one (this event names the old key).
+    Rotated,
+    /// The key was revoked.
+    Revoked,
+    /// The key was disabled.
+    Disabled,
+    /// The key was enabled again.
+    Enabled,
+    /// This process saw the key authenticate for the first time.
+    FirstUsed,
+    /// The key was presented after its expiry.
+    ExpiredOnUse,
+}
+
+impl Lifecycle {
+    /// A stable `snake_case` name, for logs and exports.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Lifecycle::Issued => "issued",
+            Lifecycle::Rotated => "rotated",
+            Lifecycle::Revoked => "revoked",
+            Lifecycle::Disabled => "disabled",
+            Lifecycle::Enabled => "enabled",
+            Lifecycle::FirstUsed => "first_used",
+            Lifecycle::ExpiredOnUse => "expired_on_use",
+        }
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl EventKind {
+    /// `"request"`, or the lifecycle's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Request => "request",
+            EventKind::Lifecycle(lifecycle) => lifecycle.as_str(),
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// No keyward layer refused it (the status may still be any).
+    Allowed,
+    /// A keyward layer refused it, for this reason.
+    Refused(RejectReason),
+    /// The inner service returned an error instead of a response.
+    Failed,
+    /// The response future was dropped before it finished (the client went
+    /// away, a timeout fired).
+    Cancelled,
+}
+
+impl Outcome {
+    /// `"allowed"`, `"failed"`, `"cancelled"`, or the rejection reason's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Refused(reason) => reason.as_str(),
+            Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// The rejection reason, if refused.
+    pub fn rejection(&self) -> Option<RejectReason> {
+        match self {
+            Outcome::Refused(reason) => Some(*reason),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Caller-supplied labels recorded with a request's [`UsageEvent`].
+///
+/// Insert them into the request's extensions (in a layer outside
+/// [`UsageLayer`](super::UsageLayer)) or into the response's (in your
+/// handler or an inner layer); both are recorded, request tags first.
+///
+/// ```
+/// use keyward::usage::UsageTags;
+///
+/// let tags = UsageTags::new().with("plan", "pro").with("region", "eu");
+/// assert_eq!(tags.get("plan"), Some("pro"));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UsageTags(Vec<(Cow<'static, str>, Cow<'static, str>)>);
+
+impl UsageTags {
+    /// No tags.
+    pub fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn with(
+        mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        self.insert(name, value);
+        self
+    }
+
+    /// Adds a tag.
+    pub fn insert(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        value: impl Into<Cow<'static, str>>,
+    ) {
+        self.0.push((name.into(), value.into()));
+    }
+
+    /// The value of the last tag called `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The tags, in the order they were added.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+    }
+
+    /// The number of tags.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub(crate) fn extend(&mut self, other: &UsageTags) {
+        self.0.extend(other.0.iter().cloned());
+    }
+}
+
+#[derive(Clone)]
+enum Owner {
+    Principal(Principal),
+    Name(Arc<str>),
+}
+
+#[derive(Clone)]
+pub(crate) enum Route {
+    #[cfg(feature = "axum")]
+    Matched(axum::extract::MatchedPath),
+    Path(http::uri::PathAndQuery),
+}
+
+impl Route {
+    fn as_str(&self) -> &str {
+        match self {
+            #[cfg(feature = "axum")]
+            Route::Matched(matched) => matched.as_str(),
+            Route::Path(path) => path.path(),
+        }
+    }
+}
+
+/// The request-side facts [`UsageLayer`](super::UsageLayer) gathers before
+/// calling the inner service.
+pub(crate) struct RequestFacts {
+    pub(crate) at: SystemTime,
+    pub(crate) method: Method,
+    pub(crate) route: Option<Route>,
+    pub(crate) request_size: Option<u64>,
+    pub(crate) tags: UsageTags,
+}
+
+impl UsageEvent {
+    pub(crate) fn request(
+        facts: RequestFacts,
+        principal: Option<&Principal>,
+        key_id: Option<KeyId>,
+        status: Option<StatusCode>,
+        outcome: Outcome,
+        latency: Duration,
+        response_size: Option<u64>,
+    ) -> Self {
+        Self {
+            kind: EventKind::Request,
+            at: facts.at,
+            key_id: principal.map(Principal::key_id).or(key_id),
+            owner: principal.cloned().map(Owner::Principal),
+            method: Some(facts.method),
+            route: facts.route,
+            status,
+            outcome,
+            latency,
+            request_size: facts.request_size,
+            response_size,
+            tags: facts.tags,
+        }
+    }
+
+    /// A lifecycle event for key `key_id` of `owner`, at `at` (from your
+    /// [`Clock`](crate::clock::Clock)): what key management hands to a
+    /// [`UsageSink`](super::UsageSink) when it issues, rotates, revokes,
+    /// disables or enables a key. Its outcome is [`Outcome::Allowed`].
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use keyward::usage::{EventKind, Lifecycle, UsageEvent};
+    ///
+    /// let id = "abcdefABCDEF".parse()?;
+    /// let event = UsageEvent::lifecycle(Lifecycle::Revoked, id, "acme", SystemTime::now());
+    /// assert_eq!(event.kind(), EventKind::Lifecycle(Lifecycle::Revoked));
+    /// assert_eq!(event.owner(), Some("acme"));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lifecycle(
+        lifecycle: Lifecycle,
+        key_id: KeyId,
+        owner: impl Into<Arc<str>>,
+        at: SystemTime,
+    ) -> Self {
+        Self::bare(
+            EventKind::Lifecycle(lifecycle),
+            key_id,
+            Some(Owner::Name(owner.into())),
+            at,
+            Outcome::Allowed,
+        )
+    }
+
+    pub(crate) fn first_used(principal: &Principal, at: SystemTime) -> Self {
+        Self::bare(
+            EventKind::Lifecycle(Lifecycle::FirstUsed),
+            principal.key_id(),
+            Some(Owner::Principal(principal.clone())),
+            at,
+            Outcome::Allowed,
+        )
+    }
+
+    pub(crate) fn expired_on_use(key_id: KeyId, at: SystemTime) -> Self {
+        Self::bare(
+            EventKind::Lifecycle(Lifecycle::ExpiredOnUse),
+            key_id,
+            None,
+            at,
+            Outcome::Refused(RejectReason::Expired),
+        )
+    }
+
+    fn bare(
+        kind: EventKind,
+        key_id: KeyId,
+        owner: Option<Owner>,
+        at: SystemTime,
+        outcome: Outcome,
+    ) -> Self {
+        Self {
+            kind,
+            at,
+            key_id: Some(key_id),
+            owner,
+            method: None,
+            route: None,
+            status: None,
+            outcome,
+            latency: Duration::ZERO,
+            request_size: None,
+            response_size: None,
+            tags: UsageTags::new(),
+        }
+    }
+
+    /// A request, or a lifecycle moment.
+    pub fn kind(&self) -> EventKind {
+        self.kind
+    }
+
+    /// When it happened: for a request, when it arrived (from the layer's
+    /// [`Clock`](crate::clock::Clock)).
+    pub fn at(&self) -> SystemTime {
+        self.at
+    }
+
+    /// The id of the key that made the request: the authenticated key, or
+    /// the presented key's id when it was refused (for an unknown id, the id
+    /// the client sent). `None` when no well-formed key was presented.
+    pub fn key_id(&self) -> Option<KeyId> {
+        self.key_id
+    }
+
+    /// The key's owner, when the key authenticated (or for lifecycle events
+    /// that name it).
+    pub fn owner(&self) -> Option<&str> {
+        match &self.owner {
+            Some(Owner::Principal(principal)) => Some(principal.owner()),
+            Some(Owner::Name(name)) => Some(name),
+            None => None,
+        }
+    }
+
+    /// The authenticated caller, when there was one.
+    pub fn principal(&self) -> Option<&Principal> {
+        match &self.owner {
+            Some(Owner::Principal(principal)) => Some(principal),
+            _ => None,
+        }
+    }
+
+    /// Whether the key authenticated (a [`Principal`] was found), even if a
+    /// later layer refused the request.
+    pub fn authenticated(&self) -> bool {
+        self.principal().is_some()
+    }
+
+    /// The request's method (`None` for lifecycle events).
+    pub fn method(&self) -> Option<&Method> {
+        self.method.as_ref()
+    }
+
+    /// The route: axum's `MatchedPath` (such as `/pets/{id}`) when present,
+    /// else the request's path without its query string.
+    pub fn route(&self) -> Option<&str> {
+        self.route.as_ref().map(Route::as_str)
+    }
+
+    /// The response's status (`None` if there was no response).
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// Allowed, or why it was refused.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// From arrival until the response (its head) was ready.
+    pub fn latency(&self) -> Duration {
+        self.latency
+    }
+
+    /// The request body's size, when known in advance.
+    pub fn request_size(&self) -> Option<u64> {
+        self.request_size
+    }
+
+    /// The response body's size, when known in advance.
+    pub fn response_size(&self) -> Option<u64> {
+        self.response_size
+    }
+
+    /// The caller-supplied tags.
+    pub fn tags(&self) -> &UsageTags {
+        &self.tags
+    }
+}
+
+impl fmt::Debug for UsageEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageEvent")
+            .field("kind", &self.kind)
+            .field("at", &self.at)
+            .field("key_id", &self.key_id)
+            .field("owner", &self.owner())
+            .field("method", &self.method)
+            .field("route", &self.route())
+            .field("status", &self.status)
+            .field("outcome", &self.outcome)
+            .field("latency", &self.latency)
+            .field("request_size", &self.request_size)
+            .field("response_size", &self.response_size)
+            .field("tags", &self.tags)
+            .finish()
+    }
+}

@@ -1,0 +1,259 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::event::{RequestFacts, Route};
+use super::future::ResponseFuture;
+use super::{UsageSink, UsageTags};
+use crate::clock::{Clock, SystemClock};
+use crate::key::{KeyId, KeyIdBuildHasher};
+
+/// How many key ids [`UsageLayer`] remembers for
+/// [`Lifecycle::FirstUsed`](super::Lifecycle::FirstUsed) by default.
+pub const DEFAULT_FIRST_USED_CAPACITY: usize = 100_000;
+
+/// Records one [`UsageEvent`](super::UsageEvent) per request into a
+/// [`UsageSink`]; see the [module docs](super).
+///
+/// Put it outermost, outside [`AuthLayer`](crate::auth::AuthLayer), so that
+/// it sees every answer, refusals included.
+#[must_use]
+pub struct UsageLayer<K> {
+    sink: Arc<K>,
+    clock: Arc<dyn Clock>,
+    monotonic: bool,
+    first_seen: Arc<FirstSeen>,
+}
+
+impl<K: UsageSink> UsageLayer<K> {
+    /// Records into `sink`, with timestamps from the system clock and
+    /// latencies from a monotonic [`Instant`].
+    pub fn new(sink: K) -> Self {
+        Self {
+            sink: Arc::new(sink),
+            clock: Arc::new(SystemClock),
+            monotonic: true,
+            first_seen: Arc::new(FirstSeen::new(DEFAULT_FIRST_USED_CAPACITY)),
+        }
+    }
+
+    /// Takes timestamps from `clock`, and measures latency on it too (so a
+    /// test that moves a [`FakeClock`](crate::clock::FakeClock) during a
+    /// request sees exactly that latency).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self.monotonic = false;
+        self
+    }
+
+    /// Remembers at most `capacity` key ids to tell when a key is first
+    /// used (default [`DEFAULT_FIRST_USED_CAPACITY`]). When the set is full
+    /// it starts over, so a key may be reported as first used again; `0`
+    /// turns [`Lifecycle::FirstUsed`](super::Lifecycle::FirstUsed) events
+    /// off.
+    pub fn first_used_capacity(mut self, capacity: usize) -> Self {
+        self.first_seen = Arc::new(FirstSeen::new(capacity));
+        self
+    }
+
+    /// The sink events go to.
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+}
+
+impl<K> Clone for UsageLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            sink: Arc::clone(&self.sink),
+            clock: Arc::clone(&self.clock),
+            monotonic: self.monotonic,
+            first_seen: Arc::clone(&self.first_seen),
+        }
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for UsageLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageLayer")
+            .field("sink", &self.sink)
+            .field("clock", &self.clock)
+            .field("first_used_capacity", &self.first_seen.capacity)
+            .finish()
+    }
+}
+
+impl<S, K> Layer<S> for UsageLayer<K> {
+    type Service = UsageService<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UsageService {
+            inner,
+            shared: Arc::new(Shared {
+                sink: Arc::clone(&self.sink),
+                clock: Arc::clone(&self.clock),
+                monotonic: self.monotonic,
+                first_seen: Arc::clone(&self.first_seen),
+            }),
+        }
+    }
+}
+
+/// The service made by [`UsageLayer`].
+pub struct UsageService<S, K> {
+    inner: S,
+    shared: Arc<Shared<K>>,
+}
+
+pub(crate) struct Shared<K> {
+    pub(crate) sink: Arc<K>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) monotonic: bool,
+    pub(crate) first_seen: Arc<FirstSeen>,
+}
+
+impl<S, K> UsageService<S, K> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, K> Clone for UsageService<S, K> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for UsageService<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageService")
+            .field("inner", &self.inner)
+            .field("sink", &self.shared.sink)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for UsageService<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    K: UsageSink,
+    ReqBody: Body,
+    ResBody: Body,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, K>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let shared = &self.shared;
+        let started = shared.monotonic.then(Instant::now);
+        let facts = RequestFacts {
+            at: shared.clock.now(),
+            method: request.method().clone(),
+            route: route_of(&request),
+            request_size: request.body().size_hint().exact(),
+            tags: request
+                .extensions()
+                .get::<UsageTags>()
+                .cloned()
+                .unwrap_or_default(),
+        };
+        ResponseFuture::new(self.inner.call(request), Arc::clone(shared), facts, started)
+    }
+}
+
+/// axum's matched route when the router put it in the request, else the
+/// path, never the query string (it may hold a key).
+fn route_of<B>(request: &Request<B>) -> Option<Route> {
+    #[cfg(feature = "axum")]
+    if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
+        return Some(Route::Matched(matched.clone()));
+    }
+    let path_and_query = request.uri().path_and_query()?;
+    if path_and_query.query().is_none() {
+        Some(Route::Path(path_and_query.clone()))
+    } else {
+        http::uri::PathAndQuery::try_from(path_and_query.path())
+            .ok()
+            .map(Route::Path)
+    }
+}
+
+/// The key ids seen so far, for first-use events; bounded.
+pub(crate) struct FirstSeen {
+    set: papaya::HashSet<KeyId, KeyIdBuildHasher>,
+    capacity: usize,
+}
+
+impl FirstSeen {
+    fn new(capacity: usize) -> Self {
+        Self {
+            set: papaya::HashSet::with_hasher(KeyIdBuildHasher),
+            capacity,
+        }
+    }
+
+    /// Whether `id` is seen for the first time (and remembers it).
+    pub(crate) fn first(&self, id: KeyId) -> bool {
+        if self.capacity == 0 {
+            return false;
+        }
+        let set = self.set.pin();
+        if set.contains(&id) {
+            return false;
+        }
+        if set.len() >= self.capacity {
+            set.clear();
+        }
+        set.insert(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_seen_is_bounded() {
+        let ids: Vec<KeyId> = ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let seen = FirstSeen::new(2);
+        assert!(seen.first(ids[0]));
+        assert!(!seen.first(ids[0]));
+        assert!(seen.first(ids[1]));
+        // Full: it starts over, so the set never holds more than 2.
+        assert!(seen.first(ids[2]));
+        assert!(seen.set.len() <= 2);
+        assert!(seen.first(ids[0]));
+
+        let off = FirstSeen::new(0);
+        assert!(!off.first(ids[0]));
+        assert_eq!(off.set.len(), 0);
+    }
+}
