@@ -1,0 +1,64 @@
+//! One limiter check: keyward's `MemoryLimiter` (a governor GCRA cell per
+//! key, each with the key's own quota) against governor's keyed limiter
+//! used directly (one shared quota, a DashMap of cells) — what
+//! `tower_governor` runs per request — with 1 and 100 000 active keys.
+//!
+//! `cargo bench --bench limit`
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use keyward::key::{KeyFormat, KeyGenerator, KeyId};
+use keyward::limit::{Limiter, MemoryLimiter, Policy, RatePolicy};
+
+fn ids(n: usize) -> Vec<KeyId> {
+    let generator = KeyGenerator::new(KeyFormat::new("sk_live").unwrap());
+    (0..n).map(|_| generator.generate().unwrap().id()).collect()
+}
+
+fn bench(c: &mut Criterion) {
+    // Quotas no benchmark can exhaust: every check is an allowed one.
+    let policy = Policy::from(RatePolicy::new("burst", u32::MAX, Duration::from_secs(1)).unwrap());
+    let quota = Quota::per_second(NonZeroU32::MAX);
+
+    let mut group = c.benchmark_group("limit");
+    group.throughput(Throughput::Elements(1));
+    for keys in [1usize, 100_000] {
+        let ids = ids(keys);
+
+        let ours = MemoryLimiter::new();
+        for id in &ids {
+            ours.check_immediate(id, &policy, 1).unwrap().unwrap();
+        }
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("keyward_memory", keys), &ids, |b, ids| {
+            b.iter(|| {
+                i = (i + 1) % ids.len();
+                black_box(ours.check_immediate(&ids[i], &policy, 1))
+            })
+        });
+
+        let keyed: DefaultKeyedRateLimiter<KeyId> = RateLimiter::keyed(quota);
+        for id in &ids {
+            let _ = keyed.check_key(id);
+        }
+        let mut i = 0;
+        group.bench_with_input(BenchmarkId::new("governor_keyed", keys), &ids, |b, ids| {
+            b.iter(|| {
+                i = (i + 1) % ids.len();
+                black_box(keyed.check_key(&ids[i]))
+            })
+        });
+    }
+    let direct = RateLimiter::direct(quota);
+    group.bench_function("governor_direct/1", |b| {
+        b.iter(|| black_box(direct.check()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
