@@ -3,12 +3,8 @@
 //! `oneshot` and a real axum Router.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use axum::routing::get;
@@ -16,9 +12,10 @@ use axum::Router;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use keyward::body::ResponseBody;
+use keyward::clock::FakeClock;
 use keyward::grpc::{MethodPatternError, MethodScopesLayer};
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use keyward::limit::{Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
 use keyward::record::KeyRecord;
 use keyward::reject::{RejectReason, Rejection, Responder};
 use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
@@ -30,7 +27,7 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+use tower::{service_fn, ServiceBuilder, ServiceExt};
 
 struct Keys {
     format: KeyFormat,
@@ -240,72 +237,35 @@ async fn a_store_that_is_down_is_unavailable() {
     assert_no_secret(&status, &keys);
 }
 
-/// Stands in for the rate-limit layer: refuses every request after the
-/// first `allowed`, through `Responder::refuse`, with a retry delay.
-#[derive(Debug, Clone)]
-struct RefuseAfter {
-    allowed: usize,
-    seen: Arc<AtomicUsize>,
-}
-
-impl<S> Layer<S> for RefuseAfter {
-    type Service = RefuseAfterService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RefuseAfterService {
-            inner,
-            layer: self.clone(),
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct RefuseAfterService<S> {
-    inner: S,
-    layer: RefuseAfter,
-}
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RefuseAfterService<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
-    ResBody: 'static,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        if self.layer.seen.fetch_add(1, Ordering::SeqCst) >= self.layer.allowed {
-            let rejection = Rejection::new(RejectReason::RateLimited)
-                .with_retry_after(Duration::from_millis(1500))
-                .with_violated_policy("burst");
-            let response = Responder::default().refuse(request.headers(), rejection);
-            return Box::pin(async move { Ok(response.map(ResponseBody::rejection)) });
-        }
-        let future = self.inner.call(request);
-        Box::pin(async move { Ok(future.await?.map(ResponseBody::inner)) })
-    }
-}
-
 #[tokio::test]
 async fn a_burst_beyond_the_limit_is_resource_exhausted() {
     let keys = keys().await;
+    let clock = FakeClock::default();
+    // Three calls a minute: the fourth waits 20 s for one to come back.
+    let limited = KeyGenerator::new(keys.format.clone()).generate().unwrap();
+    let record = KeyRecord::new(
+        limited.id(),
+        KeyHasher::sha256().hash(limited.secret()),
+        "acme",
+        SystemTime::now(),
+    )
+    .with_scopes("health:read".parse().unwrap())
+    .with_limits(
+        Limits::new([RatePolicy::new("minute", 3, Duration::from_secs(60))
+            .unwrap()
+            .into()])
+        .unwrap(),
+    );
+    keys.store.insert(record).await.unwrap();
+
     let (listener, addr) = listener().await;
     let health = health_service().await;
     tokio::spawn(
         Server::builder()
             .layer(AuthLayer::new(keys.store.clone(), keys.format.clone()))
-            .layer(RefuseAfter {
-                allowed: 3,
-                seen: Arc::default(),
-            })
+            .layer(RateLimitLayer::new(
+                MemoryLimiter::new().with_clock(clock.clone()),
+            ))
             .layer(scopes())
             .add_service(health)
             .serve_with_incoming(TcpIncoming::from(listener)),
@@ -313,24 +273,31 @@ async fn a_burst_beyond_the_limit_is_resource_exhausted() {
     let mut client = client(addr).await;
     for _ in 0..3 {
         assert_eq!(
-            check(&mut client, &[bearer(&keys.health)]).await.unwrap(),
+            check(&mut client, &[bearer(&limited)]).await.unwrap(),
             ServingStatus::Serving
         );
     }
-    let status = check(&mut client, &[bearer(&keys.health)])
-        .await
-        .unwrap_err();
+    let status = check(&mut client, &[bearer(&limited)]).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(
         status.message(),
         "This API key has used up its quota for now; retry later."
     );
-    assert_eq!(status.metadata().get("retry-after").unwrap(), "2");
+    assert_eq!(status.metadata().get("retry-after").unwrap(), "20");
     assert_eq!(
         status.metadata().get("grpc-retry-pushback-ms").unwrap(),
-        "1500"
+        "20000"
     );
     assert_no_secret(&status, &keys);
+    assert!(!status.message().contains(limited.expose_secret()));
+
+    // Keys without limits are not touched; after the wait, the call passes.
+    assert!(check(&mut client, &[bearer(&keys.health)]).await.is_ok());
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(
+        check(&mut client, &[bearer(&limited)]).await.unwrap(),
+        ServingStatus::Serving
+    );
 }
 
 /// tonic services mounted in an axum router, with keyward as axum layers,

@@ -230,3 +230,76 @@ async fn bad_key_requests_are_400_problems() {
         StatusCode::NOT_FOUND,
     );
 }
+
+#[tokio::test]
+async fn the_reader_key_is_limited_to_a_burst_of_five() {
+    let (app, admin, reader) = quickstart::build().await.unwrap();
+    let reader = reader.expose_secret();
+    for remaining in (0..5).rev() {
+        let answer = send(&app, "GET", "/pets", Some(reader), "").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.headers["ratelimit-policy"], r#""burst";q=5;w=1"#);
+        assert_eq!(
+            answer.headers["ratelimit"],
+            format!(r#""burst";r={remaining};t=1"#).as_str()
+        );
+    }
+    // The system clock runs: a unit comes back every 200 ms, so allow a
+    // few more tries on a very slow machine, but one of them must be 429.
+    let mut refused = None;
+    for _ in 0..10 {
+        let answer = send(&app, "GET", "/pets", Some(reader), "").await;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("the reader key was never limited");
+    is_problem(&refused, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert_eq!(refused.json()["violated-policies"], json!(["burst"]));
+    assert_eq!(
+        refused.json()["type"],
+        "https://iana.org/assignments/http-problem-types#quota-exceeded"
+    );
+
+    // The admin key has its own, larger budget.
+    let answer = send(&app, "GET", "/pets", Some(admin.expose_secret()), "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["ratelimit-policy"], r#""burst";q=100;w=1"#);
+}
+
+#[tokio::test]
+async fn usage_counts_every_request_against_its_key() {
+    let (app, admin, reader) = quickstart::build().await.unwrap();
+    let (admin, reader) = (admin.expose_secret(), reader.expose_secret());
+    assert_eq!(
+        send(&app, "GET", "/pets", Some(reader), "").await.status,
+        StatusCode::OK
+    );
+    let denied = send(&app, "POST", "/pets", Some(reader), r#"{"name":"Ada"}"#).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    // The reader may not read usage: 403, counted too.
+    let denied = send(&app, "GET", "/usage", Some(reader), "").await;
+    is_problem(&denied, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(&app, "GET", "/pets", None, "").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    let usage = send(&app, "GET", "/usage", Some(admin), "").await;
+    assert_eq!(usage.status, StatusCode::OK, "{}", usage.body);
+    let usage = usage.json();
+    let me = send(&app, "GET", "/me", Some(reader), "").await.json();
+    let reader_usage = usage["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_id"] == me["key_id"])
+        .expect("the reader key is in the report");
+    assert_eq!(reader_usage["requests"], 3);
+    assert_eq!(reader_usage["allowed"], 1);
+    assert_eq!(reader_usage["denied"], 2);
+    assert_eq!(usage["anonymous"]["requests"], 1);
+    assert!(!usage.to_string().contains(reader));
+}
