@@ -49,6 +49,7 @@ pub mod auth;
 pub mod authorize;
 pub mod body;
 pub mod clock;
+mod future;
 pub mod grpc;
 pub mod key;
 pub mod limit;

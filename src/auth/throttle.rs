@@ -6,14 +6,14 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{BoundedMap, Expiring};
+use crate::limit::{epoch_nanos, nanos, BoundedMap, Expiring, GovernorClock};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that
@@ -58,7 +58,7 @@ struct Shared {
 }
 
 struct Failures {
-    cell: governor::RateLimiter<NotKeyed, InMemoryState, EpochClock, StateInformationMiddleware>,
+    cell: governor::RateLimiter<NotKeyed, InMemoryState, GovernorClock, StateInformationMiddleware>,
     /// Nanoseconds since the epoch until which the client is refused.
     blocked_until: AtomicU64,
     /// Nanoseconds since the epoch at which every failure is forgiven.
@@ -69,26 +69,6 @@ impl Expiring for Failures {
     fn is_idle(&self, now: u64) -> bool {
         self.restored_at.load(Ordering::Relaxed) <= now
     }
-}
-
-#[derive(Clone)]
-struct EpochClock(Arc<dyn Clock>);
-
-impl governor::clock::Clock for EpochClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(epoch_nanos(self.0.now()))
-    }
-}
-
-fn epoch_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The unit a client is counted by: its IPv4 address, or its IPv6 /64.
@@ -177,7 +157,7 @@ impl FailureThrottle {
                     cell: governor::RateLimiter::<_, _, _, NoOpMiddleware<Nanos>>::new(
                         shared.quota,
                         InMemoryState::default(),
-                        EpochClock(Arc::clone(&shared.clock)),
+                        GovernorClock(Arc::clone(&shared.clock)),
                     )
                     .with_middleware::<StateInformationMiddleware>(),
                     blocked_until: AtomicU64::new(0),

@@ -65,10 +65,9 @@
 //! # }
 //! ```
 
-mod future;
 mod layer;
 mod service;
 
-pub use future::ResponseFuture;
+pub use crate::future::ResponseFuture;
 pub use layer::RequireScopes;
 pub use service::RequireScopesService;

@@ -126,13 +126,12 @@
 //! # }
 //! ```
 
-mod future;
 mod layer;
 mod method;
 mod service;
 mod status;
 
-pub use future::ResponseFuture;
+pub use crate::future::ResponseFuture;
 pub use layer::MethodScopesLayer;
 pub use method::MethodPatternError;
 pub use service::MethodScopes;

@@ -5,7 +5,7 @@ use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::middleware::StateInformationMiddleware;
@@ -13,6 +13,7 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
 use super::bounded::{BoundedMap, Expiring};
+use super::time::{epoch_nanos, nanos, GovernorClock};
 use super::{CreditPolicy, LimitError, Limiter, Policy, RatePolicy, Verdict};
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
@@ -90,27 +91,6 @@ struct Balance {
     credits: u64,
     /// When the last refill step happened (nanoseconds since the epoch).
     refilled_at: u64,
-}
-
-/// Governor reads our injected clock, in nanoseconds since the epoch.
-#[derive(Clone)]
-struct GovernorClock(Arc<dyn Clock>);
-
-impl governor::clock::Clock for GovernorClock {
-    type Instant = Nanos;
-
-    fn now(&self) -> Nanos {
-        Nanos::from(epoch_nanos(self.0.now()))
-    }
-}
-
-fn epoch_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Expiring for KeyState {

@@ -78,9 +78,11 @@ mod layer;
 mod limiter;
 mod memory;
 mod policy;
+mod time;
 
 pub(crate) use bounded::{BoundedMap, Expiring};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
 pub use limiter::{LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
+pub(crate) use time::{epoch_nanos, nanos, GovernorClock};

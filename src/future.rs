@@ -1,3 +1,5 @@
+//! The response future shared by the layers that decide synchronously.
+
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -9,7 +11,10 @@ use pin_project_lite::pin_project;
 use crate::body::ResponseBody;
 
 pin_project! {
-    /// The response future of [`RequireScopesService`](super::RequireScopesService).
+    /// The response future of the layers that decide at once, before the
+    /// inner service runs: [`RequireScopesService`](crate::authorize::RequireScopesService)
+    /// and [`MethodScopes`](crate::grpc::MethodScopes). Either the inner
+    /// service's future or a refusal; never boxed.
     pub struct ResponseFuture<F> {
         #[pin]
         state: State<F>,
