@@ -815,3 +815,135 @@ proptest::proptest! {
         proptest::prop_assert_eq!(events[0].route(), Some(path.as_str()));
     }
 }
+
+/// The real stack of the issue: usage → auth → limit → scopes → handler,
+/// each refusal recorded once, with its exact reason, against its key.
+#[tokio::test]
+async fn the_real_stack_records_one_event_per_request_with_its_outcome() {
+    use keyward::limit::{CreditPolicy, Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
+    use keyward::RequireScopes;
+
+    let format = KeyFormat::new("sk_test").unwrap();
+    let store = MemoryStore::new();
+    let clock = FakeClock::default();
+    let generator = KeyGenerator::new(format.clone());
+    let hasher = KeyHasher::sha256();
+    let mint = |limits: Limits| {
+        let key = generator.generate().unwrap();
+        let record = KeyRecord::new(key.id(), hasher.hash(key.secret()), "acme", clock.now())
+            .with_scopes("pets:read".parse().unwrap())
+            .with_limits(limits);
+        (key, record)
+    };
+    let (rated, record) = mint(
+        Limits::new([RatePolicy::new("burst", 1, Duration::from_secs(60))
+            .unwrap()
+            .into()])
+        .unwrap(),
+    );
+    store.insert(record).await.unwrap();
+    let (prepaid, record) =
+        mint(Limits::new([CreditPolicy::new("prepaid", 1).unwrap().into()]).unwrap());
+    store.insert(record).await.unwrap();
+
+    let collected = Collected::default();
+    let service = ServiceBuilder::new()
+        .layer(UsageLayer::new(collected.sink()).clock(clock.clone()))
+        .layer(AuthLayer::new(store.clone(), format.clone()).clock(clock.clone()))
+        .layer(RateLimitLayer::new(
+            MemoryLimiter::new().with_clock(clock.clone()),
+        ))
+        .layer(RequireScopes::try_any(["pets:read", "pets:write"]).unwrap())
+        .service(service_fn(|request: Request<String>| async move {
+            let status = if request.uri().path() == "/write" {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::OK
+            };
+            let mut response = Response::new(String::new());
+            *response.status_mut() = status;
+            Ok::<_, Infallible>(response)
+        }));
+    let writer_only = ServiceBuilder::new()
+        .layer(UsageLayer::new(collected.sink()).clock(clock.clone()))
+        .layer(AuthLayer::new(store.clone(), format.clone()).clock(clock.clone()))
+        .layer(RateLimitLayer::new(
+            MemoryLimiter::new().with_clock(clock.clone()),
+        ))
+        .layer(RequireScopes::try_all(["pets:write"]).unwrap())
+        .service(service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+
+    let get = |key: Option<&ApiKey>| {
+        let mut builder = Request::get("/pets?secret=no");
+        if let Some(key) = key {
+            builder = builder.header("x-api-key", key.expose_secret());
+        }
+        builder.body(String::new()).unwrap()
+    };
+    let mut cases: Vec<(Response<_>, Outcome, Option<KeyId>)> = Vec::new();
+    let unknown = generator.generate().unwrap();
+    cases.push((
+        service.clone().oneshot(get(Some(&rated))).await.unwrap(),
+        Outcome::Allowed,
+        Some(rated.id()),
+    ));
+    cases.push((
+        service.clone().oneshot(get(Some(&rated))).await.unwrap(),
+        Outcome::Refused(RejectReason::RateLimited),
+        Some(rated.id()),
+    ));
+    cases.push((
+        service.clone().oneshot(get(Some(&prepaid))).await.unwrap(),
+        Outcome::Allowed,
+        Some(prepaid.id()),
+    ));
+    cases.push((
+        service.clone().oneshot(get(Some(&prepaid))).await.unwrap(),
+        Outcome::Refused(RejectReason::QuotaExhausted),
+        Some(prepaid.id()),
+    ));
+    clock.advance(Duration::from_secs(60));
+    cases.push((
+        writer_only
+            .clone()
+            .oneshot(get(Some(&rated)))
+            .await
+            .unwrap(),
+        Outcome::Refused(RejectReason::InsufficientScope),
+        Some(rated.id()),
+    ));
+    cases.push((
+        service.clone().oneshot(get(None)).await.unwrap(),
+        Outcome::Refused(RejectReason::MissingKey),
+        None,
+    ));
+    cases.push((
+        service.clone().oneshot(get(Some(&unknown))).await.unwrap(),
+        Outcome::Refused(RejectReason::UnknownKey),
+        None,
+    ));
+
+    let events = collected.take();
+    let requests = Collected::requests(&events);
+    assert_eq!(requests.len(), cases.len(), "one event per request");
+    for ((response, outcome, key_id), event) in cases.iter().zip(&requests) {
+        assert_eq!(event.outcome(), *outcome);
+        assert_eq!(event.status(), Some(response.status()));
+        if key_id.is_some() {
+            assert_eq!(
+                event.key_id(),
+                *key_id,
+                "{outcome:?} is counted against its key"
+            );
+        }
+        assert_eq!(event.route(), Some("/pets"));
+    }
+    for event in &events {
+        let debug = format!("{event:?}");
+        for key in [&rated, &prepaid, &unknown] {
+            assert!(!debug.contains(key.expose_secret()));
+        }
+    }
+}
