@@ -15,10 +15,12 @@
 //! Times come from the injected [`Clock`]. `issue` and `revoke` are single
 //! store operations; `rotate`, `disable`, `enable` and `update_scopes` read
 //! the record, change it and write it back with [`KeyStore::update`], and
-//! refuse keys that are revoked. The [`KeyStore`] trait has no
-//! compare-and-swap, so two writers changing the *same* key at the same
-//! moment may overwrite each other (a revocation racing a rotation may be
-//! undone by it); serialize management of one key if that matters to you.
+//! refuse keys that are revoked. Revocation is final even under races: a
+//! store refuses to update a revoked record ([`StoreError::Revoked`]), so a
+//! `disable` or `rotate` that read the record before a concurrent `revoke`
+//! fails instead of bringing the key back. Two other writers changing the
+//! *same* key at the same moment may still overwrite each other (the last
+//! write wins); serialize management of one key if that matters to you.
 //!
 //! # Example
 //!
@@ -112,6 +114,7 @@ impl From<StoreError> for ManagerError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(id) => ManagerError::NotFound(id),
+            StoreError::Revoked(id) => ManagerError::Revoked(id),
             other => ManagerError::Store(other),
         }
     }

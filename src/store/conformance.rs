@@ -33,6 +33,25 @@ pub async fn run<S: KeyStore + ?Sized>(store: &S) {
     restrictions_round_trip(store).await;
     lifecycle_updates_show_on_the_next_find(store).await;
     revoke_keeps_every_other_field(store).await;
+    revocation_is_final(store).await;
+}
+
+async fn revocation_is_final<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(record.clone()).await.expect("insert");
+    store
+        .revoke(&record.id, epoch(1_700_000_100))
+        .await
+        .expect("revoke");
+    // An update built from the record as it was before the revocation (a
+    // racing disable or scope change) must not bring the key back.
+    let stale = record.clone().with_status(KeyStatus::Disabled);
+    match store.update(stale).await {
+        Err(StoreError::Revoked(id)) => assert_eq!(id, record.id),
+        other => panic!("updating a revoked key must be Revoked, got {other:?}"),
+    }
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(found.status, KeyStatus::Revoked, "revocation is final");
 }
 
 fn fresh_record(owner: &str, created_at: SystemTime) -> KeyRecord {

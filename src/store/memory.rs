@@ -1,5 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
+
+use papaya::{Compute, Operation};
 use std::time::SystemTime;
 
 use super::{KeyStore, Lookup, StoreError};
@@ -76,9 +78,17 @@ impl KeyStore for MemoryStore {
     async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
         let record = Arc::new(record);
-        match self.records.pin().update(id, |_| Arc::clone(&record)) {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound(id)),
+        let records = self.records.pin();
+        let outcome = records.compute(id, |current| match current {
+            None => Operation::Abort(StoreError::NotFound(id)),
+            Some((_, current)) if current.status == KeyStatus::Revoked => {
+                Operation::Abort(StoreError::Revoked(id))
+            }
+            Some(_) => Operation::Insert(Arc::clone(&record)),
+        });
+        match outcome {
+            Compute::Aborted(error) => Err(error),
+            _ => Ok(()),
         }
     }
 

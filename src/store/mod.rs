@@ -53,6 +53,10 @@ pub enum StoreError {
     /// A record with this id exists already.
     #[error("a key with id {0} exists already")]
     AlreadyExists(KeyId),
+    /// The key is revoked, and revocation is final: the record cannot be
+    /// updated any more.
+    #[error("key {0} is revoked")]
+    Revoked(KeyId),
     /// The backend failed (connection, timeout, serialization).
     #[error("key store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -92,7 +96,9 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError>;
 
     /// Replaces the record with the same id; [`StoreError::NotFound`] if
-    /// there is none.
+    /// there is none, and [`StoreError::Revoked`] (changing nothing) if the
+    /// stored record is revoked: the check and the write are one atomic
+    /// step, so an update that raced a revocation cannot undo it.
     async fn update(&self, record: KeyRecord) -> Result<(), StoreError>;
 
     /// Marks the key revoked, effective for the next look-up;
