@@ -104,16 +104,19 @@ impl TrustedProxies {
     /// The client's address for `request`: the peer's (see the
     /// [module docs](self)), or, when the peer is a trusted proxy, the first
     /// untrusted hop of its forwarding headers. `None` when the peer is
-    /// unknown.
+    /// unknown, or when a forwarding hop that must be read is not an
+    /// address (`unknown`, junk).
     pub fn client_addr<B>(&self, request: &Request<B>) -> Option<IpAddr> {
         let peer = peer_addr(request)?;
         if self.0.is_empty() || !self.trusts(peer) {
             return Some(peer);
         }
-        Some(self.walk(peer, request.headers()))
+        self.walk(peer, request.headers())
     }
 
-    fn walk(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// `None` when a hop that must be read is not an address: the client
+    /// is then unknown, never taken to be the proxy in front of it.
+    fn walk(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         let mut client = peer;
         let xff: Vec<&str> = headers
             .get_all("x-forwarded-for")
@@ -134,13 +137,12 @@ impl TrustedProxies {
                 .collect()
         };
         for hop in hops.into_iter().rev() {
-            let Some(hop) = hop else { break };
-            client = hop;
-            if !self.trusts(hop) {
+            client = hop?;
+            if !self.trusts(client) {
                 break;
             }
         }
-        client
+        Some(client)
     }
 }
 
@@ -303,9 +305,13 @@ mod tests {
         // Only trusted hops: the leftmost is the client.
         let r = request("127.0.0.1", &[("x-forwarded-for", "127.0.0.1")]);
         assert_eq!(proxies.client_addr(&r), Some(ip("127.0.0.1")));
-        // Junk stops the walk at the hop to its right.
+        // Junk where the client should be: the client is unknown, never
+        // taken to be the trusted proxy (which a key may be allowed from).
         let r = request("127.0.0.1", &[("x-forwarded-for", "10.1.2.3, junk")]);
-        assert_eq!(proxies.client_addr(&r), Some(ip("127.0.0.1")));
+        assert_eq!(proxies.client_addr(&r), None);
+        // Junk left of the first untrusted hop is never read.
+        let r = request("127.0.0.1", &[("x-forwarded-for", "junk, 10.1.2.3")]);
+        assert_eq!(proxies.client_addr(&r), Some(ip("10.1.2.3")));
         let r = request("127.0.0.1", &[("x-forwarded-for", "[2001:db8::1]:443")]);
         assert_eq!(proxies.client_addr(&r), Some(ip("2001:db8::1")));
     }
@@ -322,7 +328,7 @@ mod tests {
         );
         assert_eq!(proxies.client_addr(&r), Some(ip("2001:db8:cafe::17")));
         let r = request("127.0.0.1", &[("forwarded", "for=unknown")]);
-        assert_eq!(proxies.client_addr(&r), Some(ip("127.0.0.1")));
+        assert_eq!(proxies.client_addr(&r), None);
         // X-Forwarded-For wins when both are present.
         let r = request(
             "127.0.0.1",
