@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release --example throughput          # 5 rounds of 1 s
 //! cargo run --release --example throughput 9 2      # 9 rounds of 2 s
+//! cargo run --release --example throughput 5 1 none # without UsageLayer
 //! ```
 //!
 //! The stack is the one of `benches/stack.rs`' `keyward_full`:
@@ -105,6 +106,62 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+fn measure<S>(
+    service: &S,
+    many: &[Vec<String>],
+    hot: &[Vec<String>],
+    rounds: usize,
+    duration: Duration,
+) where
+    S: Service<Request<String>, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Response: StatusOf,
+{
+    let check = ready(
+        service.clone().oneshot(
+            Request::get("/pets")
+                .header("authorization", many[0][0].as_str())
+                .body(String::new())
+                .unwrap(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(check.status_of(), StatusCode::OK);
+    for (name, headers) in [("many keys", many), ("hot key", hot)] {
+        // Warm up: every key gets its limiter state (and first-use record).
+        for header in headers.iter().flatten() {
+            let request = Request::get("/pets")
+                .header("authorization", header.as_str())
+                .body(String::new())
+                .unwrap();
+            black_box(ready(service.clone().oneshot(request)).unwrap());
+        }
+        let mut one = Vec::new();
+        let mut two = Vec::new();
+        for _ in 0..rounds {
+            one.push(round(service, headers, 1, duration));
+            two.push(round(service, headers, 2, duration));
+        }
+        let (one, two) = (median(one), median(two));
+        println!(
+            "{name:9}: 1 thread {:>9.0} req/s, 2 threads {:>9.0} req/s, ratio {:.2}",
+            one,
+            two,
+            two / one
+        );
+    }
+}
+
+trait StatusOf {
+    fn status_of(&self) -> StatusCode;
+}
+
+impl<B> StatusOf for Response<B> {
+    fn status_of(&self) -> StatusCode {
+        self.status()
+    }
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(5);
@@ -147,48 +204,23 @@ fn main() {
         headers.push(format!("Bearer {}", key.expose_secret()));
     }
 
-    let service = UsageLayer::new(batching.clone()).layer(
-        AuthLayer::new(store, format)
-            .layer(RateLimitLayer::new(MemoryLimiter::new()).layer(
-                RequireScopes::all(["pets:read".parse().unwrap()]).layer(service_fn(inner)),
-            )),
-    );
-    let check = ready(
-        service.clone().oneshot(
-            Request::get("/pets")
-                .header("authorization", headers[0].as_str())
-                .body(String::new())
-                .unwrap(),
-        ),
-    )
-    .unwrap();
-    assert_eq!(check.status(), StatusCode::OK);
-
+    let auth = AuthLayer::new(store, format);
+    let scoped = || RequireScopes::all(["pets:read".parse().unwrap()]).layer(service_fn(inner));
     // Many keys: each thread its own 100 000. One hot key: the same one.
     let many = vec![headers[..100_000].to_vec(), headers[100_000..].to_vec()];
     let hot = vec![vec![headers[0].clone()], vec![headers[0].clone()]];
-    for (name, headers) in [("many keys", &many), ("hot key", &hot)] {
-        // Warm up: every key gets its limiter state (and first-use record).
-        for header in headers.iter().flatten() {
-            let request = Request::get("/pets")
-                .header("authorization", header.as_str())
-                .body(String::new())
-                .unwrap();
-            black_box(ready(service.clone().oneshot(request)).unwrap());
-        }
-        let mut one = Vec::new();
-        let mut two = Vec::new();
-        for _ in 0..rounds {
-            one.push(round(&service, headers, 1, duration));
-            two.push(round(&service, headers, 2, duration));
-        }
-        let (one, two) = (median(one), median(two));
-        println!(
-            "{name:9}: 1 thread {:>9.0} req/s, 2 threads {:>9.0} req/s, ratio {:.2}",
-            one,
-            two,
-            two / one
-        );
+    let sink = std::env::args()
+        .nth(3)
+        .unwrap_or_else(|| "batching".to_owned());
+    if sink == "none" {
+        // The same stack without usage recording, to see what the shared
+        // usage queue costs when two threads feed it.
+        let service = auth.layer(RateLimitLayer::new(MemoryLimiter::new()).layer(scoped()));
+        measure(&service, &many, &hot, rounds, duration);
+    } else {
+        let service = UsageLayer::new(batching.clone())
+            .layer(auth.layer(RateLimitLayer::new(MemoryLimiter::new()).layer(scoped())));
+        measure(&service, &many, &hot, rounds, duration);
     }
     println!("batching sink dropped {} events", batching.dropped());
     runtime.block_on(batching.shutdown());
