@@ -1,6 +1,7 @@
 //! An axum server for end-to-end load tests: `GET /bare` with no layer,
 //! `GET /pets` behind the full keyward stack (usage with a batching sink,
-//! auth, a rate limit no load test reaches, a scope check).
+//! auth, a rate limit no load test reaches, a scope check), and
+//! `GET /unrecorded` behind the same stack without usage recording.
 //!
 //! ```sh
 //! cargo run --release --example e2e_server 127.0.0.1:3001
@@ -63,13 +64,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_batch(1024)
         .spawn();
 
+    let auth = AuthLayer::new(store, format);
     let protected = Router::new()
         .route("/pets", get(hello))
         .layer(RequireScopes::all(["pets:read".parse()?]))
         .layer(RateLimitLayer::new(MemoryLimiter::new()))
-        .layer(AuthLayer::new(store, format))
+        .layer(auth.clone())
         .layer(UsageLayer::new(usage.clone()));
-    let app = Router::new().route("/bare", get(hello)).merge(protected);
+    // The same without usage recording, to tell the costs apart.
+    let unrecorded = Router::new()
+        .route("/unrecorded", get(hello))
+        .layer(RequireScopes::all(["pets:read".parse()?]))
+        .layer(RateLimitLayer::new(MemoryLimiter::new()))
+        .layer(auth);
+    let app = Router::new()
+        .route("/bare", get(hello))
+        .merge(protected)
+        .merge(unrecorded);
 
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
