@@ -258,8 +258,18 @@ impl Responder {
     /// by `?`.
     pub fn problem_json(realm: &str) -> Self {
         let realm: Arc<str> = quoted_string_safe(realm).into();
+        // The answers without a variable part are rendered once.
+        let rendered: Vec<Response<Bytes>> = ALL_REASONS
+            .iter()
+            .map(|&reason| problem_response(&realm, &Rejection::new(reason)))
+            .collect();
         Self(Arc::new(move |rejection| {
-            problem_response(&realm, rejection)
+            let plain =
+                rejection.required_scopes().is_none() && rejection.violated_policies().is_empty();
+            match rendered.get(rejection.reason() as usize) {
+                Some(done) if plain => copy_response(done, rejection.retry_after()),
+                _ => problem_response(&realm, rejection),
+            }
         }))
     }
 
@@ -419,6 +429,39 @@ pub(crate) fn retry_after_seconds(wait: Duration) -> HeaderValue {
     HeaderValue::from(secs.max(1))
 }
 
+/// Every reason, in declaration order (`reason as usize` indexes it).
+const ALL_REASONS: [RejectReason; 15] = [
+    RejectReason::MissingKey,
+    RejectReason::InvalidRequest,
+    RejectReason::MalformedKey,
+    RejectReason::UnknownKey,
+    RejectReason::WrongSecret,
+    RejectReason::Expired,
+    RejectReason::NotYetValid,
+    RejectReason::Disabled,
+    RejectReason::Revoked,
+    RejectReason::InsufficientScope,
+    RejectReason::Restricted,
+    RejectReason::RateLimited,
+    RejectReason::QuotaExhausted,
+    RejectReason::TooManyFailures,
+    RejectReason::StoreUnavailable,
+];
+
+/// A copy of a pre-rendered answer (its header values and body are shared,
+/// not copied), with `Retry-After` if there is a wait.
+fn copy_response(done: &Response<Bytes>, retry_after: Option<Duration>) -> Response<Bytes> {
+    let mut response = Response::new(done.body().clone());
+    *response.status_mut() = done.status();
+    *response.headers_mut() = done.headers().clone();
+    if let Some(wait) = retry_after {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, retry_after_seconds(wait));
+    }
+    response
+}
+
 fn fallback_response(status: StatusCode) -> Response<Bytes> {
     let mut response = Response::new(Bytes::new());
     *response.status_mut() = status;
@@ -531,5 +574,23 @@ mod tests {
             response.headers()[WWW_AUTHENTICATE],
             r#"Bearer realm="a?b?c?""#
         );
+    }
+
+    #[test]
+    fn pre_rendered_answers_match_fresh_ones() {
+        for (i, &reason) in ALL_REASONS.iter().enumerate() {
+            assert_eq!(reason as usize, i);
+            for wait in [None, Some(Duration::from_millis(1500))] {
+                let mut rejection = Rejection::new(reason);
+                if let Some(wait) = wait {
+                    rejection = rejection.with_retry_after(wait);
+                }
+                let fresh = problem_response("api", &rejection);
+                let cached = Responder::problem_json("api").respond(&rejection);
+                assert_eq!(cached.status(), fresh.status());
+                assert_eq!(cached.headers(), fresh.headers());
+                assert_eq!(cached.body(), fresh.body());
+            }
+        }
     }
 }

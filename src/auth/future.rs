@@ -33,7 +33,8 @@ pin_project! {
         // Authenticated: waiting for the inner service.
         Inner { #[pin] future: F, principal: Option<Principal> },
         // Waiting for a store that does not answer at once.
-        Lookup { lookup: BoxLookup, waiting: Option<Waiting<S, ReqBody>> },
+        // (boxed: the rare case must not make every future larger)
+        Lookup { lookup: BoxLookup, waiting: Option<Box<Waiting<S, ReqBody>>> },
         // Refused.
         Rejected { response: Option<Response<Bytes>> },
     }
@@ -79,14 +80,14 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         Self {
             state: State::Lookup {
                 lookup: Box::pin(async move { store.find(&id).await }),
-                waiting: Some(Waiting {
+                waiting: Some(Box::new(Waiting {
                     config,
                     pending,
                     sources,
                     client,
                     service,
                     request,
-                }),
+                })),
             },
         }
     }
@@ -125,7 +126,7 @@ where
                         client,
                         mut service,
                         mut request,
-                    } = waiting
+                    } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let next =

@@ -180,7 +180,11 @@ impl KeyFormat {
             return Err(ParseError::Prefix);
         }
         let body = &bytes[prefix_len + 1..];
-        if !body.iter().all(u8::is_ascii_alphanumeric) {
+        // No early exit: the loop vectorizes (a key is short; junk is rare).
+        if !body
+            .iter()
+            .fold(true, |ok, b| ok & b.is_ascii_alphanumeric())
+        {
             return Err(ParseError::Alphabet);
         }
         let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);

@@ -1,12 +1,13 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{UsageEvent, UsageSink};
 
@@ -84,6 +85,29 @@ pub struct BatchingSink {
 struct Shared {
     tx: mpsc::Sender<Message>,
     dropped: AtomicU64,
+    signal: Arc<Signal>,
+    max_batch: usize,
+}
+
+/// How the request path and the worker talk without a wake-up per event:
+/// while the worker collects a batch it does not wait on the queue (a
+/// waiting receiver is woken, often with a system call, by every send); it
+/// sleeps until the batch's deadline, or until a sender sees a full batch
+/// waiting and notifies it.
+struct Signal {
+    wake: Notify,
+    /// Events in the worker's current batch (written by the worker only).
+    held: AtomicUsize,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last sink is gone: close the queue, then tell the worker, so
+        // that it exports what is left now rather than at its deadline.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        self.signal.wake.notify_one();
+    }
 }
 
 enum Message {
@@ -149,6 +173,7 @@ impl BatchingSink {
     pub async fn shutdown(&self) {
         let (ack, done) = oneshot::channel();
         if self.shared.tx.send(Message::Shutdown(ack)).await.is_ok() {
+            self.shared.signal.wake.notify_one();
             let _ = done.await;
         }
     }
@@ -177,14 +202,26 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
     /// The sink, and its background task for you to spawn.
     pub fn build(self) -> (BatchingSink, BatchWorker) {
         let (tx, rx) = mpsc::channel(self.capacity);
+        let signal = Arc::new(Signal {
+            wake: Notify::new(),
+            held: AtomicUsize::new(0),
+        });
         let sink = BatchingSink {
             shared: Arc::new(Shared {
                 tx,
                 dropped: AtomicU64::new(0),
+                signal: Arc::clone(&signal),
+                max_batch: self.max_batch,
             }),
         };
         let worker = BatchWorker {
-            future: Box::pin(run(rx, self.exporter, self.max_batch, self.interval)),
+            future: Box::pin(run(
+                rx,
+                self.exporter,
+                self.max_batch,
+                self.interval,
+                signal,
+            )),
         };
         (sink, worker)
     }
@@ -201,72 +238,117 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
     }
 }
 
-async fn run<E: UsageExporter>(
-    mut rx: mpsc::Receiver<Message>,
-    mut exporter: E,
+/// The worker's batch and what to do with it.
+struct Batcher<E> {
+    exporter: E,
+    batch: Vec<UsageEvent>,
     max_batch: usize,
     interval: Duration,
-) {
-    let mut batch: Vec<UsageEvent> = Vec::new();
-    let mut deadline = tokio::time::Instant::now();
-    loop {
-        let message = if batch.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(message) => message,
-                Err(_elapsed) => {
-                    exporter.export(std::mem::take(&mut batch)).await;
-                    continue;
-                }
-            }
-        };
+    deadline: tokio::time::Instant,
+}
+
+/// What the worker does after a message.
+enum Next {
+    Go,
+    Stop,
+}
+
+impl<E: UsageExporter> Batcher<E> {
+    async fn export(&mut self) {
+        if !self.batch.is_empty() {
+            self.exporter.export(std::mem::take(&mut self.batch)).await;
+        }
+    }
+
+    async fn push(&mut self, event: UsageEvent) {
+        if self.batch.is_empty() {
+            self.deadline = tokio::time::Instant::now() + self.interval;
+            self.batch.reserve(self.max_batch.min(1024));
+        }
+        self.batch.push(event);
+        if self.batch.len() >= self.max_batch {
+            self.export().await;
+        }
+    }
+
+    async fn handle(&mut self, message: Message, rx: &mut mpsc::Receiver<Message>) -> Next {
         match message {
-            Some(Message::Event(event)) => {
-                if batch.is_empty() {
-                    deadline = tokio::time::Instant::now() + interval;
-                    batch.reserve(max_batch.min(1024));
-                }
-                batch.push(event);
-                if batch.len() >= max_batch {
-                    exporter.export(std::mem::take(&mut batch)).await;
-                }
-            }
-            Some(Message::Flush(ack)) => {
-                if !batch.is_empty() {
-                    exporter.export(std::mem::take(&mut batch)).await;
-                }
+            Message::Event(event) => self.push(event).await,
+            Message::Flush(ack) => {
+                self.export().await;
                 let _ = ack.send(());
             }
-            Some(Message::Shutdown(ack)) => {
+            Message::Shutdown(ack) => {
                 rx.close();
                 let mut acks = vec![ack];
                 while let Some(message) = rx.recv().await {
                     match message {
-                        Message::Event(event) => {
-                            batch.push(event);
-                            if batch.len() >= max_batch {
-                                exporter.export(std::mem::take(&mut batch)).await;
-                            }
-                        }
+                        Message::Event(event) => self.push(event).await,
                         Message::Flush(ack) | Message::Shutdown(ack) => acks.push(ack),
                     }
                 }
-                if !batch.is_empty() {
-                    exporter.export(std::mem::take(&mut batch)).await;
-                }
+                self.export().await;
                 for ack in acks {
                     let _ = ack.send(());
                 }
-                return;
+                return Next::Stop;
             }
-            None => {
-                // Every sink is gone: export what is left and stop.
-                if !batch.is_empty() {
-                    exporter.export(std::mem::take(&mut batch)).await;
+        }
+        Next::Go
+    }
+}
+
+async fn run<E: UsageExporter>(
+    mut rx: mpsc::Receiver<Message>,
+    exporter: E,
+    max_batch: usize,
+    interval: Duration,
+    signal: Arc<Signal>,
+) {
+    let mut batcher = Batcher {
+        exporter,
+        batch: Vec::new(),
+        max_batch,
+        interval,
+        deadline: tokio::time::Instant::now(),
+    };
+    loop {
+        // Idle: wait on the queue for the first message.
+        let Some(message) = rx.recv().await else {
+            // Every sink is gone.
+            batcher.export().await;
+            return;
+        };
+        if let Next::Stop = batcher.handle(message, &mut rx).await {
+            return;
+        }
+        // Collecting: take what is queued, then sleep until the deadline
+        // or a sender's notice, never woken by each event.
+        loop {
+            loop {
+                match rx.try_recv() {
+                    Ok(message) => {
+                        if let Next::Stop = batcher.handle(message, &mut rx).await {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        batcher.export().await;
+                        return;
+                    }
                 }
-                return;
             }
+            signal.held.store(batcher.batch.len(), Ordering::Relaxed);
+            if batcher.batch.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= batcher.deadline {
+                batcher.export().await;
+                signal.held.store(0, Ordering::Relaxed);
+                break;
+            }
+            let _ = tokio::time::timeout_at(batcher.deadline, signal.wake.notified()).await;
         }
     }
 }
@@ -274,7 +356,15 @@ async fn run<E: UsageExporter>(
 #[async_trait::async_trait]
 impl UsageSink for BatchingSink {
     fn record(&self, event: UsageEvent) {
-        if self.shared.tx.try_send(Message::Event(event)).is_err() {
+        let shared = &*self.shared;
+        if shared.tx.try_send(Message::Event(event)).is_ok() {
+            // A full batch waits: wake the worker (it is not woken by sends
+            // while it collects).
+            let queued = shared.tx.max_capacity() - shared.tx.capacity();
+            if queued + shared.signal.held.load(Ordering::Relaxed) >= shared.max_batch {
+                shared.signal.wake.notify_one();
+            }
+        } else {
             let before = self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             // Logged at 1, 2, 3, 5, 9, 17... drops: enough to notice, never a flood.
             if before == 0 || before.is_power_of_two() {
@@ -290,6 +380,7 @@ impl UsageSink for BatchingSink {
     async fn flush(&self) {
         let (ack, done) = oneshot::channel();
         if self.shared.tx.send(Message::Flush(ack)).await.is_ok() {
+            self.shared.signal.wake.notify_one();
             let _ = done.await;
         }
     }
