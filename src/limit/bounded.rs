@@ -34,6 +34,11 @@ where
             map: papaya::HashMap::builder()
                 .hasher(S::default())
                 .capacity(max.min(1024))
+                // A resize finishes in the inserting call (new keys are
+                // the slow path anyway); papaya's default, incremental
+                // resizing, leaves half-copied tables that every read of
+                // the request path then probes at length.
+                .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             max: max.max(1),
             sweep_every: u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX),

@@ -13,7 +13,7 @@ use crate::record::{KeyRecord, KeyStatus};
 /// Reads take no lock: the map is [`papaya`]'s lock-free table, so look-ups
 /// from many threads never wait on each other or on writers. Clones share
 /// the same records.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct MemoryStore {
     records: Arc<papaya::HashMap<KeyId, Arc<KeyRecord>, KeyIdBuildHasher>>,
 }
@@ -21,16 +21,22 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_capacity(0)
     }
 
     /// An empty store with room for `capacity` records.
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            records: Arc::new(papaya::HashMap::with_capacity_and_hasher(
-                capacity,
-                KeyIdBuildHasher,
-            )),
+            records: Arc::new(
+                papaya::HashMap::builder()
+                    .hasher(KeyIdBuildHasher)
+                    .capacity(capacity)
+                    // Inserts finish a resize themselves: papaya's default,
+                    // incremental resizing, can leave a half-copied table
+                    // that every look-up then probes at length.
+                    .resize_mode(papaya::ResizeMode::Blocking)
+                    .build(),
+            ),
         }
     }
 
@@ -46,6 +52,12 @@ impl MemoryStore {
 
     fn get(&self, id: &KeyId) -> Option<Arc<KeyRecord>> {
         self.records.pin().get(id).cloned()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -24,10 +24,23 @@ pub struct AggregatingSink {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     keys: papaya::HashMap<KeyId, Counters, KeyIdBuildHasher>,
     anonymous: Counters,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            // Resizes finish in the inserting call, so that recording for
+            // known keys never probes a half-copied table.
+            keys: papaya::HashMap::builder()
+                .hasher(KeyIdBuildHasher)
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
+            anonymous: Counters::default(),
+        }
+    }
 }
 
 /// Every reason known when this was written; others count as the last slot.

@@ -212,7 +212,10 @@ pub(crate) struct FirstSeen {
 impl FirstSeen {
     fn new(capacity: usize) -> Self {
         Self {
-            set: papaya::HashSet::with_hasher(KeyIdBuildHasher),
+            set: papaya::HashSet::builder()
+                .hasher(KeyIdBuildHasher)
+                .resize_mode(papaya::ResizeMode::Blocking)
+                .build(),
             capacity,
         }
     }
