@@ -91,6 +91,26 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    /// Every reason, in declaration order (`reason as usize` indexes it):
+    /// for counters and dashboards that keep one slot a reason.
+    pub const ALL: [RejectReason; 15] = [
+        RejectReason::MissingKey,
+        RejectReason::InvalidRequest,
+        RejectReason::MalformedKey,
+        RejectReason::UnknownKey,
+        RejectReason::WrongSecret,
+        RejectReason::Expired,
+        RejectReason::NotYetValid,
+        RejectReason::Disabled,
+        RejectReason::Revoked,
+        RejectReason::InsufficientScope,
+        RejectReason::Restricted,
+        RejectReason::RateLimited,
+        RejectReason::QuotaExhausted,
+        RejectReason::TooManyFailures,
+        RejectReason::StoreUnavailable,
+    ];
+
     /// A stable `snake_case` name, for logs and usage records.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -259,7 +279,7 @@ impl Responder {
     pub fn problem_json(realm: &str) -> Self {
         let realm: Arc<str> = quoted_string_safe(realm).into();
         // The answers without a variable part are rendered once.
-        let rendered: Vec<Response<Bytes>> = ALL_REASONS
+        let rendered: Vec<Response<Bytes>> = RejectReason::ALL
             .iter()
             .map(|&reason| problem_response(&realm, &Rejection::new(reason)))
             .collect();
@@ -429,25 +449,6 @@ pub(crate) fn retry_after_seconds(wait: Duration) -> HeaderValue {
     HeaderValue::from(secs.max(1))
 }
 
-/// Every reason, in declaration order (`reason as usize` indexes it).
-const ALL_REASONS: [RejectReason; 15] = [
-    RejectReason::MissingKey,
-    RejectReason::InvalidRequest,
-    RejectReason::MalformedKey,
-    RejectReason::UnknownKey,
-    RejectReason::WrongSecret,
-    RejectReason::Expired,
-    RejectReason::NotYetValid,
-    RejectReason::Disabled,
-    RejectReason::Revoked,
-    RejectReason::InsufficientScope,
-    RejectReason::Restricted,
-    RejectReason::RateLimited,
-    RejectReason::QuotaExhausted,
-    RejectReason::TooManyFailures,
-    RejectReason::StoreUnavailable,
-];
-
 /// A copy of a pre-rendered answer (its header values and body are shared,
 /// not copied), with `Retry-After` if there is a wait.
 fn copy_response(done: &Response<Bytes>, retry_after: Option<Duration>) -> Response<Bytes> {
@@ -578,7 +579,7 @@ mod tests {
 
     #[test]
     fn pre_rendered_answers_match_fresh_ones() {
-        for (i, &reason) in ALL_REASONS.iter().enumerate() {
+        for (i, &reason) in RejectReason::ALL.iter().enumerate() {
             assert_eq!(reason as usize, i);
             for wait in [None, Some(Duration::from_millis(1500))] {
                 let mut rejection = Rejection::new(reason);
