@@ -49,13 +49,13 @@ impl FakeClock {
     /// A clock that stands at `start`.
     pub fn new(start: SystemTime) -> Self {
         Self {
-            nanos_since_epoch: Arc::new(AtomicU64::new(to_nanos(start))),
+            nanos_since_epoch: Arc::new(AtomicU64::new(epoch_nanos(start))),
         }
     }
 
     /// Moves the clock forward by `by`.
     pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
+        let by = saturating_nanos(by);
         // fetch_update cannot fail here: the closure always returns Some.
         let _ = self
             .nanos_since_epoch
@@ -67,7 +67,7 @@ impl FakeClock {
     /// Sets the clock to `to` (which may be earlier than now).
     pub fn set(&self, to: SystemTime) {
         self.nanos_since_epoch
-            .store(to_nanos(to), Ordering::Release);
+            .store(epoch_nanos(to), Ordering::Release);
     }
 }
 
@@ -84,10 +84,20 @@ impl Clock for FakeClock {
     }
 }
 
-fn to_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+/// Nanoseconds since the epoch: 0 before it, saturating far after it.
+pub(crate) fn epoch_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, saturating_nanos)
+}
+
+/// A duration in nanoseconds, saturating at `u64::MAX` (584 years).
+pub(crate) fn saturating_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Whole seconds, rounded up: headers that count seconds must never
+/// announce a wait shorter than the real one.
+pub(crate) fn whole_seconds(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 #[cfg(test)]

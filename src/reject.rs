@@ -48,6 +48,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Response, StatusCode};
 
+use crate::clock::whole_seconds;
 use crate::key::KeyId;
 use crate::scope::ScopeSet;
 
@@ -445,8 +446,7 @@ fn problem_response(realm: &str, rejection: &Rejection) -> Response<Bytes> {
 /// Whole seconds, rounded up, and at least 1 for any wait: a client told
 /// `0` would retry at once and be refused again.
 pub(crate) fn retry_after_seconds(wait: Duration) -> HeaderValue {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    HeaderValue::from(secs.max(1))
+    HeaderValue::from(whole_seconds(wait).max(1))
 }
 
 /// A copy of a pre-rendered answer (its header values and body are shared,

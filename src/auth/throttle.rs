@@ -12,8 +12,9 @@ use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
+use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{epoch_nanos, nanos, BoundedMap, Expiring, GovernorClock};
+use crate::limit::{BoundedMap, Expiring, GovernorClock};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that

@@ -5,6 +5,8 @@ use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::clock::saturating_nanos;
+
 /// State that can tell when forgetting it loses nothing.
 pub(crate) trait Expiring {
     /// Whether, at `now` (nanoseconds since the epoch), the state is back
@@ -41,7 +43,7 @@ where
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             max: max.max(1),
-            sweep_every: u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX),
+            sweep_every: saturating_nanos(sweep_every),
             last_sweep: AtomicU64::new(0),
         }
     }

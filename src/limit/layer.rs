@@ -17,6 +17,7 @@ use tower_service::Service;
 use super::{LimitError, Limiter, Limits, Policy, Verdict};
 use crate::auth::Principal;
 use crate::body::ResponseBody;
+use crate::clock::whole_seconds;
 use crate::key::KeyId;
 use crate::reject::{RejectReason, Rejection, Responder};
 
@@ -261,10 +262,6 @@ fn push_decimal(out: &mut String, n: impl Into<u64>) {
     }
     // Only ASCII digits were written.
     out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
-}
-
-fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 impl Tally {

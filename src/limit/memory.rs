@@ -13,8 +13,9 @@ use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
 use super::bounded::{BoundedMap, Expiring};
-use super::time::{epoch_nanos, nanos, GovernorClock};
+use super::time::GovernorClock;
 use super::{CreditPolicy, LimitError, Limiter, Policy, RatePolicy, Verdict};
+use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 

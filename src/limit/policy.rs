@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 
+use crate::clock::whole_seconds;
+
 /// A policy name that a policy cannot have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -42,10 +44,6 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
     } else {
         Err(PolicyError::InvalidName)
     }
-}
-
-fn whole_seconds(window: Duration) -> u64 {
-    window.as_secs() + u64::from(window.subsec_nanos() > 0)
 }
 
 /// A rate: `quota` requests per `window`, spent in bursts of at most `burst`

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{EventKind, Outcome, UsageEvent, UsageSink};
+use crate::clock::{epoch_nanos, saturating_nanos};
 use crate::key::{KeyId, KeyIdBuildHasher};
 use crate::reject::RejectReason;
 
@@ -82,12 +83,9 @@ impl Counters {
                 self.statuses[class - 1].fetch_add(1, Relaxed);
             }
         }
-        let latency = u64::try_from(event.latency().as_nanos()).unwrap_or(u64::MAX);
+        let latency = saturating_nanos(event.latency());
         self.latency_nanos.fetch_add(latency, Relaxed);
-        let at = event
-            .at()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let at = epoch_nanos(event.at());
         self.last_used_nanos.fetch_max(at, Relaxed);
         if self.owner.get().is_none() {
             if let Some(owner) = event.owner() {
