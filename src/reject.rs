@@ -372,41 +372,15 @@ fn problem_response(realm: &str, rejection: &Rejection) -> Response<Bytes> {
         builder = builder.header(RETRY_AFTER, retry_after_seconds(wait));
     }
 
-    let (problem_type, detail) = match reason {
-        RejectReason::MissingKey => ("about:blank", "An API key is required.".to_owned()),
-        RejectReason::InvalidRequest => (
-            "about:blank",
-            "The request carries its credentials more than once or malformed.".to_owned(),
-        ),
-        RejectReason::InsufficientScope => (
-            "about:blank",
-            match rejection.required_scopes() {
-                Some(scopes) => {
-                    format!("This API key lacks the scope this route requires: {scopes}.")
-                }
-                None => "This API key lacks a scope this route requires.".to_owned(),
-            },
-        ),
-        RejectReason::Restricted => (
-            "about:blank",
-            "This API key may not be used from here.".to_owned(),
-        ),
-        RejectReason::RateLimited | RejectReason::QuotaExhausted => (
-            QUOTA_EXCEEDED,
-            "This API key has used up its quota for now; retry later.".to_owned(),
-        ),
-        RejectReason::TooManyFailures => (
-            "about:blank",
-            "Too many requests with invalid API keys; retry later.".to_owned(),
-        ),
-        RejectReason::StoreUnavailable => (
-            "about:blank",
-            "API keys cannot be checked right now; retry later.".to_owned(),
-        ),
-        _ => (
-            "about:blank",
-            "The API key is invalid, expired or revoked.".to_owned(),
-        ),
+    let problem_type = match reason {
+        RejectReason::RateLimited | RejectReason::QuotaExhausted => QUOTA_EXCEEDED,
+        _ => "about:blank",
+    };
+    let detail: std::borrow::Cow<'static, str> = match (reason, rejection.required_scopes()) {
+        (RejectReason::InsufficientScope, Some(scopes)) => {
+            format!("This API key lacks the scope this route requires: {scopes}.").into()
+        }
+        _ => client_message(reason).into(),
     };
 
     let mut body = String::with_capacity(160);
@@ -447,6 +421,25 @@ fn problem_response(realm: &str, rejection: &Rejection) -> Response<Bytes> {
 /// `0` would retry at once and be refused again.
 pub(crate) fn retry_after_seconds(wait: Duration) -> HeaderValue {
     HeaderValue::from(whole_seconds(wait).max(1))
+}
+
+/// What the client is told for `reason`, over HTTP and gRPC alike: the
+/// coarse class, never which kind of bad key it was.
+pub(crate) fn client_message(reason: RejectReason) -> &'static str {
+    match reason {
+        RejectReason::MissingKey => "An API key is required.",
+        RejectReason::InvalidRequest => {
+            "The request carries its credentials more than once or malformed."
+        }
+        RejectReason::InsufficientScope => "This API key lacks a scope this route requires.",
+        RejectReason::Restricted => "This API key may not be used from here.",
+        RejectReason::RateLimited | RejectReason::QuotaExhausted => {
+            "This API key has used up its quota for now; retry later."
+        }
+        RejectReason::TooManyFailures => "Too many requests with invalid API keys; retry later.",
+        RejectReason::StoreUnavailable => "API keys cannot be checked right now; retry later.",
+        _ => "The API key is invalid, expired or revoked.",
+    }
 }
 
 /// A copy of a pre-rendered answer (its header values and body are shared,

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::time::Duration;
 
@@ -5,7 +6,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 
-use crate::reject::{retry_after_seconds, RejectReason, Rejection};
+use crate::reject::{client_message, retry_after_seconds, RejectReason, Rejection};
 
 /// The wire protocol of a request, read from its `content-type`.
 ///
@@ -213,29 +214,13 @@ fn pushback_ms(wait: Duration) -> HeaderValue {
 
 /// What the client is told: the coarse class, never the key, its id or the
 /// exact reason a key was bad.
-fn message(rejection: &Rejection) -> String {
-    match rejection.reason() {
-        RejectReason::MissingKey => "An API key is required.".to_owned(),
-        RejectReason::InvalidRequest => {
-            "The request carries its credentials more than once or malformed.".to_owned()
+fn message(rejection: &Rejection) -> Cow<'static, str> {
+    match (rejection.reason(), rejection.required_scopes()) {
+        (RejectReason::InsufficientScope, Some(scopes)) if !scopes.is_empty() => {
+            format!("This API key lacks the scope this method requires: {scopes}.").into()
         }
-        RejectReason::InsufficientScope => match rejection.required_scopes() {
-            Some(scopes) if !scopes.is_empty() => {
-                format!("This API key lacks the scope this method requires: {scopes}.")
-            }
-            _ => "This API key may not call this method.".to_owned(),
-        },
-        RejectReason::Restricted => "This API key may not be used from here.".to_owned(),
-        RejectReason::RateLimited | RejectReason::QuotaExhausted => {
-            "This API key has used up its quota for now; retry later.".to_owned()
-        }
-        RejectReason::TooManyFailures => {
-            "Too many requests with invalid API keys; retry later.".to_owned()
-        }
-        RejectReason::StoreUnavailable => {
-            "API keys cannot be checked right now; retry later.".to_owned()
-        }
-        _ => "The API key is invalid, expired or revoked.".to_owned(),
+        (RejectReason::InsufficientScope, _) => "This API key may not call this method.".into(),
+        (reason, _) => client_message(reason).into(),
     }
 }
 
