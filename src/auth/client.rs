@@ -19,7 +19,8 @@
 //! `Forwarded`) from the right, skipping trusted hops: the first untrusted
 //! address is the client. (The leftmost entry is whatever the client
 //! claimed; trusting it, as some limiters do, lets anyone pick an address.)
-//! An entry that is not an IP address ends the walk at the hop to its right.
+//! An entry that is not an IP address, where the walk must read one, leaves
+//! the client unknown (never the proxy in front of it).
 //!
 //! A key with allowed networks is refused (`403`, reason
 //! [`Restricted`](crate::reject::RejectReason::Restricted)) when the client
@@ -48,13 +49,15 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use http::header::FORWARDED;
+use http::header::{HeaderName, FORWARDED};
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
 use super::layer::AuthConfig;
 use super::Principal;
 use crate::reject::{RejectReason, Rejection};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The address of the connection's peer, inserted into the request's
 /// extensions by you (or by glue code for a server other than axum).
@@ -115,28 +118,37 @@ impl TrustedProxies {
     }
 
     /// `None` when a hop that must be read is not an address: the client
-    /// is then unknown, never taken to be the proxy in front of it.
+    /// is then unknown, never taken to be the proxy in front of it. Reads
+    /// the headers from the right, in place.
     fn walk(&self, peer: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
-        let mut client = peer;
-        let xff: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        let hops: Vec<Option<IpAddr>> = if !xff.is_empty() {
-            xff.into_iter().map(parse_xff_hop).collect()
-        } else {
-            headers
-                .get_all(FORWARDED)
+        let xff = headers.get_all(X_FORWARDED_FOR);
+        if xff.iter().any(|v| v.to_str().is_ok()) {
+            let hops = xff
                 .iter()
+                .rev()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(forwarded_for)
-                .collect()
-        };
-        for hop in hops.into_iter().rev() {
+                .flat_map(|v| v.rsplit(','))
+                .map(|hop| parse_xff_hop(hop.trim()));
+            return self.first_untrusted(peer, hops);
+        }
+        let hops = headers
+            .get_all(FORWARDED)
+            .iter()
+            .rev()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.rsplit(','))
+            .filter_map(forwarded_for);
+        self.first_untrusted(peer, hops)
+    }
+
+    /// Walks `hops`, nearest first, past the trusted ones.
+    fn first_untrusted(
+        &self,
+        peer: IpAddr,
+        hops: impl Iterator<Item = Option<IpAddr>>,
+    ) -> Option<IpAddr> {
+        let mut client = peer;
+        for hop in hops {
             client = hop?;
             if !self.trusts(client) {
                 break;
@@ -169,10 +181,14 @@ fn in_any(networks: &[IpNet], addr: IpAddr) -> bool {
 
 /// Checks the restrictions of an authenticated key against the request:
 /// the service's environment, then the client's network.
+///
+/// `client` is the client address if the caller already resolved it
+/// (`Some(None)`: resolved, unknown), so that it is worked out once.
 pub(crate) fn restrict<B>(
     config: &AuthConfig,
     request: &Request<B>,
     principal: &Principal,
+    client: Option<Option<IpAddr>>,
 ) -> Result<(), Rejection> {
     let record = principal.record();
     let refuse = |restriction: &str| {
@@ -192,7 +208,7 @@ pub(crate) fn restrict<B>(
     if !record.allowed_networks.is_empty()
         && !allowed(
             &record.allowed_networks,
-            config.trusted_proxies.client_addr(request),
+            client.unwrap_or_else(|| config.trusted_proxies.client_addr(request)),
         )
     {
         return refuse("network");

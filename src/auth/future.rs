@@ -44,7 +44,8 @@ struct Waiting<S, ReqBody> {
     config: Arc<AuthConfig>,
     pending: Pending,
     sources: SourceMask,
-    client: Option<IpAddr>,
+    /// The client address, if already resolved (see `client::restrict`).
+    client: Option<Option<IpAddr>>,
     service: S,
     request: Request<ReqBody>,
 }
@@ -71,7 +72,7 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         config: Arc<AuthConfig>,
         pending: Pending,
         sources: SourceMask,
-        client: Option<IpAddr>,
+        client: Option<Option<IpAddr>>,
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
@@ -134,7 +135,7 @@ where
                             .authenticator
                             .finish(pending, lookup)
                             .and_then(|principal| {
-                                admit(&config, sources, &mut request, &principal)
+                                admit(&config, sources, &mut request, &principal, client)
                                     .map(|()| principal)
                             }) {
                             Ok(principal) => State::Inner {
@@ -142,7 +143,11 @@ where
                                 principal: Some(principal),
                             },
                             Err(rejection) => State::Rejected {
-                                response: Some(config.refuse(request.headers(), rejection, client)),
+                                response: Some(config.refuse(
+                                    request.headers(),
+                                    rejection,
+                                    client.flatten(),
+                                )),
                             },
                         };
                     state.set(next);

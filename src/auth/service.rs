@@ -1,3 +1,4 @@
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -54,10 +55,14 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
-        let client = config
+        // Resolved once, here, when the throttle needs it; `restrict`
+        // reuses it (and resolves it itself otherwise, only for keys with
+        // allowed networks).
+        let resolved = config
             .throttle
-            .as_ref()
-            .and_then(|_| config.trusted_proxies.client_addr(&request));
+            .is_some()
+            .then(|| config.trusted_proxies.client_addr(&request));
+        let client = resolved.flatten();
         let (begun, sources) = match source::extract(&config.sources, &request) {
             Ok(Some(Presented { key, sources })) => {
                 if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
@@ -89,7 +94,7 @@ where
         };
         match begun {
             Begun::Done(Ok(principal)) => {
-                if let Err(rejection) = admit(config, sources, &mut request, &principal) {
+                if let Err(rejection) = admit(config, sources, &mut request, &principal, resolved) {
                     return ResponseFuture::rejected(
                         config.responder.refuse(request.headers(), rejection),
                     );
@@ -105,7 +110,14 @@ where
                 // clone-and-swap: the clone has not been polled ready).
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::lookup(Arc::clone(config), pending, sources, client, inner, request)
+                ResponseFuture::lookup(
+                    Arc::clone(config),
+                    pending,
+                    sources,
+                    resolved,
+                    inner,
+                    request,
+                )
             }
         }
     }
@@ -118,8 +130,9 @@ pub(crate) fn admit<B>(
     sources: source::SourceMask,
     request: &mut Request<B>,
     principal: &Principal,
+    client: Option<Option<IpAddr>>,
 ) -> Result<(), Rejection> {
-    super::client::restrict(config, request, principal)?;
+    super::client::restrict(config, request, principal, client)?;
     if config.strip_credentials {
         source::strip(&config.sources, sources, request);
     }
