@@ -8,13 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::middleware::{NoOpMiddleware, StateInformationMiddleware};
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
 
 use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{BoundedMap, Expiring, GovernorClock};
+use crate::limit::{gcra_cell, BoundedMap, Expiring, GcraCell};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that
@@ -59,7 +57,7 @@ struct Shared {
 }
 
 struct Failures {
-    cell: governor::RateLimiter<NotKeyed, InMemoryState, GovernorClock, StateInformationMiddleware>,
+    cell: GcraCell,
     /// Nanoseconds since the epoch until which the client is refused.
     blocked_until: AtomicU64,
     /// Nanoseconds since the epoch at which every failure is forgiven.
@@ -155,12 +153,7 @@ impl FailureThrottle {
             None => {
                 shared.clients.make_room(now);
                 map.get_or_insert_with(key, || Failures {
-                    cell: governor::RateLimiter::<_, _, _, NoOpMiddleware<Nanos>>::new(
-                        shared.quota,
-                        InMemoryState::default(),
-                        GovernorClock(Arc::clone(&shared.clock)),
-                    )
-                    .with_middleware::<StateInformationMiddleware>(),
+                    cell: gcra_cell(shared.quota, &shared.clock),
                     blocked_until: AtomicU64::new(0),
                     restored_at: AtomicU64::new(now),
                 })

@@ -8,15 +8,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use governor::middleware::StateInformationMiddleware;
 use governor::nanos::Nanos;
-use governor::state::{InMemoryState, NotKeyed};
 
 use super::bounded::{BoundedMap, Expiring};
-use super::time::GovernorClock;
+use super::time::{gcra_cell, GcraCell};
 use super::{CreditPolicy, LimitError, Limiter, Policy, RatePolicy, Verdict};
-use crate::clock::{epoch_nanos, saturating_nanos as nanos};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{epoch_nanos, saturating_nanos as nanos, Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 
 /// Limits in this process's memory: for each key that authenticated and
@@ -76,19 +73,22 @@ struct KeyState {
 }
 
 struct Slot {
-    policy: Policy,
     state: SlotState,
     /// Nanoseconds since the epoch at which this slot is back to full.
     restored_at: AtomicU64,
 }
 
+/// A policy with its state: the two cannot disagree.
 enum SlotState {
-    Rate(GcraCell),
-    Credits(Mutex<Balance>),
+    Rate {
+        policy: RatePolicy,
+        cell: GcraCell,
+    },
+    Credits {
+        policy: CreditPolicy,
+        balance: Mutex<Balance>,
+    },
 }
-
-type GcraCell =
-    governor::RateLimiter<NotKeyed, InMemoryState, GovernorClock, StateInformationMiddleware>;
 
 #[derive(Debug, Clone, Copy)]
 struct Balance {
@@ -161,7 +161,7 @@ impl MemoryLimiter {
         let fresh = Arc::new(Slot::new(policy, &shared.clock, now));
         let state = map.update_or_insert_with(
             *id,
-            |state| state.with(&fresh),
+            |state| state.with(policy, &fresh),
             || KeyState {
                 first: Arc::clone(&fresh),
                 rest: Box::default(),
@@ -174,17 +174,18 @@ impl MemoryLimiter {
 
 impl KeyState {
     fn find(&self, policy: &Policy) -> Option<&Arc<Slot>> {
-        self.slots().find(|slot| slot.policy == *policy)
+        self.slots().find(|slot| slot.is_for(policy))
     }
 
-    fn with(&self, slot: &Arc<Slot>) -> KeyState {
-        if self.find(&slot.policy).is_some() {
+    /// This state with `slot` (made for `policy`) added.
+    fn with(&self, policy: &Policy, slot: &Arc<Slot>) -> KeyState {
+        if self.find(policy).is_some() {
             return self.clone();
         }
         // Policies whose parameters changed (a new tier) are replaced.
         let mut slots = self
             .slots()
-            .filter(|s| s.policy.name() != slot.policy.name())
+            .filter(|s| s.name() != policy.name())
             .cloned()
             .chain(std::iter::once(Arc::clone(slot)));
         // The chain ends with `slot`, so there is a first.
@@ -203,34 +204,45 @@ impl KeyState {
 impl Slot {
     fn new(policy: &Policy, clock: &Arc<dyn Clock>, now: u64) -> Self {
         let state = match policy {
-            Policy::Rate(rate) => SlotState::Rate(
-                governor::RateLimiter::<_, _, _, governor::middleware::NoOpMiddleware<Nanos>>::new(
-                    rate.governor_quota(),
-                    InMemoryState::default(),
-                    GovernorClock(Arc::clone(clock)),
-                )
-                .with_middleware::<StateInformationMiddleware>(),
-            ),
-            Policy::Credits(credits) => SlotState::Credits(Mutex::new(Balance {
-                credits: credits.capacity(),
-                refilled_at: now,
-            })),
+            Policy::Rate(rate) => SlotState::Rate {
+                policy: rate.clone(),
+                cell: gcra_cell(rate.governor_quota(), clock),
+            },
+            Policy::Credits(credits) => SlotState::Credits {
+                policy: credits.clone(),
+                balance: Mutex::new(Balance {
+                    credits: credits.capacity(),
+                    refilled_at: now,
+                }),
+            },
         };
         Self {
-            policy: policy.clone(),
             state,
             restored_at: AtomicU64::new(now),
         }
     }
 
+    fn is_for(&self, policy: &Policy) -> bool {
+        match (&self.state, policy) {
+            (SlotState::Rate { policy: ours, .. }, Policy::Rate(rate)) => ours == rate,
+            (SlotState::Credits { policy: ours, .. }, Policy::Credits(credits)) => ours == credits,
+            _ => false,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match &self.state {
+            SlotState::Rate { policy, .. } => policy.name(),
+            SlotState::Credits { policy, .. } => policy.name(),
+        }
+    }
+
     fn decide(&self, cost: u32, now: u64) -> Result<Verdict, LimitError> {
-        match (&self.state, &self.policy) {
-            (SlotState::Rate(cell), Policy::Rate(rate)) => self.decide_rate(cell, rate, cost, now),
-            (SlotState::Credits(balance), Policy::Credits(credits)) => {
-                self.decide_credits(balance, credits, cost, now)
+        match &self.state {
+            SlotState::Rate { policy, cell } => self.decide_rate(cell, policy, cost, now),
+            SlotState::Credits { policy, balance } => {
+                self.decide_credits(balance, policy, cost, now)
             }
-            // A slot's state is made from its own policy.
-            _ => unreachable!("slot state and policy disagree"),
         }
     }
 

@@ -85,4 +85,4 @@ pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATE
 pub use limiter::{LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
-pub(crate) use time::GovernorClock;
+pub(crate) use time::{gcra_cell, GcraCell};
