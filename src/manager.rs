@@ -82,7 +82,8 @@ pub struct KeyManager {
     generator: KeyGenerator,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
-    events: Arc<dyn UsageSink>,
+    /// Where lifecycle events go; `None`: nowhere, and no work for them.
+    events: Option<Arc<dyn UsageSink>>,
 }
 
 /// The error type of [`KeyManager`] operations.
@@ -266,7 +267,7 @@ impl KeyManager {
             generator: KeyGenerator::new(format),
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
-            events: Arc::new(()),
+            events: None,
         }
     }
 
@@ -275,17 +276,19 @@ impl KeyManager {
     /// the same sinks as request usage.
     #[must_use]
     pub fn with_events(mut self, sink: impl UsageSink) -> Self {
-        self.events = Arc::new(sink);
+        self.events = Some(Arc::new(sink));
         self
     }
 
     fn audit(&self, lifecycle: Lifecycle, record: &KeyRecord) {
-        self.events.record(UsageEvent::lifecycle(
-            lifecycle,
-            record.id,
-            record.owner.as_str(),
-            self.clock.now(),
-        ));
+        if let Some(events) = &self.events {
+            events.record(UsageEvent::lifecycle(
+                lifecycle,
+                record.id,
+                record.owner.as_str(),
+                self.clock.now(),
+            ));
+        }
     }
 
     /// Uses `clock` for creation, expiry and revocation times.
@@ -411,16 +414,13 @@ impl KeyManager {
     pub async fn revoke(&self, id: &KeyId) -> Result<(), ManagerError> {
         self.store.revoke(id, self.clock.now()).await?;
         tracing::info!(target: "keyward::manager", key_id = %id, "key revoked");
-        let owner = match self.store.find(id).await {
-            Ok(Some(record)) => record.owner.clone(),
-            _ => String::new(),
-        };
-        self.events.record(UsageEvent::lifecycle(
-            Lifecycle::Revoked,
-            *id,
-            owner,
-            self.clock.now(),
-        ));
+        // The store's `revoke` returns no record: read it back for the
+        // event's owner, only when someone listens.
+        if self.events.is_some() {
+            if let Ok(Some(record)) = self.store.find(id).await {
+                self.audit(Lifecycle::Revoked, &record);
+            }
+        }
         Ok(())
     }
 

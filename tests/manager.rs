@@ -333,3 +333,47 @@ async fn works_over_a_shared_dyn_store() {
     assert!(store.find(&issued.record.id).await.unwrap().is_some());
     assert!(Arc::ptr_eq(manager.store(), &store));
 }
+
+#[tokio::test]
+async fn every_change_is_a_lifecycle_event_with_its_key_and_owner() {
+    use keyward::usage::{sink_fn, EventKind, Lifecycle, UsageEvent};
+    use std::sync::Mutex;
+
+    let f = fixture();
+    let events: Arc<Mutex<Vec<UsageEvent>>> = Arc::default();
+    let sink = {
+        let events = Arc::clone(&events);
+        sink_fn(move |event| events.lock().unwrap().push(event))
+    };
+    let manager = f.manager.clone().with_events(sink);
+
+    let issued = manager.issue(IssueOptions::new("acme")).await.unwrap();
+    let id = issued.record.id;
+    manager.disable(&id).await.unwrap();
+    manager.enable(&id).await.unwrap();
+    let rotated = manager.rotate(&id, Duration::from_secs(60)).await.unwrap();
+    manager.revoke(&rotated.record.id).await.unwrap();
+
+    let seen: Vec<(EventKind, KeyId, Option<String>)> = events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| (e.kind(), e.key_id().unwrap(), e.owner().map(str::to_owned)))
+        .collect();
+    let acme = Some("acme".to_owned());
+    let new = rotated.record.id;
+    assert_eq!(
+        seen,
+        [
+            (EventKind::Lifecycle(Lifecycle::Issued), id, acme.clone()),
+            (EventKind::Lifecycle(Lifecycle::Disabled), id, acme.clone()),
+            (EventKind::Lifecycle(Lifecycle::Enabled), id, acme.clone()),
+            (EventKind::Lifecycle(Lifecycle::Rotated), id, acme.clone()),
+            (EventKind::Lifecycle(Lifecycle::Issued), new, acme.clone()),
+            (EventKind::Lifecycle(Lifecycle::Revoked), new, acme),
+        ]
+    );
+    // Without a sink nothing is recorded and nothing is looked up twice.
+    f.manager.revoke(&id).await.unwrap();
+    assert_eq!(events.lock().unwrap().len(), 6);
+}
