@@ -39,7 +39,7 @@ pub struct RateLimitLayer {
     config: Arc<LimitConfig>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct LimitConfig {
     limiter: Arc<dyn Limiter>,
     responder: Responder,
@@ -60,32 +60,17 @@ impl RateLimitLayer {
         }
     }
 
-    fn config_mut(&mut self) -> &mut LimitConfig {
-        // Built once, before any service exists: the Arc is not shared yet
-        // unless the layer was cloned, in which case the clone keeps its own.
-        if Arc::get_mut(&mut self.config).is_none() {
-            let c = &*self.config;
-            self.config = Arc::new(LimitConfig {
-                limiter: Arc::clone(&c.limiter),
-                responder: c.responder.clone(),
-                cost: c.cost,
-                fail_open: c.fail_open,
-            });
-        }
-        Arc::get_mut(&mut self.config).expect("just made unique")
-    }
-
     /// What each request costs (default 1), unless a [`Cost`] extension
     /// says otherwise. Give a route its own cost by stacking a layer with
     /// another cost on that route only (and not on the whole router too).
     pub fn cost(mut self, cost: u32) -> Self {
-        self.config_mut().cost = cost;
+        Arc::make_mut(&mut self.config).cost = cost;
         self
     }
 
     /// Answers refusals with `responder` (default: problem details).
     pub fn responder(mut self, responder: Responder) -> Self {
-        self.config_mut().responder = responder;
+        Arc::make_mut(&mut self.config).responder = responder;
         self
     }
 
@@ -93,7 +78,7 @@ impl RateLimitLayer {
     /// instead of answering `503`. Off by default; turning it on means an
     /// outage of the backend removes every limit.
     pub fn insecure_fail_open(mut self, fail_open: bool) -> Self {
-        self.config_mut().fail_open = fail_open;
+        Arc::make_mut(&mut self.config).fail_open = fail_open;
         self
     }
 }
