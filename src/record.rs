@@ -63,47 +63,52 @@ impl fmt::Display for KeyStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
+// Declared in the order authentication reads them (repr(C) keeps it): the
+// hash, id, status and environment share the allocation's first cache line
+// with the Arc's counts, and times and networks come next, so that a look-up
+// in a large store touches two lines, not four.
+#[repr(C)]
 pub struct KeyRecord {
-    /// The public key id.
-    pub id: KeyId,
     /// The hash of the key's secret.
     pub hash: KeyHash,
-    /// The owner: a user, tenant or service account id.
-    pub owner: String,
-    /// A human name, such as "CI deploy key"; may be empty.
+    /// The public key id.
+    pub id: KeyId,
+    /// Active, disabled or revoked.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub name: String,
-    /// What the key may do.
+    pub status: KeyStatus,
+    /// The environment the key belongs to; `None` for any. A service
+    /// configured with [`AuthLayer::environment`](crate::AuthLayer::environment)
+    /// refuses keys of another environment.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub scopes: ScopeSet,
-    /// When the key was made.
-    pub created_at: SystemTime,
+    pub environment: Option<Environment>,
     /// From when on the key is refused; `None` for never.
     #[cfg_attr(feature = "serde", serde(default))]
     pub expires_at: Option<SystemTime>,
     /// Until when the key is refused; `None` for no such time.
     #[cfg_attr(feature = "serde", serde(default))]
     pub not_before: Option<SystemTime>,
-    /// Active, disabled or revoked.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub status: KeyStatus,
-    /// Free-form labels, handed to the service in the `Principal`.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub metadata: BTreeMap<String, String>,
-    /// Rate limits and credits, checked by
-    /// [`RateLimitLayer`](crate::limit::RateLimitLayer); none by default.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub limits: Limits,
     /// The client networks (IPv4 or IPv6 CIDR) the key may be used from;
     /// empty for anywhere. Checked by [`AuthLayer`](crate::AuthLayer)
     /// against the client address (see [`auth::client`](crate::auth::client)).
     #[cfg_attr(feature = "serde", serde(default))]
     pub allowed_networks: Vec<IpNet>,
-    /// The environment the key belongs to; `None` for any. A service
-    /// configured with [`AuthLayer::environment`](crate::AuthLayer::environment)
-    /// refuses keys of another environment.
+    /// What the key may do.
     #[cfg_attr(feature = "serde", serde(default))]
-    pub environment: Option<Environment>,
+    pub scopes: ScopeSet,
+    /// Rate limits and credits, checked by
+    /// [`RateLimitLayer`](crate::limit::RateLimitLayer); none by default.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub limits: Limits,
+    /// The owner: a user, tenant or service account id.
+    pub owner: String,
+    /// A human name, such as "CI deploy key"; may be empty.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub name: String,
+    /// When the key was made.
+    pub created_at: SystemTime,
+    /// Free-form labels, handed to the service in the `Principal`.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl KeyRecord {
