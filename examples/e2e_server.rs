@@ -22,6 +22,7 @@ use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
 use keyward::usage::{BatchingSink, UsageEvent, UsageExporter, UsageLayer};
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 
 /// Counts what it is given and lets it go.
 struct Discard;
@@ -65,22 +66,36 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .spawn();
 
     let auth = AuthLayer::new(store, format);
-    let protected = Router::new()
-        .route("/pets", get(hello))
-        .layer(RequireScopes::all(["pets:read".parse()?]))
-        .layer(RateLimitLayer::new(MemoryLimiter::new()))
-        .layer(auth.clone())
-        .layer(UsageLayer::new(usage.clone()));
+    // One `Router::layer` with the stack composed by `ServiceBuilder`: each
+    // `Router::layer` call boxes the route again, and axum clones every box
+    // and boxes every future per request.
+    let protected = Router::new().route("/pets", get(hello)).layer(
+        ServiceBuilder::new()
+            .layer(UsageLayer::new(usage.clone()))
+            .layer(auth.clone())
+            .layer(RateLimitLayer::new(MemoryLimiter::new()))
+            .layer(RequireScopes::all(["pets:read".parse()?])),
+    );
     // The same without usage recording, to tell the costs apart.
-    let unrecorded = Router::new()
-        .route("/unrecorded", get(hello))
+    let unrecorded = Router::new().route("/unrecorded", get(hello)).layer(
+        ServiceBuilder::new()
+            .layer(auth.clone())
+            .layer(RateLimitLayer::new(MemoryLimiter::new()))
+            .layer(RequireScopes::all(["pets:read".parse()?])),
+    );
+    // The same again, one `Router::layer` per layer (as the quickstart
+    // reads), to show what the extra boxes cost.
+    let layered = Router::new()
+        .route("/layered", get(hello))
         .layer(RequireScopes::all(["pets:read".parse()?]))
         .layer(RateLimitLayer::new(MemoryLimiter::new()))
-        .layer(auth);
+        .layer(auth)
+        .layer(UsageLayer::new(usage.clone()));
     let app = Router::new()
         .route("/bare", get(hello))
         .merge(protected)
-        .merge(unrecorded);
+        .merge(unrecorded)
+        .merge(layered);
 
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);

@@ -44,6 +44,7 @@ use keyward::usage::{AggregatingSink, TracingSink, UsageLayer};
 use keyward::RequireScopes;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -152,14 +153,22 @@ pub(crate) fn app(
             get(usage_report).route_layer(require("usage:read")?),
         )
         .with_state(state)
-        .layer(RateLimitLayer::new(MemoryLimiter::new()))
+        // One `Router::layer` per group, composed with `ServiceBuilder`
+        // (outermost first): every `Router::layer` boxes each route again.
         .layer(
-            AuthLayer::new(store, format)
-                .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60))),
+            ServiceBuilder::new()
+                .layer(
+                    AuthLayer::new(store, format)
+                        .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60))),
+                )
+                .layer(RateLimitLayer::new(MemoryLimiter::new())),
         )
         .route("/health", get(|| async { "ok" }))
-        .layer(middleware::from_fn(log_request))
-        .layer(UsageLayer::new(usage)))
+        .layer(
+            ServiceBuilder::new()
+                .layer(UsageLayer::new(usage))
+                .layer(middleware::from_fn(log_request)),
+        ))
 }
 
 /// Mints a key with `scopes` and stores its record; the plaintext is
