@@ -14,6 +14,16 @@
 //! - `keyward_reject_unknown`: the full stack, a well-formed key whose id
 //!   is unknown (a `401`).
 //!
+//! Group `limit_layer` (axum bodies, as `tower_governor` answers only
+//! those; the request already carries the caller's `Principal`, as it would
+//! behind `AuthLayer`):
+//!
+//! - `bare`: the inner service alone;
+//! - `tower_governor`: `tower_governor`'s `GovernorLayer` keyed by the bearer
+//!   token (one quota for every key, governor's keyed store);
+//! - `keyward_limit`: `RateLimitLayer` on a `MemoryLimiter` (the key's own
+//!   quota from its record, `RateLimit` fields on the answer).
+//!
 //! Group `store_size`: `keyward_auth` with 1, 1 000, 100 000 and 1 000 000
 //! keys in the store; each iteration presents a different key, in an order
 //! that jumps around the store (so large stores pay their cache misses).
@@ -35,7 +45,7 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use http::{Request, Response, StatusCode};
-use keyward::auth::AuthLayer;
+use keyward::auth::{AuthLayer, Principal};
 use keyward::authorize::RequireScopes;
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::limit::{Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
@@ -43,6 +53,9 @@ use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
 use keyward::usage::{BatchingSink, UsageEvent, UsageExporter, UsageLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 /// Polls a future that is ready at once (nothing here waits).
@@ -301,6 +314,99 @@ fn stack(c: &mut Criterion) {
     runtime.block_on(batching.shutdown());
 }
 
+async fn inner_axum(
+    _: Request<axum::body::Body>,
+) -> Result<Response<axum::body::Body>, Infallible> {
+    Ok(Response::new(axum::body::Body::empty()))
+}
+
+/// What a `tower_governor` user writes to limit per API key: the bearer
+/// token as the key.
+#[derive(Clone)]
+struct BearerToken;
+
+impl KeyExtractor for BearerToken {
+    type Key = String;
+
+    fn extract<T>(&self, request: &Request<T>) -> Result<String, GovernorError> {
+        request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn run_axum<S, B>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut service: S,
+    request: impl Fn() -> Request<axum::body::Body>,
+) where
+    S: Service<Request<axum::body::Body>, Response = Response<B>, Error = Infallible>,
+{
+    ready(service.ready()).unwrap();
+    let status = ready(service.call(request())).unwrap().status();
+    assert_eq!(status, StatusCode::OK, "{name}");
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            ready(service.ready()).unwrap();
+            black_box(ready(service.call(request())).unwrap())
+        })
+    });
+}
+
+fn limit_layer(c: &mut Criterion) {
+    let format = KeyFormat::new("sk_live").unwrap();
+    let generator = KeyGenerator::new(format.clone());
+    let key = generator.generate().unwrap();
+    let record = KeyRecord::new(
+        key.id(),
+        KeyHasher::sha256().hash(key.secret()),
+        "acme",
+        SystemTime::now(),
+    )
+    .with_limits(limits());
+    let principal = Principal::new(Arc::new(record));
+    let header = format!("Bearer {}", key.expose_secret());
+
+    let governor = GovernorLayer::new(
+        GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(u32::MAX)
+            .key_extractor(BearerToken)
+            .finish()
+            .unwrap(),
+    );
+    let keyward = RateLimitLayer::new(MemoryLimiter::new());
+
+    let mut group = c.benchmark_group("limit_layer");
+    group.throughput(Throughput::Elements(1));
+    let request = || {
+        Request::get("/pets")
+            .header("authorization", header.as_str())
+            .extension(principal.clone())
+            .body(axum::body::Body::empty())
+            .unwrap()
+    };
+    run_axum(&mut group, "bare", service_fn(inner_axum), request);
+    run_axum(
+        &mut group,
+        "tower_governor",
+        governor.layer(service_fn(inner_axum)),
+        request,
+    );
+    run_axum(
+        &mut group,
+        "keyward_limit",
+        keyward.layer(service_fn(inner_axum)),
+        request,
+    );
+    group.finish();
+}
+
 fn store_size(c: &mut Criterion) {
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -333,5 +439,5 @@ fn store_size(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, stack, store_size);
+criterion_group!(benches, stack, limit_layer, store_size);
 criterion_main!(benches);
