@@ -1,13 +1,12 @@
 //! Limit policies: what a key may spend, and how fast.
 
 use std::fmt::{self, Write as _};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::clock::whole_seconds;
+use crate::clock::{saturating_nanos, whole_seconds};
 
 /// A policy name that a policy cannot have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -118,15 +117,6 @@ impl RatePolicy {
     pub fn period(&self) -> Duration {
         (self.window / self.quota).max(Duration::from_nanos(1))
     }
-
-    /// The policy as governor's quota.
-    pub(crate) fn governor_quota(&self) -> governor::Quota {
-        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
-        // `period` is never zero, so `with_period` always answers.
-        governor::Quota::with_period(self.period())
-            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst)
-    }
 }
 
 /// A balance of credits that requests spend (by their cost) and that
@@ -220,6 +210,48 @@ impl Policy {
         }
     }
 
+    /// A digest of what this policy's state depends on: its kind, its
+    /// name, and for a rate its period and burst (two rates that decide
+    /// alike share it), for credits its capacity and refill. A limiter
+    /// keeps this word, not a copy of the policy, to tell a key's
+    /// policies apart and to notice that a tier changed. Names come from
+    /// the operator, not from clients, so a fast non-cryptographic mix is
+    /// enough; a collision (2^-64 for two given policies) would let two
+    /// policies of one key share a state.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        let (kind, name, a, b, c) = match self {
+            Policy::Rate(rate) => (
+                1,
+                &rate.name,
+                saturating_nanos(rate.period()),
+                u64::from(rate.burst),
+                0,
+            ),
+            Policy::Credits(credits) => {
+                let (amount, every) = credits.refill.unwrap_or((0, Duration::ZERO));
+                (
+                    2,
+                    &credits.name,
+                    credits.capacity,
+                    amount,
+                    saturating_nanos(every),
+                )
+            }
+        };
+        let mut digest = Digest(kind ^ ((name.len() as u64) << 8));
+        // Names are ASCII without NUL, and the length is mixed in, so
+        // zero-padding the last chunk is unambiguous.
+        for chunk in name.as_bytes().chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            digest.mix(u64::from_le_bytes(word));
+        }
+        digest.mix(a);
+        digest.mix(b);
+        digest.mix(c);
+        digest.finish()
+    }
+
     pub(crate) fn shared_name(&self) -> &Arc<str> {
         match self {
             Policy::Rate(rate) => &rate.name,
@@ -245,6 +277,24 @@ impl Policy {
                 }
             }
         };
+    }
+}
+
+/// A multiply-rotate mix with a murmur3 finish, for [`Policy::fingerprint`].
+struct Digest(u64);
+
+impl Digest {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -418,6 +468,45 @@ mod tests {
         assert_eq!(limits.policies()[0].name(), "r");
         assert_eq!(limits.policy_header().unwrap(), r#""r";q=1;w=1, "c";q=5"#);
         assert!(Limits::new([]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fingerprints_tell_policies_apart() {
+        let rate = |n: &str, q: u32, w: u64| {
+            Policy::from(RatePolicy::new(n, q, Duration::from_secs(w)).unwrap())
+        };
+        let same = rate("burst", 5, 1);
+        assert_eq!(same.fingerprint(), rate("burst", 5, 1).fingerprint());
+        // The same decisions, however written: the same state.
+        let alike = RatePolicy::new("burst", 10, Duration::from_secs(2))
+            .unwrap()
+            .with_burst(5)
+            .unwrap();
+        assert_eq!(same.fingerprint(), Policy::from(alike).fingerprint());
+        let others = [
+            rate("burst", 6, 1),
+            rate("bursts", 5, 1),
+            rate("burst.per.second.for.a.long.name", 5, 1),
+            Policy::from(
+                RatePolicy::new("burst", 5, Duration::from_secs(1))
+                    .unwrap()
+                    .with_burst(1)
+                    .unwrap(),
+            ),
+            Policy::from(CreditPolicy::new("burst", 5).unwrap()),
+            Policy::from(
+                CreditPolicy::new("burst", 5)
+                    .unwrap()
+                    .with_refill(5, Duration::from_secs(1))
+                    .unwrap(),
+            ),
+        ];
+        for (i, a) in others.iter().enumerate() {
+            assert_ne!(a.fingerprint(), same.fingerprint(), "{a:?}");
+            for b in &others[..i] {
+                assert_ne!(a.fingerprint(), b.fingerprint(), "{a:?} {b:?}");
+            }
+        }
     }
 
     #[test]
