@@ -18,7 +18,7 @@ use crate::clock::saturating_nanos;
 
 /// A rate's parameters, in nanoseconds: `t`, the time one unit takes to
 /// come back, and `tau`, the tolerance (`t * (burst - 1)`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Gcra {
     t: u64,
     tau: u64,
@@ -44,6 +44,11 @@ impl Gcra {
             t,
             tau: t.saturating_mul(u64::from(burst.max(1) - 1)),
         }
+    }
+
+    /// The time one unit takes to come back.
+    pub(crate) fn period(&self) -> Duration {
+        Duration::from_nanos(self.t)
     }
 
     /// Spends `cost` units (at least 1) at `now` (nanoseconds since the

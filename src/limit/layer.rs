@@ -253,13 +253,20 @@ impl FieldBuf {
         }
     }
 
+    #[inline]
     fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if end <= FIELD_INLINE && self.spilled.is_empty() {
+            self.inline[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            self.spill(bytes);
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
         if self.spilled.is_empty() {
-            if let Some(room) = self.inline.get_mut(self.len..self.len + bytes.len()) {
-                room.copy_from_slice(bytes);
-                self.len += bytes.len();
-                return;
-            }
             self.spilled.extend_from_slice(&self.inline[..self.len]);
         }
         self.spilled.extend_from_slice(bytes);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::bounded::{BoundedMap, Expiring};
-use super::gcra::{Gcra, Outcome};
+use super::gcra::Outcome;
 use super::{CreditPolicy, LimitError, Limiter, Policy, RatePolicy, Verdict};
 use crate::clock::{epoch_nanos, saturating_nanos as nanos, Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
@@ -350,13 +350,13 @@ fn decide_rate(
     if cost == 0 {
         return Ok(Verdict::allowed(u64::from(rate.burst()), Duration::ZERO));
     }
-    let period = rate.period();
-    match Gcra::new(period, rate.burst()).check(&state.tat, cost, now) {
+    let gcra = rate.gcra();
+    match gcra.check(&state.tat, cost, now) {
         Outcome::Allowed { remaining } => {
             let spent = rate.burst().saturating_sub(remaining);
             Ok(Verdict::allowed(
                 u64::from(remaining),
-                period.saturating_mul(spent),
+                gcra.period().saturating_mul(spent),
             ))
         }
         Outcome::Denied { wait } => Ok(Verdict::denied(0, Duration::from_nanos(wait))),
