@@ -175,8 +175,8 @@ impl MemoryLimiter {
         );
         match state.find(fingerprint) {
             Some(slot) => slot.decide(policy, cost, now),
-            // Another thread replaced the state in between: decide on a
-            // fresh slot, as a key just evicted would be.
+            // `with` always keeps the slot it is given, so this is not
+            // reached; a fresh slot is what a just-evicted key would get.
             None => Slot::new(policy, fingerprint, now)
                 .as_ref()
                 .decide(policy, cost, now),
