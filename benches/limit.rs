@@ -1,5 +1,5 @@
-//! One limiter check: keyward's `MemoryLimiter` (a governor GCRA cell per
-//! key, each with the key's own quota) against governor's keyed limiter
+//! One limiter check: keyward's `MemoryLimiter` (a GCRA cell per key and
+//! policy, each key with its own quota) against governor's keyed limiter
 //! used directly (one shared quota, a DashMap of cells) — what
 //! `tower_governor` runs per request — with 1 and 100 000 active keys.
 //!

@@ -3,16 +3,13 @@
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::net::IpAddr;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use governor::nanos::Nanos;
-
 use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{gcra_cell, BoundedMap, Expiring, GcraCell};
+use crate::limit::{BoundedMap, Expiring, Gcra, GcraOutcome};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that
@@ -49,7 +46,7 @@ pub struct FailureThrottle {
 
 struct Shared {
     clients: BoundedMap<IpAddr, Failures, RandomState>,
-    quota: governor::Quota,
+    gcra: Gcra,
     period: Duration,
     max_failures: u32,
     window: Duration,
@@ -57,16 +54,16 @@ struct Shared {
 }
 
 struct Failures {
-    cell: GcraCell,
+    /// GCRA's theoretical arrival time (nanoseconds since the epoch):
+    /// every failure is forgiven once it has passed.
+    tat: AtomicU64,
     /// Nanoseconds since the epoch until which the client is refused.
     blocked_until: AtomicU64,
-    /// Nanoseconds since the epoch at which every failure is forgiven.
-    restored_at: AtomicU64,
 }
 
 impl Expiring for Failures {
     fn is_idle(&self, now: u64) -> bool {
-        self.restored_at.load(Ordering::Relaxed) <= now
+        self.tat.load(Ordering::Relaxed) <= now
     }
 }
 
@@ -97,14 +94,10 @@ impl FailureThrottle {
         let max_failures = max_failures.max(1);
         let window = window.max(Duration::from_millis(1));
         let period = (window / max_failures).max(Duration::from_nanos(1));
-        let burst = NonZeroU32::new(max_failures).unwrap_or(NonZeroU32::MIN);
-        let quota = governor::Quota::with_period(period)
-            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst);
         Self {
             shared: Arc::new(Shared {
                 clients: BoundedMap::new(max_clients, Duration::from_secs(60)),
-                quota,
+                gcra: Gcra::new(period, max_failures),
                 period,
                 max_failures,
                 window,
@@ -153,26 +146,19 @@ impl FailureThrottle {
             None => {
                 shared.clients.make_room(now);
                 map.get_or_insert_with(key, || Failures {
-                    cell: gcra_cell(shared.quota, &shared.clock),
+                    tat: AtomicU64::new(0),
                     blocked_until: AtomicU64::new(0),
-                    restored_at: AtomicU64::new(now),
                 })
             }
         };
-        let block_until = match failures.cell.check() {
-            Ok(snapshot) => {
-                let spent = shared.max_failures - snapshot.remaining_burst_capacity();
-                failures.restored_at.fetch_max(
-                    now.saturating_add(nanos(shared.period.saturating_mul(spent))),
-                    Ordering::Relaxed,
-                );
-                // The last allowed failure: wait for one to be forgiven.
-                (snapshot.remaining_burst_capacity() == 0)
-                    .then(|| now.saturating_add(nanos(shared.period)))
+        let block_until = match shared.gcra.check(&failures.tat, 1, now) {
+            // The last allowed failure: wait for one to be forgiven.
+            GcraOutcome::Allowed { remaining } => {
+                (remaining == 0).then(|| now.saturating_add(nanos(shared.period)))
             }
-            Err(not_until) => {
-                Some(now.saturating_add(nanos(not_until.wait_time_from(Nanos::from(now)))))
-            }
+            GcraOutcome::Denied { wait } => Some(now.saturating_add(wait)),
+            // A cost of one always fits a burst of at least one.
+            GcraOutcome::TooHigh => None,
         };
         if let Some(until) = block_until {
             failures.blocked_until.fetch_max(until, Ordering::Relaxed);

@@ -219,7 +219,7 @@ impl LimitHeaders {
 /// The verdicts so far, and the `RateLimit` field they make.
 struct Tally {
     policy_header: Option<HeaderValue>,
-    field: String,
+    field: FieldBuf,
     refusal: Option<Refusal>,
 }
 
@@ -232,28 +232,91 @@ enum Refusal {
     Failed(LimitError),
 }
 
-/// Appends `n` in decimal.
-fn push_decimal(out: &mut String, n: impl Into<u64>) {
-    let mut n: u64 = n.into();
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// Room on the stack for the `RateLimit` field of most keys (a member is
+/// the name and two numbers: `"burst";r=99;t=1`).
+const FIELD_INLINE: usize = 112;
+
+/// The `RateLimit` field being written: on the stack, and on the heap only
+/// past [`FIELD_INLINE`] bytes (many policies, long names).
+struct FieldBuf {
+    inline: [u8; FIELD_INLINE],
+    len: usize,
+    spilled: Vec<u8>,
+}
+
+impl FieldBuf {
+    fn new() -> Self {
+        Self {
+            inline: [0; FIELD_INLINE],
+            len: 0,
+            spilled: Vec::new(),
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+
+    #[inline]
+    fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if end <= FIELD_INLINE && self.spilled.is_empty() {
+            self.inline[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+        } else {
+            self.spill(bytes);
+        }
+    }
+
+    #[cold]
+    fn spill(&mut self, bytes: &[u8]) {
+        if self.spilled.is_empty() {
+            self.spilled.extend_from_slice(&self.inline[..self.len]);
+        }
+        self.spilled.extend_from_slice(bytes);
+    }
+
+    /// Appends `n` in decimal, two digits per division.
+    fn push_decimal(&mut self, mut n: u64) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+            2021222324252627282930313233343536373839\
+            4041424344454647484950515253545556575859\
+            6061626364656667686970717273747576777879\
+            8081828384858687888990919293949596979899";
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            start -= 2;
+            digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        }
+        if n >= 10 {
+            let pair = n as usize * 2;
+            start -= 2;
+            digits[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        } else {
+            start -= 1;
+            digits[start] = b'0' + n as u8;
+        }
+        self.push(&digits[start..]);
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0 && self.spilled.is_empty()
+    }
 }
 
 impl Tally {
     fn new(limits: &Limits) -> Self {
         Self {
+            // A reference count: the value was rendered once, on `Limits`.
             policy_header: limits.policy_header().cloned(),
-            field: String::with_capacity(48),
+            field: FieldBuf::new(),
             refusal: None,
         }
     }
@@ -289,16 +352,16 @@ impl Tally {
         };
         // Pushed by hand: `write!` costs more than the rest of the check.
         if !self.field.is_empty() {
-            self.field.push_str(", ");
+            self.field.push(b", ");
         }
-        self.field.push('"');
-        self.field.push_str(policy.name());
-        self.field.push_str("\";r=");
-        push_decimal(&mut self.field, verdict.remaining());
+        self.field.push(b"\"");
+        self.field.push(policy.name().as_bytes());
+        self.field.push(b"\";r=");
+        self.field.push_decimal(verdict.remaining());
         // A balance that never refills has no time to announce.
         if verdict.reset() != Duration::MAX {
-            self.field.push_str(";t=");
-            push_decimal(&mut self.field, whole_seconds(verdict.reset()));
+            self.field.push(b";t=");
+            self.field.push_decimal(whole_seconds(verdict.reset()));
         }
         if verdict.is_allowed() {
             return std::ops::ControlFlow::Continue(());
@@ -320,7 +383,8 @@ impl Tally {
     ) -> Decision {
         let headers = self.policy_header.map(|policy| LimitHeaders {
             policy,
-            state: HeaderValue::try_from(self.field).ok(),
+            // Names, digits and punctuation: always a valid value.
+            state: HeaderValue::from_bytes(self.field.as_bytes()).ok(),
         });
         let rejection = match self.refusal {
             None => return Decision::Pass(headers),
@@ -478,15 +542,31 @@ impl<F, S, ReqBody> std::fmt::Debug for ResponseFuture<F, S, ReqBody> {
 }
 
 #[cfg(test)]
-mod decimal_tests {
-    use super::push_decimal;
+mod field_tests {
+    use super::{FieldBuf, FIELD_INLINE};
 
     #[test]
     fn push_decimal_writes_every_digit() {
-        for n in [0u64, 7, 10, 99, 4_294_967_295, u64::MAX] {
-            let mut out = String::from("x");
-            push_decimal(&mut out, n);
-            assert_eq!(out, format!("x{n}"));
+        let mut numbers = vec![0u64, 7, 10, 99, 100, 101, 4_294_967_295, u64::MAX];
+        numbers.extend((0..20).map(|i| 10u64.pow(i)));
+        numbers.extend((1..20).map(|i| 10u64.pow(i) - 1));
+        for n in numbers {
+            let mut out = FieldBuf::new();
+            out.push(b"x");
+            out.push_decimal(n);
+            assert_eq!(out.as_bytes(), format!("x{n}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_long_field_moves_to_the_heap_whole() {
+        let mut out = FieldBuf::new();
+        let mut expected = String::new();
+        for i in 0..FIELD_INLINE as u64 {
+            out.push(b"ab, ");
+            out.push_decimal(i);
+            expected.push_str(&format!("ab, {i}"));
+            assert_eq!(out.as_bytes(), expected.as_bytes());
         }
     }
 }

@@ -23,8 +23,8 @@
 //! - if the limiter fails, `503` (fail closed), unless you opted into
 //!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
 //!
-//! [`MemoryLimiter`] keeps the state in this process with governor's GCRA,
-//! bounded in size; a shared backend implements the same [`Limiter`] trait.
+//! [`MemoryLimiter`] keeps the state in this process with GCRA (governor's
+//! algorithm), bounded in size; a shared backend implements the same [`Limiter`] trait.
 //!
 //! # Example
 //!
@@ -74,15 +74,15 @@
 //! ```
 
 mod bounded;
+mod gcra;
 mod layer;
 mod limiter;
 mod memory;
 mod policy;
-mod time;
 
 pub(crate) use bounded::{BoundedMap, Expiring};
+pub(crate) use gcra::{Gcra, Outcome as GcraOutcome};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
 pub use limiter::{LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
-pub(crate) use time::{gcra_cell, GcraCell};

@@ -1,13 +1,13 @@
 //! Limit policies: what a key may spend, and how fast.
 
 use std::fmt::{self, Write as _};
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
 
-use crate::clock::whole_seconds;
+use super::gcra::Gcra;
+use crate::clock::{saturating_nanos, whole_seconds};
 
 /// A policy name that a policy cannot have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,13 +58,48 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
 /// assert_eq!(daily.burst(), 100);
 /// # Ok::<(), keyward::limit::PolicyError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(from = "RateFields"))]
 pub struct RatePolicy {
     name: Arc<str>,
     quota: u32,
     window: Duration,
     burst: u32,
+    /// Worked out once, here, not on every check: GCRA's parameters in
+    /// nanoseconds, and the fingerprint (see [`Policy::fingerprint`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing))]
+    gcra: Gcra,
+    #[cfg_attr(feature = "serde", serde(skip_serializing))]
+    fingerprint: u64,
+}
+
+/// A rate policy as serialized: its fields without what derives from them.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct RateFields {
+    name: Arc<str>,
+    quota: u32,
+    window: Duration,
+    burst: u32,
+}
+
+#[cfg(feature = "serde")]
+impl From<RateFields> for RatePolicy {
+    fn from(fields: RateFields) -> Self {
+        RatePolicy::derived(fields.name, fields.quota, fields.window, fields.burst)
+    }
+}
+
+impl fmt::Debug for RatePolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RatePolicy")
+            .field("name", &self.name)
+            .field("quota", &self.quota)
+            .field("window", &self.window)
+            .field("burst", &self.burst)
+            .finish()
+    }
 }
 
 impl RatePolicy {
@@ -77,21 +112,37 @@ impl RatePolicy {
         if window < Duration::from_secs(1) {
             return Err(PolicyError::WindowTooShort);
         }
-        Ok(Self {
-            name: name.into(),
-            quota,
-            window,
-            burst: quota,
-        })
+        Ok(Self::derived(name.into(), quota, window, quota))
     }
 
     /// At most `burst` requests at once (the rate stays `quota / window`).
-    pub fn with_burst(mut self, burst: u32) -> Result<Self, PolicyError> {
+    pub fn with_burst(self, burst: u32) -> Result<Self, PolicyError> {
         if burst == 0 {
             return Err(PolicyError::Zero);
         }
-        self.burst = burst;
-        Ok(self)
+        Ok(Self::derived(self.name, self.quota, self.window, burst))
+    }
+
+    fn derived(name: Arc<str>, quota: u32, window: Duration, burst: u32) -> Self {
+        // Checked: a deserialized policy may have a zero quota.
+        let period = window
+            .checked_div(quota)
+            .unwrap_or(window)
+            .max(Duration::from_nanos(1));
+        let fingerprint = fingerprint(1, &name, [saturating_nanos(period), u64::from(burst), 0]);
+        Self {
+            name,
+            quota,
+            window,
+            burst,
+            gcra: Gcra::new(period, burst),
+            fingerprint,
+        }
+    }
+
+    /// The policy's GCRA parameters.
+    pub(crate) fn gcra(&self) -> Gcra {
+        self.gcra
     }
 
     /// The policy's name, as the headers show it.
@@ -118,15 +169,6 @@ impl RatePolicy {
     pub fn period(&self) -> Duration {
         (self.window / self.quota).max(Duration::from_nanos(1))
     }
-
-    /// The policy as governor's quota.
-    pub(crate) fn governor_quota(&self) -> governor::Quota {
-        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
-        // `period` is never zero, so `with_period` always answers.
-        governor::Quota::with_period(self.period())
-            .unwrap_or_else(|| governor::Quota::per_second(NonZeroU32::MIN))
-            .allow_burst(burst)
-    }
 }
 
 /// A balance of credits that requests spend (by their cost) and that
@@ -142,12 +184,42 @@ impl RatePolicy {
 /// assert_eq!(monthly.capacity(), 10_000);
 /// # Ok::<(), keyward::limit::PolicyError>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(from = "CreditFields"))]
 pub struct CreditPolicy {
     name: Arc<str>,
     capacity: u64,
     refill: Option<(u64, Duration)>,
+    /// Worked out once (see [`Policy::fingerprint`]).
+    #[cfg_attr(feature = "serde", serde(skip_serializing))]
+    fingerprint: u64,
+}
+
+/// A credit policy as serialized: its fields without what derives from them.
+#[cfg(feature = "serde")]
+#[derive(serde::Deserialize)]
+struct CreditFields {
+    name: Arc<str>,
+    capacity: u64,
+    refill: Option<(u64, Duration)>,
+}
+
+#[cfg(feature = "serde")]
+impl From<CreditFields> for CreditPolicy {
+    fn from(fields: CreditFields) -> Self {
+        CreditPolicy::derived(fields.name, fields.capacity, fields.refill)
+    }
+}
+
+impl fmt::Debug for CreditPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreditPolicy")
+            .field("name", &self.name)
+            .field("capacity", &self.capacity)
+            .field("refill", &self.refill)
+            .finish()
+    }
 }
 
 impl CreditPolicy {
@@ -157,23 +229,33 @@ impl CreditPolicy {
         if capacity == 0 {
             return Err(PolicyError::Zero);
         }
-        Ok(Self {
-            name: name.into(),
+        Ok(Self::derived(name.into(), capacity, None))
+    }
+
+    fn derived(name: Arc<str>, capacity: u64, refill: Option<(u64, Duration)>) -> Self {
+        let (amount, every) = refill.unwrap_or((0, Duration::ZERO));
+        let fingerprint = fingerprint(2, &name, [capacity, amount, saturating_nanos(every)]);
+        Self {
+            name,
             capacity,
-            refill: None,
-        })
+            refill,
+            fingerprint,
+        }
     }
 
     /// Adds `amount` credits every `interval`, up to the capacity.
-    pub fn with_refill(mut self, amount: u64, interval: Duration) -> Result<Self, PolicyError> {
+    pub fn with_refill(self, amount: u64, interval: Duration) -> Result<Self, PolicyError> {
         if amount == 0 {
             return Err(PolicyError::Zero);
         }
         if interval < Duration::from_secs(1) {
             return Err(PolicyError::WindowTooShort);
         }
-        self.refill = Some((amount, interval));
-        Ok(self)
+        Ok(Self::derived(
+            self.name,
+            self.capacity,
+            Some((amount, interval)),
+        ))
     }
 
     /// The policy's name, as the headers show it.
@@ -220,6 +302,21 @@ impl Policy {
         }
     }
 
+    /// A digest of what this policy's state depends on: its kind, its
+    /// name, and for a rate its period and burst (two rates that decide
+    /// alike share it), for credits its capacity and refill. A limiter
+    /// keeps this word, not a copy of the policy, to tell a key's
+    /// policies apart and to notice that a tier changed. Names come from
+    /// the operator, not from clients, so a fast non-cryptographic mix is
+    /// enough; a collision (2^-64 for two given policies) would let two
+    /// policies of one key share a state.
+    pub(crate) fn fingerprint(&self) -> u64 {
+        match self {
+            Policy::Rate(rate) => rate.fingerprint,
+            Policy::Credits(credits) => credits.fingerprint,
+        }
+    }
+
     pub(crate) fn shared_name(&self) -> &Arc<str> {
         match self {
             Policy::Rate(rate) => &rate.name,
@@ -245,6 +342,40 @@ impl Policy {
                 }
             }
         };
+    }
+}
+
+/// See [`Policy::fingerprint`].
+fn fingerprint(kind: u64, name: &str, parameters: [u64; 3]) -> u64 {
+    let mut digest = Digest(kind ^ ((name.len() as u64) << 8));
+    // Names are ASCII without NUL, and the length is mixed in, so
+    // zero-padding the last chunk is unambiguous.
+    for chunk in name.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        digest.mix(u64::from_le_bytes(word));
+    }
+    for parameter in parameters {
+        digest.mix(parameter);
+    }
+    digest.finish()
+}
+
+/// A multiply-rotate mix with a murmur3 finish.
+struct Digest(u64);
+
+impl Digest {
+    fn mix(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+
+    fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 
@@ -418,6 +549,77 @@ mod tests {
         assert_eq!(limits.policies()[0].name(), "r");
         assert_eq!(limits.policy_header().unwrap(), r#""r";q=1;w=1, "c";q=5"#);
         assert!(Limits::new([]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn fingerprints_tell_policies_apart() {
+        let rate = |n: &str, q: u32, w: u64| {
+            Policy::from(RatePolicy::new(n, q, Duration::from_secs(w)).unwrap())
+        };
+        let same = rate("burst", 5, 1);
+        assert_eq!(same.fingerprint(), rate("burst", 5, 1).fingerprint());
+        // The same decisions, however written: the same state.
+        let alike = RatePolicy::new("burst", 10, Duration::from_secs(2))
+            .unwrap()
+            .with_burst(5)
+            .unwrap();
+        assert_eq!(same.fingerprint(), Policy::from(alike).fingerprint());
+        let others = [
+            rate("burst", 6, 1),
+            rate("bursts", 5, 1),
+            rate("burst.per.second.for.a.long.name", 5, 1),
+            Policy::from(
+                RatePolicy::new("burst", 5, Duration::from_secs(1))
+                    .unwrap()
+                    .with_burst(1)
+                    .unwrap(),
+            ),
+            Policy::from(CreditPolicy::new("burst", 5).unwrap()),
+            Policy::from(
+                CreditPolicy::new("burst", 5)
+                    .unwrap()
+                    .with_refill(5, Duration::from_secs(1))
+                    .unwrap(),
+            ),
+        ];
+        for (i, a) in others.iter().enumerate() {
+            assert_ne!(a.fingerprint(), same.fingerprint(), "{a:?}");
+            for b in &others[..i] {
+                assert_ne!(a.fingerprint(), b.fingerprint(), "{a:?} {b:?}");
+            }
+        }
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serde_round_trip_keeps_what_derives_from_the_fields() {
+        let limits = Limits::new([
+            RatePolicy::new("burst", 5, Duration::from_secs(1))
+                .unwrap()
+                .with_burst(2)
+                .unwrap()
+                .into(),
+            CreditPolicy::new("monthly", 10)
+                .unwrap()
+                .with_refill(10, Duration::from_secs(60))
+                .unwrap()
+                .into(),
+        ])
+        .unwrap();
+        let json = serde_json::to_string(&limits).unwrap();
+        assert!(
+            !json.contains("fingerprint") && !json.contains("gcra"),
+            "{json}"
+        );
+        let back: Limits = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, limits);
+        for (a, b) in back.policies().iter().zip(limits.policies()) {
+            assert_eq!(a.fingerprint(), b.fingerprint());
+        }
+        assert_eq!(
+            format!("{:?}", limits.policies()[0]),
+            r#"Rate(RatePolicy { name: "burst", quota: 5, window: 1s, burst: 2 })"#
+        );
     }
 
     #[test]
