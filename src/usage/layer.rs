@@ -1,4 +1,7 @@
+use std::cell::Cell;
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -204,9 +207,32 @@ fn route_of<B>(request: &Request<B>) -> Option<Route> {
 }
 
 /// The key ids seen so far, for first-use events; bounded.
+///
+/// A key that was seen is the common case, so each thread remembers the
+/// last few ids it found here (an exact, direct-mapped cache in a thread
+/// local): a hit costs a few instructions and touches no shared memory.
+/// Entries are tagged with `generation`, which changes whenever the set
+/// starts over and is unique to this set, so a cache never answers for
+/// another set or for a cleared one.
 pub(crate) struct FirstSeen {
     set: papaya::HashSet<KeyId, KeyIdBuildHasher>,
     capacity: usize,
+    generation: AtomicU64,
+}
+
+/// How many ids each thread remembers (a power of two).
+const RECENT: usize = 64;
+
+thread_local! {
+    /// `(generation, id)` pairs.
+    static RECENTLY_SEEN: [Cell<(u64, Option<KeyId>)>; RECENT] =
+        const { [const { Cell::new((0, None)) }; RECENT] };
+}
+
+/// A generation no set has used yet.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl FirstSeen {
@@ -217,6 +243,7 @@ impl FirstSeen {
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             capacity,
+            generation: AtomicU64::new(next_generation()),
         }
     }
 
@@ -225,11 +252,27 @@ impl FirstSeen {
         if self.capacity == 0 {
             return false;
         }
+        // Read before the set, so that a cache entry written below never
+        // carries a generation newer than the set it describes.
+        let generation = self.generation.load(Ordering::Acquire);
+        let slot = (KeyIdBuildHasher.hash_one(id) as usize) & (RECENT - 1);
+        let hit = RECENTLY_SEEN.with(|recent| recent[slot].get() == (generation, Some(id)));
+        if hit {
+            return false;
+        }
+        let first = self.first_in_set(id);
+        RECENTLY_SEEN.with(|recent| recent[slot].set((generation, Some(id))));
+        first
+    }
+
+    fn first_in_set(&self, id: KeyId) -> bool {
         let set = self.set.pin();
         if set.contains(&id) {
             return false;
         }
         if set.len() >= self.capacity {
+            // Every thread's cache forgets this set before it is cleared.
+            self.generation.store(next_generation(), Ordering::Release);
             set.clear();
         }
         set.insert(id)
