@@ -4,7 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{EventKind, Outcome, UsageEvent, UsageSink};
-use crate::clock::{epoch_nanos, saturating_nanos};
+use crate::clock::epoch_nanos;
 use crate::key::{KeyId, KeyIdBuildHasher};
 use crate::reject::RejectReason;
 
@@ -83,8 +83,7 @@ impl Counters {
                 self.statuses[class - 1].fetch_add(1, Relaxed);
             }
         }
-        let latency = saturating_nanos(event.latency());
-        self.latency_nanos.fetch_add(latency, Relaxed);
+        self.latency_nanos.fetch_add(event.latency_nanos(), Relaxed);
         let at = epoch_nanos(event.at());
         self.last_used_nanos.fetch_max(at, Relaxed);
         if self.owner.get().is_none() {

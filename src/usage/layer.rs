@@ -11,7 +11,7 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::event::{RequestFacts, Route};
+use super::event::{RequestFacts, Route, Size};
 use super::future::ResponseFuture;
 use super::{UsageSink, UsageTags};
 use crate::clock::{Clock, SystemClock};
@@ -178,12 +178,11 @@ where
             at: shared.clock.now(),
             method: request.method().clone(),
             route: route_of(&request),
-            request_size: request.body().size_hint().exact(),
+            request_size: Size::new(request.body().size_hint().exact()),
             tags: request
                 .extensions()
                 .get::<UsageTags>()
-                .cloned()
-                .unwrap_or_default(),
+                .map(|tags| Box::new(tags.clone())),
         };
         ResponseFuture::new(self.inner.call(request), Arc::clone(shared), facts, started)
     }
