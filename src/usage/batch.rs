@@ -1,4 +1,3 @@
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
@@ -10,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, Notify};
 
-use super::{UsageEvent, UsageSink};
+use super::{stripe, UsageEvent, UsageSink};
 
 /// Where a [`BatchingSink`] delivers its batches: a file, a queue, a
 /// database, a billing system. Implement it for your destination.
@@ -169,27 +168,9 @@ impl Stripe {
     }
 }
 
-/// Gives each thread its stripe, round robin in the order threads first
-/// record (cheaper than hashing the thread id, and spreads evenly).
-fn stripe_of_this_thread() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    STRIPE.with(|stripe| {
-        let mut index = stripe.get();
-        if index == usize::MAX {
-            index = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-            stripe.set(index);
-        }
-        index
-    })
-}
-
 impl Core {
     fn new(capacity: usize, max_batch: usize) -> Self {
-        let threads = std::thread::available_parallelism().map_or(1, usize::from);
-        let stripes = (threads.next_power_of_two() * 2).min(64);
+        let stripes = stripe::count();
         Self {
             stripes: (0..stripes)
                 .map(|_| {
@@ -503,7 +484,7 @@ async fn run<E: UsageExporter>(core: Arc<Core>, mut exporter: E, interval: Durat
 impl UsageSink for BatchingSink {
     fn record(&self, event: UsageEvent) {
         let core = &*self.shared.core;
-        let stripe = &core.stripes[stripe_of_this_thread() & core.mask];
+        let stripe = &core.stripes[stripe::this_thread() & core.mask];
         let mut buffer = stripe.lock();
         if buffer.allowance == 0 {
             buffer.allowance = if buffer.closed { 0 } else { core.reserve() };

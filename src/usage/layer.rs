@@ -13,7 +13,7 @@ use tower_service::Service;
 
 use super::event::{RequestFacts, Route, Size};
 use super::future::ResponseFuture;
-use super::{UsageSink, UsageTags};
+use super::{stripe, UsageSink, UsageTags};
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 
@@ -96,14 +96,19 @@ impl<S, K> Layer<S> for UsageLayer<K> {
     type Service = UsageService<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let copies = (0..stripe::count())
+            .map(|_| {
+                Arc::new(Shared {
+                    sink: Arc::clone(&self.sink),
+                    clock: Arc::clone(&self.clock),
+                    monotonic: self.monotonic,
+                    first_seen: Arc::clone(&self.first_seen),
+                })
+            })
+            .collect();
         UsageService {
             inner,
-            shared: Arc::new(Shared {
-                sink: Arc::clone(&self.sink),
-                clock: Arc::clone(&self.clock),
-                monotonic: self.monotonic,
-                first_seen: Arc::clone(&self.first_seen),
-            }),
+            shared: Arc::new(Striped(copies)),
         }
     }
 }
@@ -111,9 +116,22 @@ impl<S, K> Layer<S> for UsageLayer<K> {
 /// The service made by [`UsageLayer`].
 pub struct UsageService<S, K> {
     inner: S,
-    shared: Arc<Shared<K>>,
+    shared: Arc<Striped<K>>,
 }
 
+/// What a response future needs to record its event, in a few identical
+/// copies: each request clones the `Arc` of its thread's copy, so that
+/// threads do not bump one shared reference count on every request.
+struct Striped<K>(Box<[Arc<Shared<K>>]>);
+
+impl<K> Striped<K> {
+    fn for_this_thread(&self) -> &Arc<Shared<K>> {
+        &self.0[stripe::this_thread() & (self.0.len() - 1)]
+    }
+}
+
+/// Aligned so that each copy's reference count has its own cache lines.
+#[repr(align(128))]
 pub(crate) struct Shared<K> {
     pub(crate) sink: Arc<K>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -151,7 +169,7 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for UsageService<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageService")
             .field("inner", &self.inner)
-            .field("sink", &self.shared.sink)
+            .field("sink", &self.shared.0[0].sink)
             .finish_non_exhaustive()
     }
 }
@@ -172,7 +190,7 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &self.shared;
+        let shared = self.shared.for_this_thread();
         let started = shared.monotonic.then(Instant::now);
         let facts = RequestFacts {
             at: shared.clock.now(),

@@ -80,6 +80,7 @@ mod future;
 mod layer;
 mod log;
 mod sink;
+mod stripe;
 
 pub use aggregate::{AggregatingSink, KeyUsage, StatusClasses};
 #[cfg(feature = "tokio")]
