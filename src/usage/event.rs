@@ -245,16 +245,46 @@ enum Owner {
 pub(crate) enum Route {
     #[cfg(feature = "axum")]
     Matched(axum::extract::MatchedPath),
+    /// A short path, copied: no allocation, no reference count, and the
+    /// event does not keep the request's buffer alive.
+    Short(ShortPath),
     Path(http::uri::PathAndQuery),
 }
 
 impl Route {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             #[cfg(feature = "axum")]
             Route::Matched(matched) => matched.as_str(),
+            Route::Short(path) => path.as_str(),
             Route::Path(path) => path.path(),
         }
+    }
+}
+
+/// A path of at most [`ShortPath::MAX`] bytes, inline (as large as the
+/// `PathAndQuery` it stands for, so routes are no bigger).
+#[derive(Clone, Copy)]
+pub(crate) struct ShortPath {
+    len: u8,
+    bytes: [u8; ShortPath::MAX],
+}
+
+impl ShortPath {
+    pub(crate) const MAX: usize = 46;
+
+    pub(crate) fn new(path: &str) -> Option<Self> {
+        let len = u8::try_from(path.len())
+            .ok()
+            .filter(|n| usize::from(*n) <= Self::MAX)?;
+        let mut bytes = [0; Self::MAX];
+        bytes[..path.len()].copy_from_slice(path.as_bytes());
+        Some(Self { len, bytes })
+    }
+
+    fn as_str(&self) -> &str {
+        // A whole `str` was copied, so this is always valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 

@@ -11,7 +11,7 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::event::{RequestFacts, Route, Size};
+use super::event::{RequestFacts, Route, ShortPath, Size};
 use super::future::ResponseFuture;
 use super::{stripe, UsageSink, UsageTags};
 use crate::clock::{Clock, SystemClock};
@@ -214,6 +214,9 @@ fn route_of<B>(request: &Request<B>) -> Option<Route> {
         return Some(Route::Matched(matched.clone()));
     }
     let path_and_query = request.uri().path_and_query()?;
+    if let Some(path) = ShortPath::new(path_and_query.path()) {
+        return Some(Route::Short(path));
+    }
     if path_and_query.query().is_none() {
         Some(Route::Path(path_and_query.clone()))
     } else {
@@ -299,6 +302,25 @@ impl FirstSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_short_and_long_never_with_the_query() {
+        let route = |uri: &str| {
+            let request = Request::get(uri).body(()).unwrap();
+            let route = route_of(&request).unwrap();
+            (matches!(route, Route::Short(_)), route.as_str().to_owned())
+        };
+        let longest = format!("/{}", "a".repeat(ShortPath::MAX - 1));
+        let too_long = format!("/{}", "a".repeat(ShortPath::MAX));
+        assert_eq!(route("/pets?key=secret"), (true, "/pets".to_owned()));
+        assert_eq!(route(&longest), (true, longest.clone()));
+        assert_eq!(
+            route(&format!("{too_long}?key=secret")),
+            (false, too_long.clone())
+        );
+        assert_eq!(route(&too_long), (false, too_long));
+        assert_eq!(route("/caf%C3%A9/ü"), (true, "/caf%C3%A9/ü".to_owned()));
+    }
 
     #[test]
     fn first_seen_is_bounded() {
