@@ -269,6 +269,9 @@ impl Core {
             std::mem::swap(&mut buffer.events, spare);
             drop(buffer);
             pending.extend(spare.drain(..));
+            // A buffer that once filled up (a slow exporter) gives its memory
+            // back; a buffer of about one wake's worth is kept for reuse.
+            spare.shrink_to(2 * self.wake_at);
         }
         self.held.store(pending.len(), Ordering::Relaxed);
     }
@@ -455,6 +458,7 @@ async fn run<E: UsageExporter>(core: Arc<Core>, mut exporter: E, interval: Durat
             core.reserved.fetch_sub(take, Ordering::Relaxed);
             exporter.export(batch).await;
         }
+        pending.shrink_to(2 * core.max_batch);
         for (_, ack) in requests {
             let _ = ack.send(());
         }
