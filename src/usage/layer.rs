@@ -211,7 +211,12 @@ where
 fn route_of<B>(request: &Request<B>) -> Option<Route> {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(Route::Matched(matched.clone()));
+        // Copied when short: cloning it bumps a reference count that every
+        // request to the route, on every thread, shares.
+        return Some(match ShortPath::new(matched.as_str()) {
+            Some(route) => Route::Short(route),
+            None => Route::Matched(matched.clone()),
+        });
     }
     let path_and_query = request.uri().path_and_query()?;
     if let Some(path) = ShortPath::new(path_and_query.path()) {
