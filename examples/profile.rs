@@ -7,13 +7,18 @@
 //! ```
 //!
 //! Stacks: `bare`, `auth` (AuthLayer, valid key), `full` (usage with an
-//! aggregating sink, auth, rate limit, scopes; valid key), `unknown` (the
-//! full stack, a key with an unknown id). Polled with a no-op waker.
+//! aggregating sink, auth, rate limit, scopes; valid key), `full_batching`
+//! (the same with a `BatchingSink` whose worker runs on a tokio thread and
+//! whose exporter only counts; callgrind counts the worker's instructions
+//! too), `unknown` (the full stack, a key with an unknown id). Polled with a
+//! no-op waker.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
@@ -24,7 +29,9 @@ use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
 use keyward::limit::{Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
 use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
-use keyward::usage::{AggregatingSink, UsageLayer};
+use keyward::usage::{
+    AggregatingSink, BatchingSink, UsageEvent, UsageExporter, UsageLayer, UsageSink,
+};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 fn ready<F: Future>(future: F) -> F::Output {
@@ -41,6 +48,16 @@ async fn inner(_: Request<String>) -> Result<Response<String>, Infallible> {
     Ok(Response::new(String::new()))
 }
 
+/// Counts what it is given, and drops it.
+struct Count(Arc<AtomicU64>);
+
+#[async_trait::async_trait]
+impl UsageExporter for Count {
+    async fn export(&mut self, batch: Vec<UsageEvent>) {
+        self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+}
+
 fn drive<S>(mut service: S, header: &str, n: u64)
 where
     S: Service<Request<String>, Error = Infallible>,
@@ -53,6 +70,19 @@ where
         ready(service.ready()).unwrap();
         black_box(ready(service.call(request)).unwrap());
     }
+}
+
+/// Usage recording into `sink`, auth, rate limit, scopes.
+fn full<K: UsageSink>(
+    auth: &AuthLayer,
+    sink: K,
+) -> impl Service<Request<String>, Error = Infallible> {
+    UsageLayer::new(sink).layer(
+        auth.layer(
+            RateLimitLayer::new(MemoryLimiter::new())
+                .layer(RequireScopes::all(["pets:read".parse().unwrap()]).layer(service_fn(inner))),
+        ),
+    )
 }
 
 fn main() {
@@ -80,17 +110,29 @@ fn main() {
     let header = format!("Bearer {}", key.expose_secret());
     let unknown = format!("Bearer {}", generator.generate().unwrap().expose_secret());
     let auth = AuthLayer::new(store, format);
-    let full = UsageLayer::new(AggregatingSink::new()).layer(
-        auth.layer(
-            RateLimitLayer::new(MemoryLimiter::new())
-                .layer(RequireScopes::all(["pets:read".parse().unwrap()]).layer(service_fn(inner))),
-        ),
-    );
     match which.as_str() {
         "bare" => drive(service_fn(inner), &header, n),
         "auth" => drive(auth.layer(service_fn(inner)), &header, n),
-        "full" => drive(full, &header, n),
-        "unknown" => drive(full, &unknown, n),
-        other => panic!("unknown stack {other}: bare, auth, full or unknown"),
+        "full" => drive(full(&auth, AggregatingSink::new()), &header, n),
+        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n),
+        "full_batching" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let exported = Arc::new(AtomicU64::new(0));
+            let sink = runtime.block_on(async {
+                BatchingSink::builder(Count(Arc::clone(&exported)))
+                    .capacity(1 << 16)
+                    .max_batch(1024)
+                    .spawn()
+            });
+            drive(full(&auth, sink.clone()), &header, n);
+            runtime.block_on(sink.shutdown());
+            let exported = exported.load(Ordering::Relaxed);
+            eprintln!("exported {exported}, dropped {}", sink.dropped());
+        }
+        other => panic!("unknown stack {other}: bare, auth, full, full_batching or unknown"),
     }
 }

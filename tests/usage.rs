@@ -617,6 +617,70 @@ async fn flush_delivers_every_event_and_shutdown_drains() {
     assert_eq!(sink.dropped(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_from_many_threads_all_arrive_each_thread_in_order() {
+    let keep = Keep::default();
+    let sink = BatchingSink::builder(keep.clone())
+        .capacity(100_000)
+        .max_batch(64)
+        .interval(Duration::from_secs(3600))
+        .spawn();
+    let id: KeyId = "abcdefABCDEF".parse().unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|thread| {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for i in 0..5_000u64 {
+                    // The timestamp says which thread and in what order.
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(thread * 1_000_000 + i);
+                    sink.record(UsageEvent::lifecycle(Lifecycle::Issued, id, "acme", at));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    sink.flush().await;
+    assert_eq!(sink.dropped(), 0);
+    assert_eq!(sink.queued(), 0);
+    let batches = keep.0.lock().unwrap().clone();
+    assert!(batches.iter().all(|b| b.len() <= 64));
+    let mut last = [None; 4];
+    for event in batches.iter().flatten() {
+        let secs = event
+            .at()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (thread, i) = ((secs / 1_000_000) as usize, secs % 1_000_000);
+        assert!(last[thread].is_none_or(|before| before < i), "out of order");
+        last[thread] = Some(i);
+    }
+    assert_eq!(last, [Some(4_999); 4]);
+}
+
+#[tokio::test]
+async fn dropping_the_last_sink_exports_what_is_left_and_stops_the_worker() {
+    let keep = Keep::default();
+    let (sink, worker) = BatchingSink::builder(keep.clone())
+        .max_batch(100)
+        .interval(Duration::from_secs(3600))
+        .build();
+    let worker = tokio::spawn(worker);
+    let service = plain_service(sink.clone());
+    for _ in 0..3 {
+        let request = Request::get("/").body(String::new()).unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    drop((sink, service));
+    tokio::time::timeout(Duration::from_secs(10), worker)
+        .await
+        .expect("the worker stops")
+        .unwrap();
+    assert_eq!(keep.events(), 3);
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_partial_batch_is_exported_after_the_interval() {
     let keep = Keep::default();

@@ -1,18 +1,21 @@
+use std::cell::RefCell;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{EventKind, Outcome, UsageEvent, UsageSink};
-use crate::clock::{epoch_nanos, saturating_nanos};
+use crate::clock::epoch_nanos;
 use crate::key::{KeyId, KeyIdBuildHasher};
 use crate::reject::RejectReason;
 
 /// Counts requests per key in memory, for dashboards and billing; read
 /// them with [`snapshot`](AggregatingSink::snapshot).
 ///
-/// Recording takes no lock: one look-up in a lock-free map, then atomic
-/// increments. Clones share the same counters.
+/// Recording takes no lock: atomic increments on the key's counters, found
+/// in a small per-thread cache of recently used keys, else in a lock-free
+/// map. Clones share the same counters.
 ///
 /// Only keys that exist get an entry: requests by an authenticated key, or
 /// refused for a key whose record was found (wrong secret, expired, not yet
@@ -26,12 +29,17 @@ pub struct AggregatingSink {
 }
 
 struct Inner {
-    keys: papaya::HashMap<KeyId, Counters, KeyIdBuildHasher>,
+    /// Entries are never removed or replaced, so a thread may keep a key's
+    /// `Arc` in [`RECENT_KEYS`] and count into it without a look-up.
+    keys: papaya::HashMap<KeyId, Arc<Counters>, KeyIdBuildHasher>,
     anonymous: Counters,
+    /// Tells this aggregate's entries in [`RECENT_KEYS`] from another's.
+    id: u64,
 }
 
 impl Default for Inner {
     fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Self {
             // Resizes finish in the inserting call, so that recording for
             // known keys never probes a half-copied table.
@@ -40,6 +48,56 @@ impl Default for Inner {
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             anonymous: Counters::default(),
+            id: NEXT_ID.fetch_add(1, Relaxed),
+        }
+    }
+}
+
+/// How many keys each thread remembers (a power of two).
+const RECENT: usize = 16;
+
+/// `(aggregate id, key, its counters)`, direct-mapped by the key's hash.
+type RecentKeys = [Option<(u64, KeyId, Arc<Counters>)>; RECENT];
+
+thread_local! {
+    /// The counters this thread recorded into lately: a hot key is counted
+    /// with a thread-local compare instead of a map look-up (which pins an
+    /// epoch and hashes).
+    static RECENT_KEYS: RefCell<RecentKeys> = const { RefCell::new([const { None }; RECENT]) };
+}
+
+impl Inner {
+    fn add(&self, id: KeyId, event: &UsageEvent) {
+        let slot = (KeyIdBuildHasher.hash_one(id) as usize) & (RECENT - 1);
+        let counted = RECENT_KEYS.try_with(|recent| {
+            // Not borrowed elsewhere: `add` calls nothing that records.
+            let Ok(mut recent) = recent.try_borrow_mut() else {
+                return false;
+            };
+            if let Some((aggregate, key, counters)) = &recent[slot] {
+                if *aggregate == self.id && *key == id {
+                    counters.add(event);
+                    return true;
+                }
+            }
+            let counters = self.counters(id);
+            counters.add(event);
+            recent[slot] = Some((self.id, id, counters));
+            true
+        });
+        // The thread is exiting (its locals are gone), or re-entered: count
+        // through the map.
+        if counted != Ok(true) {
+            self.counters(id).add(event);
+        }
+    }
+
+    /// The key's counters, made on its first event.
+    fn counters(&self, id: KeyId) -> Arc<Counters> {
+        let keys = self.keys.pin();
+        match keys.get(&id) {
+            Some(counters) => Arc::clone(counters),
+            None => Arc::clone(keys.get_or_insert_with(id, Arc::default)),
         }
     }
 }
@@ -47,30 +105,34 @@ impl Default for Inner {
 /// One counter a reason.
 const REASONS: [RejectReason; 15] = RejectReason::ALL;
 
+/// One key's counters. An allowed request touches only the first cache
+/// line (its outcome, status class, latency and time), so that a hot key
+/// used from several threads moves one line between cores, not three; the
+/// request count is the sum of the outcomes, not a counter of its own.
 #[derive(Default)]
+#[repr(C, align(64))]
 struct Counters {
-    owner: OnceLock<Arc<str>>,
-    requests: AtomicU64,
     allowed: AtomicU64,
-    denied: AtomicU64,
-    unanswered: AtomicU64,
-    denied_by: [AtomicU64; REASONS.len()],
     statuses: [AtomicU64; 5],
     latency_nanos: AtomicU64,
     last_used_nanos: AtomicU64,
+    denied: AtomicU64,
+    unanswered: AtomicU64,
+    owner: OnceLock<Arc<str>>,
+    denied_by: [AtomicU64; REASONS.len()],
 }
 
 impl Counters {
     fn add(&self, event: &UsageEvent) {
-        self.requests.fetch_add(1, Relaxed);
         match event.outcome() {
             Outcome::Allowed => {
                 self.allowed.fetch_add(1, Relaxed);
             }
             Outcome::Refused(reason) => {
                 self.denied.fetch_add(1, Relaxed);
-                if let Some(i) = REASONS.iter().position(|r| *r == reason) {
-                    self.denied_by[i].fetch_add(1, Relaxed);
+                // `REASONS` lists the reasons in declaration order (tested).
+                if let Some(counter) = self.denied_by.get(reason as usize) {
+                    counter.fetch_add(1, Relaxed);
                 }
             }
             _ => {
@@ -83,8 +145,7 @@ impl Counters {
                 self.statuses[class - 1].fetch_add(1, Relaxed);
             }
         }
-        let latency = saturating_nanos(event.latency());
-        self.latency_nanos.fetch_add(latency, Relaxed);
+        self.latency_nanos.fetch_add(event.latency_nanos(), Relaxed);
         let at = epoch_nanos(event.at());
         self.last_used_nanos.fetch_max(at, Relaxed);
         if self.owner.get().is_none() {
@@ -97,13 +158,18 @@ impl Counters {
     fn snapshot(&self, key_id: Option<KeyId>) -> KeyUsage {
         let count = |c: &AtomicU64| c.load(Relaxed);
         let last = count(&self.last_used_nanos);
+        let (allowed, denied, unanswered) = (
+            count(&self.allowed),
+            count(&self.denied),
+            count(&self.unanswered),
+        );
         KeyUsage {
             key_id,
             owner: self.owner.get().map(|o| o.to_string()),
-            requests: count(&self.requests),
-            allowed: count(&self.allowed),
-            denied: count(&self.denied),
-            unanswered: count(&self.unanswered),
+            requests: allowed + denied + unanswered,
+            allowed,
+            denied,
+            unanswered,
             denied_by_reason: REASONS
                 .iter()
                 .zip(&self.denied_by)
@@ -236,13 +302,7 @@ impl UsageSink for AggregatingSink {
             return;
         }
         match known_key(&event) {
-            Some(id) => {
-                let keys = self.inner.keys.pin();
-                match keys.get(&id) {
-                    Some(counters) => counters.add(&event),
-                    None => keys.get_or_insert_with(id, Counters::default).add(&event),
-                }
-            }
+            Some(id) => self.inner.add(id, &event),
             None => self.inner.anonymous.add(&event),
         }
     }
@@ -253,5 +313,64 @@ impl fmt::Debug for AggregatingSink {
         f.debug_struct("AggregatingSink")
             .field("keys", &self.inner.keys.len())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::event::{RequestFacts, Size};
+
+    fn refused(id: KeyId) -> UsageEvent {
+        let facts = RequestFacts {
+            at: SystemTime::now(),
+            method: http::Method::GET,
+            route: None,
+            request_size: Size::new(None),
+            tags: None,
+        };
+        let outcome = Outcome::Refused(RejectReason::WrongSecret);
+        UsageEvent::request(facts, None, Some(id), None, outcome, Duration::ZERO, None)
+    }
+
+    #[test]
+    fn every_key_of_every_aggregate_is_counted_apart() {
+        // More keys than a thread remembers, in two aggregates, interleaved.
+        let ids: Vec<KeyId> = (0..100)
+            .map(|i| format!("key{i:0>9}").parse().unwrap())
+            .collect();
+        let (a, b) = (AggregatingSink::new(), AggregatingSink::new());
+        for round in 0..3 {
+            for (i, id) in ids.iter().enumerate() {
+                a.record(refused(*id));
+                if i % 2 == round % 2 {
+                    b.record(refused(*id));
+                }
+            }
+        }
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(a.get(id).unwrap().denied, 3);
+            assert_eq!(b.get(id).unwrap().denied, if i % 2 == 0 { 2 } else { 1 });
+        }
+        // From another thread too.
+        let a2 = a.clone();
+        let first = ids[0];
+        std::thread::spawn(move || a2.record(refused(first)))
+            .join()
+            .unwrap();
+        assert_eq!(a.get(&ids[0]).unwrap().requests, 4);
+        assert_eq!(a.snapshot().len(), 100);
+    }
+
+    #[test]
+    fn reasons_index_their_counters_in_declaration_order() {
+        for (i, reason) in REASONS.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn an_allowed_request_touches_one_cache_line() {
+        assert_eq!(std::mem::offset_of!(Counters, last_used_nanos), 56);
     }
 }

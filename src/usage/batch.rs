@@ -1,22 +1,22 @@
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
-use super::{UsageEvent, UsageSink};
+use super::{stripe, UsageEvent, UsageSink};
 
 /// Where a [`BatchingSink`] delivers its batches: a file, a queue, a
 /// database, a billing system. Implement it for your destination.
 ///
 /// `export` runs on the sink's background task, one batch at a time, never
 /// on the request path: it may take its time. If it falls behind, the
-/// sink's queue fills up and new events are dropped (and counted), so a
+/// sink's buffers fill up and new events are dropped (and counted), so a
 /// stuck exporter costs events, never requests. Deal with your own errors
 /// (retry, log) inside `export`.
 ///
@@ -61,59 +61,232 @@ use super::{UsageEvent, UsageSink};
 /// ```
 #[async_trait::async_trait]
 pub trait UsageExporter: Send + 'static {
-    /// Delivers one batch, in the order the events were recorded.
+    /// Delivers one batch. Events recorded on one thread arrive in the order
+    /// they were recorded; events from different threads are not ordered
+    /// among themselves (sort by [`UsageEvent::at`] if you need to).
     async fn export(&mut self, batch: Vec<UsageEvent>);
 }
 
-/// Hands events to a background task over a bounded queue; the task hands
-/// them to a [`UsageExporter`] in batches (feature `tokio`).
+/// Buffers events and hands them, in batches, to a [`UsageExporter`] on a
+/// background task (feature `tokio`).
 ///
-/// [`record`](UsageSink::record) never waits: when the queue is full the
-/// event is dropped and [`dropped`](BatchingSink::dropped) goes up.
+/// [`record`](UsageSink::record) never waits, and costs about one
+/// uncontended lock: each thread appends to one of a few buffers (stripes),
+/// so threads do not contend with each other, and the worker is woken only
+/// when a buffer holds a batch's worth of events, not per event. When the
+/// sink holds [`capacity`](BatchingSinkBuilder::capacity) events that the
+/// exporter has not taken yet, new events are dropped and
+/// [`dropped`](BatchingSink::dropped) goes up.
 /// [`flush`](UsageSink::flush) waits until everything recorded before it
 /// has been exported; [`shutdown`](BatchingSink::shutdown) does the same
-/// and stops the task. A batch is exported when it holds
-/// [`max_batch`](BatchingSinkBuilder::max_batch) events, or
-/// [`interval`](BatchingSinkBuilder::interval) after its first event.
+/// and stops the task; when the last clone of the sink is dropped, the task
+/// exports what is left and stops. A batch is exported when
+/// [`max_batch`](BatchingSinkBuilder::max_batch) events are waiting, or
+/// about [`interval`](BatchingSinkBuilder::interval) after the first of
+/// them.
 ///
-/// Clones share the same queue.
+/// Events recorded on one thread are exported in order; events from
+/// different threads may be exported in any order among themselves.
+///
+/// Clones share the same buffers and task.
 #[derive(Clone)]
 pub struct BatchingSink {
     shared: Arc<Shared>,
 }
 
+/// Held by the sinks only: when the last is dropped, the worker is told.
 struct Shared {
-    tx: mpsc::Sender<Message>,
-    dropped: AtomicU64,
-    signal: Arc<Signal>,
-    max_batch: usize,
-}
-
-/// How the request path and the worker talk without a wake-up per event:
-/// while the worker collects a batch it does not wait on the queue (a
-/// waiting receiver is woken, often with a system call, by every send); it
-/// sleeps until the batch's deadline, or until a sender sees a full batch
-/// waiting and notifies it.
-struct Signal {
-    wake: Notify,
-    /// Events in the worker's current batch (written by the worker only).
-    held: AtomicUsize,
+    core: Arc<Core>,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        // The last sink is gone: close the queue, then tell the worker, so
-        // that it exports what is left now rather than at its deadline.
-        let (closed, _) = mpsc::channel(1);
-        drop(std::mem::replace(&mut self.tx, closed));
-        self.signal.wake.notify_one();
+        // The last sink is gone: tell the worker, so that it exports what is
+        // left now rather than at its deadline, and stops.
+        self.core.sinks_gone.store(true, Ordering::Release);
+        self.core.wake.notify_one();
     }
 }
 
-enum Message {
-    Event(UsageEvent),
-    Flush(oneshot::Sender<()>),
-    Shutdown(oneshot::Sender<()>),
+/// What the sinks and the worker share.
+struct Core {
+    stripes: Box<[Stripe]>,
+    /// `stripes.len() - 1` (a power of two minus one).
+    mask: usize,
+    capacity: usize,
+    /// Room taken: events buffered or in the worker's hands, not yet handed
+    /// to the exporter, plus the stripes' unused [`Buffer::allowance`].
+    reserved: AtomicUsize,
+    /// How much room a stripe takes from `reserved` at a time, so that the
+    /// shared counter is touched once per `grant` events, not per event.
+    grant: usize,
+    /// The buffer length at which a recorder wakes the worker.
+    wake_at: usize,
+    max_batch: usize,
+    dropped: AtomicU64,
+    /// Events the worker holds, not yet handed to the exporter.
+    held: AtomicUsize,
+    /// Set by the worker when every buffer was empty: the next event wakes
+    /// it (to start the interval), instead of only a full buffer.
+    idle: AtomicBool,
+    sinks_gone: AtomicBool,
+    wake: Notify,
+    requests: Mutex<Requests>,
+}
+
+/// Flushes and shutdowns waiting for the worker.
+#[derive(Default)]
+struct Requests {
+    waiting: Vec<(Request, oneshot::Sender<()>)>,
+    /// The worker has stopped: nobody will answer.
+    stopped: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Request {
+    Flush,
+    Shutdown,
+}
+
+/// One buffer, on its own cache lines so that threads writing to
+/// neighbouring stripes do not slow each other down.
+#[repr(align(128))]
+struct Stripe(Mutex<Buffer>);
+
+struct Buffer {
+    events: Vec<UsageEvent>,
+    /// Room already taken from [`Core::reserved`] for this buffer.
+    allowance: usize,
+    /// The worker has stopped: events are dropped.
+    closed: bool,
+}
+
+impl Stripe {
+    fn lock(&self) -> MutexGuard<'_, Buffer> {
+        // A panic while holding the lock leaves a valid `Vec`: go on.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Core {
+    fn new(capacity: usize, max_batch: usize) -> Self {
+        let stripes = stripe::count();
+        Self {
+            stripes: (0..stripes)
+                .map(|_| {
+                    Stripe(Mutex::new(Buffer {
+                        events: Vec::new(),
+                        allowance: 0,
+                        closed: false,
+                    }))
+                })
+                .collect(),
+            mask: stripes - 1,
+            capacity,
+            reserved: AtomicUsize::new(0),
+            // Unused grants can make the sink refuse a little early: at most
+            // an eighth of the capacity.
+            grant: (capacity / (stripes * 8)).clamp(1, 64),
+            // Woken when one buffer holds a batch, or its share of half the
+            // capacity, so that buffers never fill up waiting for the
+            // interval.
+            wake_at: max_batch.min(capacity / (stripes * 2)).max(1),
+            max_batch,
+            dropped: AtomicU64::new(0),
+            held: AtomicUsize::new(0),
+            idle: AtomicBool::new(true),
+            sinks_gone: AtomicBool::new(false),
+            wake: Notify::new(),
+            requests: Mutex::new(Requests::default()),
+        }
+    }
+
+    fn requests(&self) -> MutexGuard<'_, Requests> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes room for up to `grant` events; 0 when the sink is full.
+    fn reserve(&self) -> usize {
+        let mut reserved = self.reserved.load(Ordering::Relaxed);
+        loop {
+            let take = self.capacity.saturating_sub(reserved).min(self.grant);
+            if take == 0 {
+                return 0;
+            }
+            match self.reserved.compare_exchange_weak(
+                reserved,
+                reserved + take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return take,
+                Err(now) => reserved = now,
+            }
+        }
+    }
+
+    fn count_dropped(&self, events: u64) {
+        let before = self.dropped.fetch_add(events, Ordering::Relaxed);
+        // Logged at 1, 2, 3, 5, 9, 17... drops: enough to notice, never a flood.
+        if before == 0 || before.is_power_of_two() {
+            tracing::warn!(
+                target: "keyward::usage",
+                dropped = before + events,
+                "usage sink full or shut down; usage events dropped"
+            );
+        }
+    }
+
+    /// Asks the worker for a flush or a shutdown and waits for it; returns
+    /// at once if the worker has stopped.
+    async fn ask(&self, request: Request) {
+        let (ack, done) = oneshot::channel();
+        {
+            let mut requests = self.requests();
+            if requests.stopped {
+                return;
+            }
+            requests.waiting.push((request, ack));
+        }
+        self.wake.notify_one();
+        // An error means the worker was dropped: nothing left to wait for.
+        let _ = done.await;
+    }
+
+    /// Moves every buffered event into `pending`, stripe by stripe; with
+    /// `close`, the stripes refuse events from now on.
+    fn drain(&self, pending: &mut VecDeque<UsageEvent>, spare: &mut Vec<UsageEvent>, close: bool) {
+        for stripe in self.stripes.iter() {
+            let mut buffer = stripe.lock();
+            if close {
+                buffer.closed = true;
+                buffer.allowance = 0;
+            }
+            if buffer.events.is_empty() {
+                continue;
+            }
+            // Hold the lock only for a swap; the spare keeps its capacity.
+            std::mem::swap(&mut buffer.events, spare);
+            drop(buffer);
+            pending.extend(spare.drain(..));
+            // A buffer that once filled up (a slow exporter) gives its memory
+            // back; a buffer of about one wake's worth is kept for reuse.
+            spare.shrink_to(2 * self.wake_at);
+        }
+        self.held.store(pending.len(), Ordering::Relaxed);
+    }
+
+    fn any_buffered(&self) -> bool {
+        self.stripes
+            .iter()
+            .any(|stripe| !stripe.lock().events.is_empty())
+    }
+
+    /// Events in the buffers and in the worker's hands.
+    fn queued(&self) -> usize {
+        let buffered: usize = self.stripes.iter().map(|s| s.lock().events.len()).sum();
+        buffered + self.held.load(Ordering::Relaxed)
+    }
 }
 
 /// Configures a [`BatchingSink`]; from [`BatchingSink::builder`].
@@ -133,9 +306,9 @@ pub struct BatchWorker {
 }
 
 impl BatchingSink {
-    /// A sink exporting to `exporter` with the default settings (a queue of
-    /// 8192 events, batches of up to 512, exported within a second), its
-    /// task spawned on the current tokio runtime.
+    /// A sink exporting to `exporter` with the default settings (room for
+    /// 8192 events, batches of up to 512, exported within about a second),
+    /// its task spawned on the current tokio runtime.
     ///
     /// # Panics
     ///
@@ -156,31 +329,31 @@ impl BatchingSink {
         }
     }
 
-    /// How many events were dropped because the queue was full (or the
-    /// sink shut down).
+    /// How many events were dropped because the sink was full (or shut
+    /// down).
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped.load(Ordering::Relaxed)
+        self.shared.core.dropped.load(Ordering::Relaxed)
     }
 
-    /// How many messages wait in the queue now.
+    /// How many events wait now (recorded, not yet handed to the exporter).
     pub fn queued(&self) -> usize {
-        self.shared.tx.max_capacity() - self.shared.tx.capacity()
+        self.shared.core.queued()
     }
 
-    /// Exports everything queued, then stops the background task; events
-    /// recorded afterwards are dropped. Call it after the server has
+    /// Exports everything recorded so far, then stops the background task;
+    /// events recorded afterwards are dropped. Call it after the server has
     /// stopped taking requests.
     pub async fn shutdown(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.shared.tx.send(Message::Shutdown(ack)).await.is_ok() {
-            self.shared.signal.wake.notify_one();
-            let _ = done.await;
-        }
+        self.shared.core.ask(Request::Shutdown).await;
     }
 }
 
 impl<E: UsageExporter> BatchingSinkBuilder<E> {
-    /// How many events the queue holds (default 8192, at least 1).
+    /// How many events the sink holds before it drops new ones (default
+    /// 8192, at least 1): recorded events that the exporter has not taken
+    /// yet. Each thread's buffer takes room from it a few events at a time,
+    /// so under load from many threads the sink may refuse events a little
+    /// before it is full.
     pub fn capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
         self
@@ -192,8 +365,7 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
         self
     }
 
-    /// How long a batch may wait for more events after its first one
-    /// (default one second).
+    /// How long events may wait for a full batch (default one second).
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
@@ -201,27 +373,14 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
 
     /// The sink, and its background task for you to spawn.
     pub fn build(self) -> (BatchingSink, BatchWorker) {
-        let (tx, rx) = mpsc::channel(self.capacity);
-        let signal = Arc::new(Signal {
-            wake: Notify::new(),
-            held: AtomicUsize::new(0),
-        });
+        let core = Arc::new(Core::new(self.capacity, self.max_batch));
         let sink = BatchingSink {
             shared: Arc::new(Shared {
-                tx,
-                dropped: AtomicU64::new(0),
-                signal: Arc::clone(&signal),
-                max_batch: self.max_batch,
+                core: Arc::clone(&core),
             }),
         };
         let worker = BatchWorker {
-            future: Box::pin(run(
-                rx,
-                self.exporter,
-                self.max_batch,
-                self.interval,
-                signal,
-            )),
+            future: Box::pin(run(core, self.exporter, self.interval)),
         };
         (sink, worker)
     }
@@ -238,151 +397,121 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
     }
 }
 
-/// The worker's batch and what to do with it.
-struct Batcher<E> {
-    exporter: E,
-    batch: Vec<UsageEvent>,
-    max_batch: usize,
-    interval: Duration,
-    deadline: tokio::time::Instant,
-}
+/// Marks the sink stopped when the worker ends, also when its task is
+/// dropped without finishing (the runtime shut down): events are dropped
+/// from then on, and flushes return at once.
+struct Stopped<'a>(&'a Core);
 
-/// What the worker does after a message.
-enum Next {
-    Go,
-    Stop,
-}
-
-impl<E: UsageExporter> Batcher<E> {
-    async fn export(&mut self) {
-        if !self.batch.is_empty() {
-            self.exporter.export(std::mem::take(&mut self.batch)).await;
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut lost = 0;
+        for stripe in self.0.stripes.iter() {
+            let mut buffer = stripe.lock();
+            buffer.closed = true;
+            buffer.allowance = 0;
+            lost += buffer.events.len();
+            buffer.events = Vec::new();
         }
-    }
-
-    async fn push(&mut self, event: UsageEvent) {
-        if self.batch.is_empty() {
-            self.deadline = tokio::time::Instant::now() + self.interval;
-            self.batch.reserve(self.max_batch.min(1024));
+        lost += self.0.held.swap(0, Ordering::Relaxed);
+        if lost > 0 {
+            self.0.count_dropped(lost as u64);
         }
-        self.batch.push(event);
-        if self.batch.len() >= self.max_batch {
-            self.export().await;
-        }
-    }
-
-    async fn handle(&mut self, message: Message, rx: &mut mpsc::Receiver<Message>) -> Next {
-        match message {
-            Message::Event(event) => self.push(event).await,
-            Message::Flush(ack) => {
-                self.export().await;
-                let _ = ack.send(());
-            }
-            Message::Shutdown(ack) => {
-                rx.close();
-                let mut acks = vec![ack];
-                while let Some(message) = rx.recv().await {
-                    match message {
-                        Message::Event(event) => self.push(event).await,
-                        Message::Flush(ack) | Message::Shutdown(ack) => acks.push(ack),
-                    }
-                }
-                self.export().await;
-                for ack in acks {
-                    let _ = ack.send(());
-                }
-                return Next::Stop;
-            }
-        }
-        Next::Go
-    }
-}
-
-async fn run<E: UsageExporter>(
-    mut rx: mpsc::Receiver<Message>,
-    exporter: E,
-    max_batch: usize,
-    interval: Duration,
-    signal: Arc<Signal>,
-) {
-    let mut batcher = Batcher {
-        exporter,
-        batch: Vec::new(),
-        max_batch,
-        interval,
-        deadline: tokio::time::Instant::now(),
-    };
-    loop {
-        // Idle: wait on the queue for the first message.
-        let Some(message) = rx.recv().await else {
-            // Every sink is gone.
-            batcher.export().await;
-            return;
+        let waiting = {
+            let mut requests = self.0.requests();
+            requests.stopped = true;
+            std::mem::take(&mut requests.waiting)
         };
-        if let Next::Stop = batcher.handle(message, &mut rx).await {
+        for (_, ack) in waiting {
+            let _ = ack.send(());
+        }
+    }
+}
+
+async fn run<E: UsageExporter>(core: Arc<Core>, mut exporter: E, interval: Duration) {
+    let core = &*core;
+    let _stopped = Stopped(core);
+    let mut pending = VecDeque::new();
+    let mut spare = Vec::new();
+    // Set while events wait: when they must be exported, full batch or not.
+    let mut deadline: Option<tokio::time::Instant> = None;
+    loop {
+        match deadline {
+            None => core.wake.notified().await,
+            Some(deadline) => {
+                let _ = tokio::time::timeout_at(deadline, core.wake.notified()).await;
+            }
+        }
+        core.idle.store(false, Ordering::Relaxed);
+        let requests = std::mem::take(&mut core.requests().waiting);
+        let stop = core.sinks_gone.load(Ordering::Acquire)
+            || requests.iter().any(|(r, _)| *r == Request::Shutdown);
+        core.drain(&mut pending, &mut spare, stop);
+        let due = stop
+            || !requests.is_empty()
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        // A full batch goes at once; the rest waits for the deadline unless
+        // it is due.
+        while pending.len() >= core.max_batch || (due && !pending.is_empty()) {
+            let take = pending.len().min(core.max_batch);
+            let batch: Vec<UsageEvent> = pending.drain(..take).collect();
+            core.held.store(pending.len(), Ordering::Relaxed);
+            core.reserved.fetch_sub(take, Ordering::Relaxed);
+            exporter.export(batch).await;
+        }
+        pending.shrink_to(2 * core.max_batch);
+        for (_, ack) in requests {
+            let _ = ack.send(());
+        }
+        if stop {
             return;
         }
-        // Collecting: take what is queued, then sleep until the deadline
-        // or a sender's notice, never woken by each event.
-        loop {
-            loop {
-                match rx.try_recv() {
-                    Ok(message) => {
-                        if let Next::Stop = batcher.handle(message, &mut rx).await {
-                            return;
-                        }
-                    }
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        batcher.export().await;
-                        return;
-                    }
-                }
+        if !pending.is_empty() {
+            if due || deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + interval);
             }
-            signal.held.store(batcher.batch.len(), Ordering::Relaxed);
-            if batcher.batch.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() >= batcher.deadline {
-                batcher.export().await;
-                signal.held.store(0, Ordering::Relaxed);
-                break;
-            }
-            let _ = tokio::time::timeout_at(batcher.deadline, signal.wake.notified()).await;
+            continue;
         }
+        // Nothing in hand: sleep until an event arrives, unless some came
+        // in meanwhile. `idle` is set before looking, so that a recorder
+        // either is seen here or sees `idle` and wakes the worker.
+        core.idle.store(true, Ordering::SeqCst);
+        deadline = if core.any_buffered() {
+            core.idle.store(false, Ordering::Relaxed);
+            Some(tokio::time::Instant::now() + interval)
+        } else {
+            None
+        };
     }
 }
 
 #[async_trait::async_trait]
 impl UsageSink for BatchingSink {
     fn record(&self, event: UsageEvent) {
-        let shared = &*self.shared;
-        if shared.tx.try_send(Message::Event(event)).is_ok() {
-            // A full batch waits: wake the worker (it is not woken by sends
-            // while it collects).
-            let queued = shared.tx.max_capacity() - shared.tx.capacity();
-            if queued + shared.signal.held.load(Ordering::Relaxed) >= shared.max_batch {
-                shared.signal.wake.notify_one();
+        let core = &*self.shared.core;
+        let stripe = &core.stripes[stripe::this_thread() & core.mask];
+        let mut buffer = stripe.lock();
+        if buffer.allowance == 0 {
+            buffer.allowance = if buffer.closed { 0 } else { core.reserve() };
+            if buffer.allowance == 0 {
+                drop(buffer);
+                drop(event);
+                core.count_dropped(1);
+                return;
             }
-        } else {
-            let before = self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            // Logged at 1, 2, 3, 5, 9, 17... drops: enough to notice, never a flood.
-            if before == 0 || before.is_power_of_two() {
-                tracing::warn!(
-                    target: "keyward::usage",
-                    dropped = before + 1,
-                    "usage queue full or closed; usage events dropped"
-                );
-            }
+        }
+        buffer.allowance -= 1;
+        buffer.events.push(event);
+        let buffered = buffer.events.len();
+        drop(buffer);
+        // Wake the worker for a batch's worth, or for the first event after
+        // it went idle; never per event.
+        if buffered == core.wake_at || (buffered == 1 && core.idle.load(Ordering::SeqCst)) {
+            core.wake.notify_one();
         }
     }
 
     async fn flush(&self) {
-        let (ack, done) = oneshot::channel();
-        if self.shared.tx.send(Message::Flush(ack)).await.is_ok() {
-            self.shared.signal.wake.notify_one();
-            let _ = done.await;
-        }
+        self.shared.core.ask(Request::Flush).await;
     }
 }
 
@@ -397,7 +526,7 @@ impl Future for BatchWorker {
 impl fmt::Debug for BatchingSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BatchingSink")
-            .field("capacity", &self.shared.tx.max_capacity())
+            .field("capacity", &self.shared.core.capacity)
             .field("queued", &self.queued())
             .field("dropped", &self.dropped())
             .finish()

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use http::{Method, StatusCode};
 
 use crate::auth::Principal;
+use crate::clock::saturating_nanos;
 use crate::key::KeyId;
 use crate::reject::RejectReason;
 
@@ -16,19 +17,39 @@ use crate::reject::RejectReason;
 /// query string. Cloning it is cheap (reference counts and small copies).
 #[derive(Clone)]
 pub struct UsageEvent {
-    kind: EventKind,
+    // Laid out to be small (it is moved into every sink): what is rarely
+    // set is boxed, sizes and latency are plain integers.
     at: SystemTime,
-    key_id: Option<KeyId>,
-    owner: Option<Owner>,
-    method: Option<Method>,
+    latency_nanos: u64,
+    request_size: Size,
+    response_size: Size,
     route: Option<Route>,
+    method: Option<Method>,
+    owner: Option<Owner>,
+    tags: Option<Box<UsageTags>>,
+    key_id: Option<KeyId>,
     status: Option<StatusCode>,
     outcome: Outcome,
-    latency: Duration,
-    request_size: Option<u64>,
-    response_size: Option<u64>,
-    tags: UsageTags,
+    kind: EventKind,
 }
+
+/// A body size when known in advance; `u64::MAX` when not (half the size
+/// of an `Option<u64>`).
+#[derive(Clone, Copy)]
+pub(crate) struct Size(u64);
+
+impl Size {
+    pub(crate) fn new(size: Option<u64>) -> Self {
+        Self(size.unwrap_or(u64::MAX))
+    }
+
+    fn get(self) -> Option<u64> {
+        (self.0 != u64::MAX).then_some(self.0)
+    }
+}
+
+/// What [`UsageEvent::tags`] answers for an event without tags.
+static NO_TAGS: UsageTags = UsageTags(Vec::new());
 
 /// What a [`UsageEvent`] records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -215,23 +236,55 @@ impl UsageTags {
 #[derive(Clone)]
 enum Owner {
     Principal(Principal),
-    Name(Arc<str>),
+    /// Boxed: lifecycle events are rare, and a thin pointer keeps every
+    /// event smaller.
+    Name(Box<Arc<str>>),
 }
 
 #[derive(Clone)]
 pub(crate) enum Route {
     #[cfg(feature = "axum")]
     Matched(axum::extract::MatchedPath),
+    /// A short path, copied: no allocation, no reference count, and the
+    /// event does not keep the request's buffer alive.
+    Short(ShortPath),
     Path(http::uri::PathAndQuery),
 }
 
 impl Route {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             #[cfg(feature = "axum")]
             Route::Matched(matched) => matched.as_str(),
+            Route::Short(path) => path.as_str(),
             Route::Path(path) => path.path(),
         }
+    }
+}
+
+/// A path of at most [`ShortPath::MAX`] bytes, inline (as large as the
+/// `PathAndQuery` it stands for, so routes are no bigger).
+#[derive(Clone, Copy)]
+pub(crate) struct ShortPath {
+    len: u8,
+    bytes: [u8; ShortPath::MAX],
+}
+
+impl ShortPath {
+    pub(crate) const MAX: usize = 46;
+
+    pub(crate) fn new(path: &str) -> Option<Self> {
+        let len = u8::try_from(path.len())
+            .ok()
+            .filter(|n| usize::from(*n) <= Self::MAX)?;
+        let mut bytes = [0; Self::MAX];
+        bytes[..path.len()].copy_from_slice(path.as_bytes());
+        Some(Self { len, bytes })
+    }
+
+    fn as_str(&self) -> &str {
+        // A whole `str` was copied, so this is always valid UTF-8.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
     }
 }
 
@@ -241,8 +294,9 @@ pub(crate) struct RequestFacts {
     pub(crate) at: SystemTime,
     pub(crate) method: Method,
     pub(crate) route: Option<Route>,
-    pub(crate) request_size: Option<u64>,
-    pub(crate) tags: UsageTags,
+    pub(crate) request_size: Size,
+    /// Rarely set: boxed, so that requests without tags move less.
+    pub(crate) tags: Option<Box<UsageTags>>,
 }
 
 impl UsageEvent {
@@ -256,18 +310,18 @@ impl UsageEvent {
         response_size: Option<u64>,
     ) -> Self {
         Self {
-            kind: EventKind::Request,
             at: facts.at,
-            key_id: principal.map(Principal::key_id).or(key_id),
-            owner: principal.cloned().map(Owner::Principal),
-            method: Some(facts.method),
+            latency_nanos: saturating_nanos(latency),
+            request_size: facts.request_size,
+            response_size: Size::new(response_size),
             route: facts.route,
+            method: Some(facts.method),
+            owner: principal.cloned().map(Owner::Principal),
+            tags: facts.tags,
+            key_id: principal.map(Principal::key_id).or(key_id),
             status,
             outcome,
-            latency,
-            request_size: facts.request_size,
-            response_size,
-            tags: facts.tags,
+            kind: EventKind::Request,
         }
     }
 
@@ -295,7 +349,7 @@ impl UsageEvent {
         Self::bare(
             EventKind::Lifecycle(lifecycle),
             key_id,
-            Some(Owner::Name(owner.into())),
+            Some(Owner::Name(Box::new(owner.into()))),
             at,
             Outcome::Allowed,
         )
@@ -329,18 +383,18 @@ impl UsageEvent {
         outcome: Outcome,
     ) -> Self {
         Self {
-            kind,
             at,
-            key_id: Some(key_id),
-            owner,
-            method: None,
+            latency_nanos: 0,
+            request_size: Size::new(None),
+            response_size: Size::new(None),
             route: None,
+            method: None,
+            owner,
+            tags: None,
+            key_id: Some(key_id),
             status: None,
             outcome,
-            latency: Duration::ZERO,
-            request_size: None,
-            response_size: None,
-            tags: UsageTags::new(),
+            kind,
         }
     }
 
@@ -409,22 +463,28 @@ impl UsageEvent {
 
     /// From arrival until the response (its head) was ready.
     pub fn latency(&self) -> Duration {
-        self.latency
+        Duration::from_nanos(self.latency_nanos)
+    }
+
+    /// [`latency`](UsageEvent::latency) in nanoseconds (saturated), for
+    /// counters.
+    pub(crate) fn latency_nanos(&self) -> u64 {
+        self.latency_nanos
     }
 
     /// The request body's size, when known in advance.
     pub fn request_size(&self) -> Option<u64> {
-        self.request_size
+        self.request_size.get()
     }
 
     /// The response body's size, when known in advance.
     pub fn response_size(&self) -> Option<u64> {
-        self.response_size
+        self.response_size.get()
     }
 
     /// The caller-supplied tags.
     pub fn tags(&self) -> &UsageTags {
-        &self.tags
+        self.tags.as_deref().unwrap_or(&NO_TAGS)
     }
 }
 
@@ -439,10 +499,10 @@ impl fmt::Debug for UsageEvent {
             .field("route", &self.route())
             .field("status", &self.status)
             .field("outcome", &self.outcome)
-            .field("latency", &self.latency)
-            .field("request_size", &self.request_size)
-            .field("response_size", &self.response_size)
-            .field("tags", &self.tags)
+            .field("latency", &self.latency())
+            .field("request_size", &self.request_size())
+            .field("response_size", &self.response_size())
+            .field("tags", self.tags())
             .finish()
     }
 }

@@ -95,7 +95,10 @@ impl<K: UsageSink> Pending<K> {
     fn answered<B: Body>(mut self, response: &Response<B>) {
         let extensions = response.extensions();
         if let Some(tags) = extensions.get::<UsageTags>() {
-            self.facts.tags.extend(tags);
+            match &mut self.facts.tags {
+                Some(request_tags) => request_tags.extend(tags),
+                None => self.facts.tags = Some(Box::new(tags.clone())),
+            }
         }
         let rejection = extensions.get::<Rejection>();
         let outcome = rejection.map_or(Outcome::Allowed, |r| Outcome::Refused(r.reason()));

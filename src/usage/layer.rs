@@ -1,4 +1,7 @@
+use std::cell::Cell;
 use std::fmt;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -8,9 +11,9 @@ use http_body::Body;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::event::{RequestFacts, Route};
+use super::event::{RequestFacts, Route, ShortPath, Size};
 use super::future::ResponseFuture;
-use super::{UsageSink, UsageTags};
+use super::{stripe, UsageSink, UsageTags};
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 
@@ -93,14 +96,19 @@ impl<S, K> Layer<S> for UsageLayer<K> {
     type Service = UsageService<S, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let copies = (0..stripe::count())
+            .map(|_| {
+                Arc::new(Shared {
+                    sink: Arc::clone(&self.sink),
+                    clock: Arc::clone(&self.clock),
+                    monotonic: self.monotonic,
+                    first_seen: Arc::clone(&self.first_seen),
+                })
+            })
+            .collect();
         UsageService {
             inner,
-            shared: Arc::new(Shared {
-                sink: Arc::clone(&self.sink),
-                clock: Arc::clone(&self.clock),
-                monotonic: self.monotonic,
-                first_seen: Arc::clone(&self.first_seen),
-            }),
+            shared: Arc::new(Striped(copies)),
         }
     }
 }
@@ -108,9 +116,22 @@ impl<S, K> Layer<S> for UsageLayer<K> {
 /// The service made by [`UsageLayer`].
 pub struct UsageService<S, K> {
     inner: S,
-    shared: Arc<Shared<K>>,
+    shared: Arc<Striped<K>>,
 }
 
+/// What a response future needs to record its event, in a few identical
+/// copies: each request clones the `Arc` of its thread's copy, so that
+/// threads do not bump one shared reference count on every request.
+struct Striped<K>(Box<[Arc<Shared<K>>]>);
+
+impl<K> Striped<K> {
+    fn for_this_thread(&self) -> &Arc<Shared<K>> {
+        &self.0[stripe::this_thread() & (self.0.len() - 1)]
+    }
+}
+
+/// Aligned so that each copy's reference count has its own cache lines.
+#[repr(align(128))]
 pub(crate) struct Shared<K> {
     pub(crate) sink: Arc<K>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -148,7 +169,7 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for UsageService<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageService")
             .field("inner", &self.inner)
-            .field("sink", &self.shared.sink)
+            .field("sink", &self.shared.0[0].sink)
             .finish_non_exhaustive()
     }
 }
@@ -169,18 +190,17 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let shared = &self.shared;
+        let shared = self.shared.for_this_thread();
         let started = shared.monotonic.then(Instant::now);
         let facts = RequestFacts {
             at: shared.clock.now(),
             method: request.method().clone(),
             route: route_of(&request),
-            request_size: request.body().size_hint().exact(),
+            request_size: Size::new(request.body().size_hint().exact()),
             tags: request
                 .extensions()
                 .get::<UsageTags>()
-                .cloned()
-                .unwrap_or_default(),
+                .map(|tags| Box::new(tags.clone())),
         };
         ResponseFuture::new(self.inner.call(request), Arc::clone(shared), facts, started)
     }
@@ -191,9 +211,17 @@ where
 fn route_of<B>(request: &Request<B>) -> Option<Route> {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return Some(Route::Matched(matched.clone()));
+        // Copied when short: cloning it bumps a reference count that every
+        // request to the route, on every thread, shares.
+        return Some(match ShortPath::new(matched.as_str()) {
+            Some(route) => Route::Short(route),
+            None => Route::Matched(matched.clone()),
+        });
     }
     let path_and_query = request.uri().path_and_query()?;
+    if let Some(path) = ShortPath::new(path_and_query.path()) {
+        return Some(Route::Short(path));
+    }
     if path_and_query.query().is_none() {
         Some(Route::Path(path_and_query.clone()))
     } else {
@@ -204,9 +232,32 @@ fn route_of<B>(request: &Request<B>) -> Option<Route> {
 }
 
 /// The key ids seen so far, for first-use events; bounded.
+///
+/// A key that was seen is the common case, so each thread remembers the
+/// last few ids it found here (an exact, direct-mapped cache in a thread
+/// local): a hit costs a few instructions and touches no shared memory.
+/// Entries are tagged with `generation`, which changes whenever the set
+/// starts over and is unique to this set, so a cache never answers for
+/// another set or for a cleared one.
 pub(crate) struct FirstSeen {
     set: papaya::HashSet<KeyId, KeyIdBuildHasher>,
     capacity: usize,
+    generation: AtomicU64,
+}
+
+/// How many ids each thread remembers (a power of two).
+const RECENT: usize = 64;
+
+thread_local! {
+    /// `(generation, id)` pairs.
+    static RECENTLY_SEEN: [Cell<(u64, Option<KeyId>)>; RECENT] =
+        const { [const { Cell::new((0, None)) }; RECENT] };
+}
+
+/// A generation no set has used yet.
+fn next_generation() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl FirstSeen {
@@ -217,6 +268,7 @@ impl FirstSeen {
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             capacity,
+            generation: AtomicU64::new(next_generation()),
         }
     }
 
@@ -225,11 +277,27 @@ impl FirstSeen {
         if self.capacity == 0 {
             return false;
         }
+        // Read before the set, so that a cache entry written below never
+        // carries a generation newer than the set it describes.
+        let generation = self.generation.load(Ordering::Acquire);
+        let slot = (KeyIdBuildHasher.hash_one(id) as usize) & (RECENT - 1);
+        let hit = RECENTLY_SEEN.with(|recent| recent[slot].get() == (generation, Some(id)));
+        if hit {
+            return false;
+        }
+        let first = self.first_in_set(id);
+        RECENTLY_SEEN.with(|recent| recent[slot].set((generation, Some(id))));
+        first
+    }
+
+    fn first_in_set(&self, id: KeyId) -> bool {
         let set = self.set.pin();
         if set.contains(&id) {
             return false;
         }
         if set.len() >= self.capacity {
+            // Every thread's cache forgets this set before it is cleared.
+            self.generation.store(next_generation(), Ordering::Release);
             set.clear();
         }
         set.insert(id)
@@ -239,6 +307,25 @@ impl FirstSeen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_short_and_long_never_with_the_query() {
+        let route = |uri: &str| {
+            let request = Request::get(uri).body(()).unwrap();
+            let route = route_of(&request).unwrap();
+            (matches!(route, Route::Short(_)), route.as_str().to_owned())
+        };
+        let longest = format!("/{}", "a".repeat(ShortPath::MAX - 1));
+        let too_long = format!("/{}", "a".repeat(ShortPath::MAX));
+        assert_eq!(route("/pets?key=secret"), (true, "/pets".to_owned()));
+        assert_eq!(route(&longest), (true, longest.clone()));
+        assert_eq!(
+            route(&format!("{too_long}?key=secret")),
+            (false, too_long.clone())
+        );
+        assert_eq!(route(&too_long), (false, too_long));
+        assert_eq!(route("/caf%C3%A9/ü"), (true, "/caf%C3%A9/ü".to_owned()));
+    }
 
     #[test]
     fn first_seen_is_bounded() {

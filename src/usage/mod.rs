@@ -20,9 +20,10 @@
 //!
 //! - [`AggregatingSink`]: per-key counters in memory, with a
 //!   [`snapshot`](AggregatingSink::snapshot) for dashboards and billing;
-//! - [`BatchingSink`] (feature `tokio`): a bounded queue into a background
-//!   task that hands batches to your [`UsageExporter`]; drops (and counts)
-//!   events rather than slow a request; drains on flush and shutdown;
+//! - [`BatchingSink`] (feature `tokio`): bounded per-thread buffers that a
+//!   background task hands in batches to your [`UsageExporter`]; drops (and
+//!   counts) events rather than slow a request; drains on flush and
+//!   shutdown;
 //! - [`TracingSink`]: one log line an event;
 //! - `()`, which discards, [`sink_fn`] for a closure, and `(A, B)` for two.
 //!
@@ -79,6 +80,7 @@ mod future;
 mod layer;
 mod log;
 mod sink;
+mod stripe;
 
 pub use aggregate::{AggregatingSink, KeyUsage, StatusClasses};
 #[cfg(feature = "tokio")]
