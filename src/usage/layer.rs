@@ -60,6 +60,11 @@ impl<K: UsageSink> UsageLayer<K> {
     /// it starts over, so a key may be reported as first used again; `0`
     /// turns [`Lifecycle::FirstUsed`](super::Lifecycle::FirstUsed) events
     /// off.
+    ///
+    /// Size it above the number of keys active at once: a process that
+    /// sees more distinct keys than it holds keeps starting over, and then
+    /// most requests insert into the set, which costs time and stops two
+    /// threads from scaling (BENCHMARKS.md measures it).
     pub fn first_used_capacity(mut self, capacity: usize) -> Self {
         self.first_seen = Arc::new(FirstSeen::new(capacity));
         self
