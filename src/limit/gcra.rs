@@ -10,6 +10,12 @@
 //! a theoretical arrival time (TAT) kept as nanoseconds since the Unix
 //! epoch: 0, the initial value, behaves as "full", and so does any TAT
 //! not later than now, so a cell is idle (forgettable) when `tat <= now`.
+//!
+//! Times that would overflow a `u64` are denied, never allowed: saturating
+//! them would pin the TAT at `u64::MAX`, where every check passes.
+//! Policies keep `t * burst` within 100 years
+//! ([`RatePolicy::MAX_WINDOW`](super::RatePolicy::MAX_WINDOW)), so this
+//! happens only past the year 2450.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,7 +35,8 @@ pub(crate) struct Gcra {
 pub(crate) enum Outcome {
     /// Allowed; this many more units could pass at once now.
     Allowed { remaining: u32 },
-    /// Denied; the request could pass after this many nanoseconds.
+    /// Denied; the request could pass after this many nanoseconds
+    /// (`u64::MAX` when the time it could pass does not fit a `u64`).
     Denied { wait: u64 },
     /// The cost exceeds the burst: never allowed at once.
     TooHigh,
@@ -37,7 +44,8 @@ pub(crate) enum Outcome {
 
 impl Gcra {
     /// One unit every `period` (at least a nanosecond), at most `burst`
-    /// (at least 1) at once.
+    /// (at least 1) at once. A `tau` beyond a `u64` saturates, which only
+    /// lowers the tolerance: it never allows more.
     pub(crate) fn new(period: Duration, burst: u32) -> Self {
         let t = saturating_nanos(period).max(1);
         Self {
@@ -54,28 +62,39 @@ impl Gcra {
     /// Spends `cost` units (at least 1) at `now` (nanoseconds since the
     /// epoch) if they fit, updating `tat`; a denied check changes nothing.
     pub(crate) fn check(&self, tat: &AtomicU64, cost: u32, now: u64) -> Outcome {
+        const NEVER: Outcome = Outcome::Denied { wait: u64::MAX };
         let Self { t, tau } = *self;
-        // The units beyond the first, as time.
-        let additional = t.saturating_mul(u64::from(cost.max(1) - 1));
+        // The units beyond the first, as time; beyond a `u64`, beyond `tau`.
+        let Some(additional) = t.checked_mul(u64::from(cost.max(1) - 1)) else {
+            return Outcome::TooHigh;
+        };
         if additional > tau {
             return Outcome::TooHigh;
         }
         let mut current = tat.load(Ordering::Acquire);
         loop {
-            let earliest = current.saturating_add(additional).saturating_sub(tau);
+            let Some(earliest) = current.checked_add(additional) else {
+                return NEVER;
+            };
+            let earliest = earliest.saturating_sub(tau);
             if now < earliest {
                 return Outcome::Denied {
                     wait: earliest - now,
                 };
             }
-            let next = current
+            let Some(next) = current
                 .max(now)
-                .saturating_add(t)
-                .saturating_add(additional);
+                .checked_add(t)
+                .and_then(|next| next.checked_add(additional))
+            else {
+                return NEVER;
+            };
             match tat.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    let room = now.saturating_add(tau).saturating_add(t);
-                    let remaining = room.saturating_sub(next).min(tau.saturating_add(t)) / t;
+                    // governor's `(now + tau + t - next) / t`, rearranged so
+                    // that nothing overflows: the check above keeps `next`
+                    // within `now + t ..= now + tau + t`.
+                    let remaining = (tau - (next - now - t)) / t;
                     return Outcome::Allowed {
                         remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
                     };
@@ -132,6 +151,47 @@ mod tests {
                 elapsed += advance;
             }
         }
+    }
+
+    /// Times past `u64::MAX` deny: saturated, they would allow every check.
+    #[test]
+    fn overflowing_times_deny() {
+        let now = 1_800_000_000_000_000_000;
+        // A period beyond a `u64` of nanoseconds (the reviewer's
+        // `u64::MAX` seconds over a quota of 100).
+        let endless = Gcra::new(Duration::from_secs(u64::MAX / 100), 100);
+        let tat = AtomicU64::new(0);
+        for _ in 0..1000 {
+            assert_eq!(
+                endless.check(&tat, 1, now),
+                Outcome::Denied { wait: u64::MAX }
+            );
+        }
+        assert!(!matches!(
+            endless.check(&tat, 2, now),
+            Outcome::Allowed { .. }
+        ));
+        // 600 years for a burst of 10: the TAT fits for 9 requests, then
+        // would not.
+        let long = Gcra::new(Duration::from_secs(60 * 365 * 86_400), 10);
+        let tat = AtomicU64::new(0);
+        let allowed = (0..1000)
+            .filter(|_| matches!(long.check(&tat, 1, now), Outcome::Allowed { .. }))
+            .count();
+        assert!(allowed <= 10, "burst 10, {allowed} allowed");
+        // A TAT already at the end of time denies too.
+        let gcra = Gcra::new(Duration::from_secs(1), 5);
+        let tat = AtomicU64::new(u64::MAX - 1);
+        assert_eq!(
+            gcra.check(&tat, 1, now),
+            Outcome::Denied {
+                wait: u64::MAX - 1 - 4_000_000_000 - now
+            }
+        );
+        assert_eq!(
+            gcra.check(&tat, 1, u64::MAX - 1),
+            Outcome::Denied { wait: u64::MAX }
+        );
     }
 
     #[test]
