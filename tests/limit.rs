@@ -515,5 +515,91 @@ async fn through_a_real_axum_router() {
     assert_eq!(body["violated-policies"], serde_json::json!(["burst"]));
 }
 
+/// Review finding: a window of `u64::MAX` seconds (or 600 years) made
+/// GCRA's times saturate, and every request was allowed.
+#[tokio::test]
+async fn windows_beyond_a_hundred_years_are_refused_and_a_century_still_limits() {
+    use keyward::limit::PolicyError;
+    for window in [
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(600 * 365 * 86_400),
+    ] {
+        assert_eq!(
+            RatePolicy::new("lifetime", 100, window),
+            Err(PolicyError::WindowTooLong)
+        );
+    }
+    let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+    let id: KeyId = "abcdefghijkl".parse().unwrap();
+    let century: Policy = RatePolicy::new("lifetime", 10, RatePolicy::MAX_WINDOW)
+        .unwrap()
+        .into();
+    let allowed = (0..1000)
+        .filter(|_| {
+            let verdict = limiter.check_immediate(&id, &century, 1).unwrap().unwrap();
+            verdict.is_allowed()
+        })
+        .count();
+    assert_eq!(allowed, 10);
+}
+
+/// Review finding: the memory limiter keeps at most 16 states per key, and
+/// 17 policies of quota 1 let every request through.
+#[tokio::test]
+async fn more_than_eight_policies_are_refused() {
+    use keyward::limit::PolicyError;
+    let policies = |n: usize| (0..n).map(|i| rate(&format!("p{i}"), 1, 3600));
+    assert_eq!(
+        Limits::new(policies(17)),
+        Err(PolicyError::TooManyPolicies { max: 8 })
+    );
+    assert_eq!(
+        Limits::new(policies(9)),
+        Err(PolicyError::TooManyPolicies { max: 8 })
+    );
+    let limits = Limits::new(policies(8)).unwrap();
+    let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+    let id: KeyId = "abcdefghijkl".parse().unwrap();
+    let allowed = (0..100)
+        .filter(|_| {
+            limits.policies().iter().all(|policy| {
+                let verdict = limiter.check_immediate(&id, policy, 1).unwrap().unwrap();
+                verdict.is_allowed()
+            })
+        })
+        .count();
+    assert_eq!(allowed, 1);
+}
+
+/// Answers whatever it is told, however large.
+#[derive(Debug)]
+struct Boastful(Verdict);
+
+#[async_trait]
+impl Limiter for Boastful {
+    async fn check(&self, _: &KeyId, _: &Policy, _: u32) -> Result<Verdict, LimitError> {
+        Ok(self.0)
+    }
+}
+
+/// `RateLimit` members are structured-field integers (RFC 9651): at most
+/// 15 digits, whatever a `Limiter` answers.
+#[tokio::test]
+async fn ratelimit_numbers_never_exceed_fifteen_digits() {
+    let f = Fixture::new();
+    let key = f.key(Limits::new([rate("burst", 1, 1)]).unwrap()).await;
+    let huge = Boastful(Verdict::allowed(
+        u64::MAX,
+        Duration::from_secs(u64::MAX / 2),
+    ));
+    let mut service = stack(f.auth(), RateLimitLayer::new(huge));
+    let response = send(&mut service, with_key(&key)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "ratelimit"),
+        r#""burst";r=999999999999999;t=999999999999999"#
+    );
+}
+
 #[allow(dead_code)]
 fn _unused(_: SystemTime) {}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{BoundedMap, Expiring, Gcra, GcraOutcome};
+use crate::limit::{BoundedMap, Expiring, Gcra, GcraOutcome, RatePolicy};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that
@@ -80,7 +80,9 @@ fn client_key(ip: IpAddr) -> IpAddr {
 
 impl FailureThrottle {
     /// Refuses a client after `max_failures` refused keys within `window`
-    /// (`max_failures` at least 1, `window` at least 1 ms).
+    /// (`max_failures` at least 1, `window` at least 1 ms and at most
+    /// [`RatePolicy::MAX_WINDOW`], 100 years: a longer window is shortened
+    /// to it, so that a client's times stay within a `u64` of nanoseconds).
     pub fn new(max_failures: u32, window: Duration) -> Self {
         Self::build(max_failures, window, 100_000, Arc::new(SystemClock))
     }
@@ -92,7 +94,7 @@ impl FailureThrottle {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let max_failures = max_failures.max(1);
-        let window = window.max(Duration::from_millis(1));
+        let window = window.clamp(Duration::from_millis(1), RatePolicy::MAX_WINDOW);
         let period = (window / max_failures).max(Duration::from_nanos(1));
         Self {
             shared: Arc::new(Shared {
@@ -210,6 +212,24 @@ mod tests {
         assert_eq!(throttle.blocked(ip), Some(Duration::from_secs(1)));
         assert_eq!(throttle.blocked("192.0.2.2".parse().unwrap()), None);
         clock.advance(Duration::from_secs(1));
+        assert_eq!(throttle.blocked(ip), None);
+    }
+
+    /// `Duration::MAX` is 100 years: a first failure of ten does not block.
+    #[test]
+    fn an_endless_window_is_a_hundred_years() {
+        let clock = FakeClock::default();
+        let throttle = FailureThrottle::new(10, Duration::MAX).with_clock(clock.clone());
+        assert_eq!(throttle.shared.window, RatePolicy::MAX_WINDOW);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..9 {
+            throttle.record_failure(ip);
+            assert_eq!(throttle.blocked(ip), None);
+        }
+        throttle.record_failure(ip);
+        // The tenth waits for one failure to be forgiven: a tenth of the window.
+        assert_eq!(throttle.blocked(ip), Some(RatePolicy::MAX_WINDOW / 10));
+        clock.advance(RatePolicy::MAX_WINDOW / 10);
         assert_eq!(throttle.blocked(ip), None);
     }
 

@@ -14,6 +14,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::policy::MAX_FIELD_INTEGER;
 use super::{LimitError, Limiter, Limits, Policy, Verdict};
 use crate::auth::Principal;
 use crate::body::ResponseBody;
@@ -357,11 +358,15 @@ impl Tally {
         self.field.push(b"\"");
         self.field.push(policy.name().as_bytes());
         self.field.push(b"\";r=");
-        self.field.push_decimal(verdict.remaining());
+        // Clamped: a structured-field integer has at most 15 digits, and a
+        // `Limiter` may answer anything.
+        self.field
+            .push_decimal(verdict.remaining().min(MAX_FIELD_INTEGER));
         // A balance that never refills has no time to announce.
         if verdict.reset() != Duration::MAX {
             self.field.push(b";t=");
-            self.field.push_decimal(whole_seconds(verdict.reset()));
+            self.field
+                .push_decimal(whole_seconds(verdict.reset()).min(MAX_FIELD_INTEGER));
         }
         if verdict.is_allowed() {
             return std::ops::ControlFlow::Continue(());

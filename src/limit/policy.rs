@@ -30,7 +30,30 @@ pub enum PolicyError {
     /// More than one credit policy in one [`Limits`].
     #[error("a key has at most one credit policy")]
     SeveralCreditPolicies,
+    /// A window, refill interval, or time a full burst takes to come back
+    /// (`window * burst / quota`) longer than [`RatePolicy::MAX_WINDOW`]
+    /// (100 years): limiters keep times as nanoseconds in a `u64`, which
+    /// would overflow.
+    #[error(
+        "a policy's window, window * burst / quota and refill interval must be at most 100 years"
+    )]
+    WindowTooLong,
+    /// A credit capacity above [`CreditPolicy::MAX_CAPACITY`]: the
+    /// `RateLimit` fields announce it as a structured-field integer,
+    /// which has at most 15 digits (RFC 9651).
+    #[error("a credit policy's capacity must be at most 999999999999999")]
+    CapacityTooLarge,
+    /// More than [`Limits::MAX_POLICIES`] policies in one [`Limits`].
+    #[error("a key has at most {max} policies")]
+    TooManyPolicies {
+        /// The most policies a [`Limits`] holds.
+        max: usize,
+    },
 }
+
+/// The largest integer a structured field may carry (RFC 9651: at most
+/// 15 digits); the `RateLimit` fields never announce more.
+pub(crate) const MAX_FIELD_INTEGER: u64 = 999_999_999_999_999;
 
 fn validate_name(name: &str) -> Result<(), PolicyError> {
     let bytes = name.as_bytes();
@@ -60,7 +83,7 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(from = "RateFields"))]
+#[cfg_attr(feature = "serde", serde(try_from = "RateFields"))]
 pub struct RatePolicy {
     name: Arc<str>,
     quota: u32,
@@ -84,10 +107,14 @@ struct RateFields {
     burst: u32,
 }
 
+/// Deserialized policies pass the checks of [`RatePolicy::new`] and
+/// [`RatePolicy::with_burst`]: bad input is an error, never a panic later.
 #[cfg(feature = "serde")]
-impl From<RateFields> for RatePolicy {
-    fn from(fields: RateFields) -> Self {
-        RatePolicy::derived(fields.name, fields.quota, fields.window, fields.burst)
+impl TryFrom<RateFields> for RatePolicy {
+    type Error = PolicyError;
+
+    fn try_from(fields: RateFields) -> Result<Self, PolicyError> {
+        RatePolicy::validated(fields.name, fields.quota, fields.window, fields.burst)
     }
 }
 
@@ -103,32 +130,65 @@ impl fmt::Debug for RatePolicy {
 }
 
 impl RatePolicy {
+    /// The longest window, and the longest time a full burst may take to
+    /// come back (`window * burst / quota`): 100 years of 365 days.
+    /// Limiters keep times as nanoseconds since the Unix epoch in a `u64`
+    /// (which ends in 2554); this bound keeps every such time far from it.
+    pub const MAX_WINDOW: Duration = Duration::from_secs(100 * 365 * 86_400);
+
     /// `quota` requests per `window`, with a burst of `quota`.
+    ///
+    /// The name is 1 to 64 characters of `a-z`, `0-9`, `-`, `_` and `.`,
+    /// starting with a letter; `quota` is at least 1; `window` is at least
+    /// a second and at most [`MAX_WINDOW`](Self::MAX_WINDOW).
     pub fn new(name: &str, quota: u32, window: Duration) -> Result<Self, PolicyError> {
         validate_name(name)?;
-        if quota == 0 {
+        Self::validated(name.into(), quota, window, quota)
+    }
+
+    /// At most `burst` requests at once (the rate stays `quota / window`).
+    ///
+    /// `burst` is at least 1, and a full burst comes back within
+    /// [`MAX_WINDOW`](Self::MAX_WINDOW): `window * burst / quota` at most
+    /// 100 years.
+    pub fn with_burst(self, burst: u32) -> Result<Self, PolicyError> {
+        Self::validated(self.name, self.quota, self.window, burst)
+    }
+
+    /// The checks of [`new`](Self::new) and [`with_burst`](Self::with_burst),
+    /// for every way a policy is made.
+    fn validated(
+        name: Arc<str>,
+        quota: u32,
+        window: Duration,
+        burst: u32,
+    ) -> Result<Self, PolicyError> {
+        validate_name(&name)?;
+        if quota == 0 || burst == 0 {
             return Err(PolicyError::Zero);
         }
         if window < Duration::from_secs(1) {
             return Err(PolicyError::WindowTooShort);
         }
-        Ok(Self::derived(name.into(), quota, window, quota))
+        if window > Self::MAX_WINDOW {
+            return Err(PolicyError::WindowTooLong);
+        }
+        // GCRA's tolerance plus one period: how far ahead of now a key's
+        // state may run.
+        let full_burst = Self::period_of(window, quota).checked_mul(burst);
+        if full_burst.is_none_or(|span| span > Self::MAX_WINDOW) {
+            return Err(PolicyError::WindowTooLong);
+        }
+        Ok(Self::derived(name, quota, window, burst))
     }
 
-    /// At most `burst` requests at once (the rate stays `quota / window`).
-    pub fn with_burst(self, burst: u32) -> Result<Self, PolicyError> {
-        if burst == 0 {
-            return Err(PolicyError::Zero);
-        }
-        Ok(Self::derived(self.name, self.quota, self.window, burst))
+    /// One unit's period, at least a nanosecond; `quota` is at least 1.
+    fn period_of(window: Duration, quota: u32) -> Duration {
+        (window / quota.max(1)).max(Duration::from_nanos(1))
     }
 
     fn derived(name: Arc<str>, quota: u32, window: Duration, burst: u32) -> Self {
-        // Checked: a deserialized policy may have a zero quota.
-        let period = window
-            .checked_div(quota)
-            .unwrap_or(window)
-            .max(Duration::from_nanos(1));
+        let period = Self::period_of(window, quota);
         let fingerprint = fingerprint(1, &name, [saturating_nanos(period), u64::from(burst), 0]);
         Self {
             name,
@@ -167,7 +227,7 @@ impl RatePolicy {
 
     /// The time one unit takes to come back.
     pub fn period(&self) -> Duration {
-        (self.window / self.quota).max(Duration::from_nanos(1))
+        Self::period_of(self.window, self.quota)
     }
 }
 
@@ -186,7 +246,7 @@ impl RatePolicy {
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(from = "CreditFields"))]
+#[cfg_attr(feature = "serde", serde(try_from = "CreditFields"))]
 pub struct CreditPolicy {
     name: Arc<str>,
     capacity: u64,
@@ -205,10 +265,18 @@ struct CreditFields {
     refill: Option<(u64, Duration)>,
 }
 
+/// Deserialized policies pass the checks of [`CreditPolicy::new`] and
+/// [`CreditPolicy::with_refill`]: bad input is an error, never a panic later.
 #[cfg(feature = "serde")]
-impl From<CreditFields> for CreditPolicy {
-    fn from(fields: CreditFields) -> Self {
-        CreditPolicy::derived(fields.name, fields.capacity, fields.refill)
+impl TryFrom<CreditFields> for CreditPolicy {
+    type Error = PolicyError;
+
+    fn try_from(fields: CreditFields) -> Result<Self, PolicyError> {
+        let credits = CreditPolicy::new(&fields.name, fields.capacity)?;
+        match fields.refill {
+            Some((amount, interval)) => credits.with_refill(amount, interval),
+            None => Ok(credits),
+        }
     }
 }
 
@@ -223,11 +291,23 @@ impl fmt::Debug for CreditPolicy {
 }
 
 impl CreditPolicy {
+    /// The largest capacity, 999 999 999 999 999: the `RateLimit` fields
+    /// announce the balance as a structured-field integer, which has at
+    /// most 15 digits (RFC 9651).
+    pub const MAX_CAPACITY: u64 = MAX_FIELD_INTEGER;
+
     /// A balance of `capacity` credits that never refills.
+    ///
+    /// The name is 1 to 64 characters of `a-z`, `0-9`, `-`, `_` and `.`,
+    /// starting with a letter; `capacity` is at least 1 and at most
+    /// [`MAX_CAPACITY`](Self::MAX_CAPACITY).
     pub fn new(name: &str, capacity: u64) -> Result<Self, PolicyError> {
         validate_name(name)?;
         if capacity == 0 {
             return Err(PolicyError::Zero);
+        }
+        if capacity > Self::MAX_CAPACITY {
+            return Err(PolicyError::CapacityTooLarge);
         }
         Ok(Self::derived(name.into(), capacity, None))
     }
@@ -244,12 +324,18 @@ impl CreditPolicy {
     }
 
     /// Adds `amount` credits every `interval`, up to the capacity.
+    ///
+    /// `amount` is at least 1; `interval` is at least a second and at most
+    /// [`RatePolicy::MAX_WINDOW`] (100 years).
     pub fn with_refill(self, amount: u64, interval: Duration) -> Result<Self, PolicyError> {
         if amount == 0 {
             return Err(PolicyError::Zero);
         }
         if interval < Duration::from_secs(1) {
             return Err(PolicyError::WindowTooShort);
+        }
+        if interval > RatePolicy::MAX_WINDOW {
+            return Err(PolicyError::WindowTooLong);
         }
         Ok(Self::derived(
             self.name,
@@ -276,7 +362,9 @@ impl CreditPolicy {
     /// The time an empty balance takes to fill up, if it refills.
     pub fn time_to_fill(&self) -> Option<Duration> {
         let (amount, interval) = self.refill?;
-        let steps = self.capacity.div_ceil(amount);
+        // The amount is at least 1 (see `with_refill`); `max` only spares
+        // the division any doubt.
+        let steps = self.capacity.div_ceil(amount.max(1));
         Some(interval.saturating_mul(u32::try_from(steps).unwrap_or(u32::MAX)))
     }
 }
@@ -308,8 +396,11 @@ impl Policy {
     /// keeps this word, not a copy of the policy, to tell a key's
     /// policies apart and to notice that a tier changed. Names come from
     /// the operator, not from clients, so a fast non-cryptographic mix is
-    /// enough; a collision (2^-64 for two given policies) would let two
-    /// policies of one key share a state.
+    /// enough. A collision (about 2^-64 for two given policies) between two
+    /// policies of one key would make two rates, or a tier's old and new
+    /// credit policy, share one state; between a rate and a credit policy,
+    /// the limiter would find a state of the wrong kind and fail the check
+    /// with a backend error (`503`, unless `insecure_fail_open`).
     pub(crate) fn fingerprint(&self) -> u64 {
         match self {
             Policy::Rate(rate) => rate.fingerprint,
@@ -337,7 +428,9 @@ impl Policy {
             Policy::Credits(credits) => {
                 let _ = write!(out, "\"{}\";q={}", credits.name, credits.capacity);
                 match credits.time_to_fill() {
-                    Some(fill) => write!(out, ";w={}", whole_seconds(fill)),
+                    // Up to 100 years times the capacity: more digits than
+                    // a structured-field integer may have.
+                    Some(fill) => write!(out, ";w={}", whole_seconds(fill).min(MAX_FIELD_INTEGER)),
                     None => Ok(()),
                 }
             }
@@ -424,6 +517,12 @@ struct LimitsInner {
 }
 
 impl Limits {
+    /// The most policies one `Limits` holds. A limiter keeps the state of
+    /// a key's policies together (the [`MemoryLimiter`](super::MemoryLimiter)
+    /// at most 16 per key): 8 leaves room for the states of the old tier
+    /// while a key changes tiers.
+    pub const MAX_POLICIES: usize = 8;
+
     /// No limits.
     pub fn none() -> Self {
         Self(None)
@@ -431,10 +530,18 @@ impl Limits {
 
     /// These policies, checked in this order (a credit policy always
     /// last, so that credits are spent only on requests every rate allows).
+    ///
+    /// At most [`MAX_POLICIES`](Self::MAX_POLICIES) policies, with
+    /// distinct names, and at most one credit policy.
     pub fn new(policies: impl IntoIterator<Item = Policy>) -> Result<Self, PolicyError> {
         let mut policies: Vec<Policy> = policies.into_iter().collect();
         if policies.is_empty() {
             return Ok(Self::none());
+        }
+        if policies.len() > Self::MAX_POLICIES {
+            return Err(PolicyError::TooManyPolicies {
+                max: Self::MAX_POLICIES,
+            });
         }
         for (i, policy) in policies.iter().enumerate() {
             if policies[..i].iter().any(|p| p.name() == policy.name()) {
@@ -509,10 +616,9 @@ impl serde::Serialize for Limits {
 #[cfg(feature = "serde")]
 impl<'de> serde::Deserialize<'de> for Limits {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Each policy is checked as it is deserialized; `new` checks them
+        // together.
         let policies = Vec::<Policy>::deserialize(deserializer)?;
-        for policy in &policies {
-            validate_name(policy.name()).map_err(serde::de::Error::custom)?;
-        }
         Limits::new(policies).map_err(serde::de::Error::custom)
     }
 }
@@ -636,5 +742,173 @@ mod tests {
             .unwrap()
             .with_refill(1, Duration::ZERO)
             .is_err());
+    }
+
+    /// Beyond 100 years, GCRA's times would leave a `u64`, and saturated
+    /// they allowed every request.
+    #[test]
+    fn windows_longer_than_a_hundred_years_are_refused() {
+        let max = RatePolicy::MAX_WINDOW;
+        assert_eq!(max, Duration::from_secs(3_153_600_000));
+        for window in [
+            Duration::from_secs(u64::MAX),
+            Duration::from_secs(600 * 365 * 86_400),
+            max + Duration::from_nanos(1),
+        ] {
+            assert_eq!(
+                RatePolicy::new("lifetime", 100, window),
+                Err(PolicyError::WindowTooLong),
+                "{window:?}"
+            );
+        }
+        let century = RatePolicy::new("lifetime", 100, max).unwrap();
+        assert_eq!(century.period(), max / 100);
+        // A burst beyond the quota stretches the time a full burst takes
+        // to come back: `window * burst / quota`.
+        assert_eq!(
+            century.clone().with_burst(101),
+            Err(PolicyError::WindowTooLong)
+        );
+        assert_eq!(century.clone().with_burst(100).unwrap().burst(), 100);
+        let daily = RatePolicy::new("daily", 1, Duration::from_secs(86_400)).unwrap();
+        assert!(daily.clone().with_burst(36_500).is_ok());
+        assert_eq!(daily.with_burst(36_501), Err(PolicyError::WindowTooLong));
+        // Even the largest burst of the shortest period fits.
+        let fast = RatePolicy::new("fast", u32::MAX, Duration::from_secs(1)).unwrap();
+        assert_eq!(fast.period(), Duration::from_nanos(1));
+        assert!(fast.with_burst(u32::MAX).is_ok());
+
+        let credits = CreditPolicy::new("monthly", 10).unwrap();
+        assert_eq!(
+            credits.clone().with_refill(1, max + Duration::from_secs(1)),
+            Err(PolicyError::WindowTooLong)
+        );
+        assert!(credits.with_refill(1, max).is_ok());
+    }
+
+    /// `RateLimit` fields are structured-field integers: 15 digits at most.
+    #[test]
+    fn capacities_fit_a_structured_field_integer() {
+        assert_eq!(CreditPolicy::MAX_CAPACITY, 999_999_999_999_999);
+        assert_eq!(
+            CreditPolicy::new("a", 1_000_000_000_000_000),
+            Err(PolicyError::CapacityTooLarge)
+        );
+        assert_eq!(
+            CreditPolicy::new("a", u64::MAX),
+            Err(PolicyError::CapacityTooLarge)
+        );
+        // The largest balance, refilled one credit a century: its `w`
+        // would have 26 digits, and is clamped to 15.
+        let vast = CreditPolicy::new("vast", CreditPolicy::MAX_CAPACITY)
+            .unwrap()
+            .with_refill(1, RatePolicy::MAX_WINDOW)
+            .unwrap();
+        let limits = Limits::new([vast.into()]).unwrap();
+        assert_eq!(
+            limits.policy_header().unwrap(),
+            r#""vast";q=999999999999999;w=999999999999999"#
+        );
+    }
+
+    /// The memory limiter keeps at most 16 states per key; more policies
+    /// than that were silently never denied.
+    #[test]
+    fn at_most_eight_policies() {
+        let rates = |n: usize| -> Vec<Policy> {
+            (0..n)
+                .map(|i| {
+                    RatePolicy::new(&format!("p{i}"), 1, Duration::from_secs(3600))
+                        .unwrap()
+                        .into()
+                })
+                .collect()
+        };
+        assert_eq!(Limits::MAX_POLICIES, 8);
+        assert_eq!(Limits::new(rates(8)).unwrap().policies().len(), 8);
+        for n in [9, 17] {
+            assert_eq!(
+                Limits::new(rates(n)),
+                Err(PolicyError::TooManyPolicies { max: 8 })
+            );
+        }
+        let mut seven_and_credits = rates(7);
+        seven_and_credits.push(CreditPolicy::new("prepaid", 1).unwrap().into());
+        assert!(Limits::new(seven_and_credits.clone()).is_ok());
+        seven_and_credits.push(rates(8).pop().unwrap());
+        assert_eq!(
+            Limits::new(seven_and_credits),
+            Err(PolicyError::TooManyPolicies { max: 8 })
+        );
+    }
+}
+
+/// Deserialized policies pass the constructors' checks: bad input is an
+/// error, never a policy that panics or misbehaves later.
+#[cfg(all(test, feature = "serde"))]
+mod serde_tests {
+    use super::*;
+
+    fn error(json: &str) -> String {
+        match serde_json::from_str::<Limits>(json) {
+            Ok(limits) => panic!("accepted {json}: {limits:?}"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    /// The reviewer's input: a refill of zero credits divided by zero in
+    /// `time_to_fill` (while `Limits` rendered its header).
+    #[test]
+    fn a_zero_refill_amount_is_an_error_not_a_panic() {
+        let json = r#"[{"credits":{"name":"m","capacity":10,"refill":[0,{"secs":1,"nanos":0}]}}]"#;
+        let result = std::panic::catch_unwind(|| serde_json::from_str::<Limits>(json));
+        let error = result.expect("deserializing panicked").unwrap_err();
+        assert!(error.to_string().contains("at least 1"), "{error}");
+    }
+
+    #[test]
+    fn a_zero_quota_or_burst_is_an_error() {
+        for json in [
+            r#"[{"rate":{"name":"m","quota":0,"window":{"secs":1,"nanos":0},"burst":0}}]"#,
+            r#"[{"rate":{"name":"m","quota":0,"window":{"secs":1,"nanos":0},"burst":1}}]"#,
+            r#"[{"rate":{"name":"m","quota":1,"window":{"secs":1,"nanos":0},"burst":0}}]"#,
+            r#"[{"credits":{"name":"m","capacity":0,"refill":null}}]"#,
+        ] {
+            assert!(error(json).contains("at least 1"), "{json}");
+        }
+    }
+
+    #[test]
+    fn every_check_of_the_constructors_applies() {
+        let rate = |name: &str, quota: u32, secs: u64, burst: u32| {
+            format!(
+                r#"[{{"rate":{{"name":"{name}","quota":{quota},"window":{{"secs":{secs},"nanos":0}},"burst":{burst}}}}}]"#
+            )
+        };
+        assert!(error(&rate("Bad", 1, 1, 1)).contains("policy names"));
+        assert!(error(&rate("m", 1, 0, 1)).contains("at least one second"));
+        assert!(error(&rate("m", 100, u64::MAX, 100)).contains("100 years"));
+        assert!(error(&rate("m", 1, 86_400, 36_501)).contains("100 years"));
+        assert!(
+            error(r#"[{"credits":{"name":"m","capacity":1000000000000000,"refill":null}}]"#)
+                .contains("999999999999999")
+        );
+        assert!(error(
+            r#"[{"credits":{"name":"m","capacity":1,"refill":[1,{"secs":3153600001,"nanos":0}]}}]"#
+        )
+        .contains("100 years"));
+        let nine = (0..9)
+            .map(|i| rate(&format!("p{i}"), 1, 1, 1))
+            .map(|one| one[1..one.len() - 1].to_owned())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(error(&format!("[{nine}]")).contains("at most 8 policies"));
+        // What is valid still reads back.
+        let limits: Limits = serde_json::from_str(&rate("m", 10, 60, 2)).unwrap();
+        let Policy::Rate(rate) = &limits.policies()[0] else {
+            panic!("{limits:?}")
+        };
+        assert_eq!((rate.quota(), rate.burst()), (10, 2));
+        assert_eq!(rate.period(), Duration::from_secs(6));
     }
 }
