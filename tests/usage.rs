@@ -706,6 +706,164 @@ async fn a_partial_batch_is_exported_after_the_interval() {
     assert_eq!(keep.0.lock().unwrap().len(), 1);
 }
 
+fn issued() -> UsageEvent {
+    let id: KeyId = "abcdefABCDEF".parse().unwrap();
+    UsageEvent::lifecycle(Lifecycle::Issued, id, "acme", SystemTime::now())
+}
+
+/// Fails the test instead of hanging it.
+async fn within_a_second<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(1), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hangs"))
+}
+
+#[tokio::test]
+async fn a_worker_dropped_before_it_ran_stops_the_sink() {
+    let keep = Keep::default();
+    let (sink, worker) = BatchingSink::builder(keep.clone()).build();
+    sink.record(issued());
+    drop(worker);
+    // What it held is counted, and later events are refused and counted.
+    assert_eq!(sink.dropped(), 1);
+    sink.record(issued());
+    assert_eq!(sink.dropped(), 2);
+    assert_eq!(sink.queued(), 0);
+    within_a_second("flush", sink.flush()).await;
+    within_a_second("shutdown", sink.shutdown()).await;
+    assert_eq!(keep.events(), 0);
+}
+
+#[test]
+fn a_runtime_dropped_before_the_worker_ran_stops_the_sink() {
+    let keep = Keep::default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let sink = {
+        let _entered = runtime.enter();
+        BatchingSink::builder(keep.clone()).spawn()
+    };
+    sink.record(issued());
+    // The spawned worker never ran; shutting the runtime down drops it.
+    drop(runtime);
+    assert_eq!(sink.dropped(), 1);
+    sink.record(issued());
+    assert_eq!(sink.dropped(), 2);
+    let other = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    other.block_on(async {
+        within_a_second("flush", sink.flush()).await;
+        within_a_second("shutdown", sink.shutdown()).await;
+    });
+    assert_eq!(keep.events(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_lost_mid_export_is_counted_and_flush_returns() {
+    let exported = Arc::new(Mutex::new(0));
+    let (sink, worker) = BatchingSink::builder(Stuck(Arc::clone(&exported)))
+        .capacity(8)
+        .max_batch(2)
+        .build();
+    let worker = tokio::spawn(worker);
+    for _ in 0..3 {
+        sink.record(issued());
+    }
+    let flush = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.flush().await }
+    });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    // Two events are in the exporter's hands, one waits.
+    assert_eq!(*exported.lock().unwrap(), 2);
+    assert_eq!(sink.queued(), 1);
+    assert_eq!(sink.dropped(), 0);
+    // The runtime drops the worker mid-export (as at shutdown).
+    worker.abort();
+    assert!(worker.await.unwrap_err().is_cancelled());
+    assert_eq!(sink.dropped(), 3);
+    within_a_second("flush", flush).await.unwrap();
+    within_a_second("shutdown", sink.shutdown()).await;
+}
+
+/// An exporter that panics.
+struct Panics;
+
+#[async_trait::async_trait]
+impl UsageExporter for Panics {
+    async fn export(&mut self, _: Vec<UsageEvent>) {
+        panic!("exporter failed (expected by the test)");
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_exporter_counts_its_batch_as_dropped() {
+    let (sink, worker) = BatchingSink::builder(Panics).max_batch(2).build();
+    let worker = tokio::spawn(worker);
+    for _ in 0..3 {
+        sink.record(issued());
+    }
+    within_a_second("flush", sink.flush()).await;
+    assert!(worker.await.unwrap_err().is_panic());
+    assert_eq!(sink.dropped(), 3);
+    sink.record(issued());
+    assert_eq!(sink.dropped(), 4);
+}
+
+/// A `max_batch` as large as the capacity: the sink exports before it is
+/// full instead of waiting for a batch it can never hold (reviewer's probe).
+#[tokio::test(start_paused = true)]
+async fn a_batch_as_large_as_the_capacity_is_exported_before_the_sink_fills() {
+    let keep = Keep::default();
+    let sink = BatchingSink::builder(keep.clone())
+        .capacity(100)
+        .max_batch(100)
+        .interval(Duration::from_secs(3600))
+        .spawn();
+    for _ in 0..1000 {
+        sink.record(issued());
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sink.dropped() < 100, "dropped {}", sink.dropped());
+    assert!(keep.events() >= 900, "exported {}", keep.events());
+    assert!(keep.0.lock().unwrap().iter().all(|b| b.len() <= 100));
+}
+
+/// The same from several threads: no single stripe reaches its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_as_large_as_the_capacity_from_many_threads() {
+    let keep = Keep::default();
+    let sink = BatchingSink::builder(keep.clone())
+        .capacity(100)
+        .max_batch(100)
+        .interval(Duration::from_secs(3600))
+        .spawn();
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                for _ in 0..250 {
+                    sink.record(issued());
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(sink.dropped() < 100, "dropped {}", sink.dropped());
+    assert!(keep.events() >= 900, "exported {}", keep.events());
+}
+
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 

@@ -28,6 +28,13 @@ pub struct AggregatingSink {
     inner: Arc<Inner>,
 }
 
+/// The counters of one aggregate.
+///
+/// Entries of `keys` are never removed or replaced: each thread's
+/// [`RECENT_KEYS`] keeps `Arc`s to counters and counts into them without
+/// looking in the map. Anything that removes or resets a key must first
+/// make those caches miss (for example by giving the aggregate a new `id`),
+/// or counts would go to counters the map no longer holds.
 struct Inner {
     /// Entries are never removed or replaced, so a thread may keep a key's
     /// `Arc` in [`RECENT_KEYS`] and count into it without a look-up.

@@ -72,18 +72,29 @@ pub trait UsageExporter: Send + 'static {
 ///
 /// [`record`](UsageSink::record) never waits, and costs about one
 /// uncontended lock: each thread appends to one of a few buffers (stripes),
-/// so threads do not contend with each other, and the worker is woken only
-/// when a buffer holds a batch's worth of events, not per event. When the
-/// sink holds [`capacity`](BatchingSinkBuilder::capacity) events that the
-/// exporter has not taken yet, new events are dropped and
+/// so threads do not contend with each other, and the worker is woken a
+/// few times a batch, not per event. When the sink holds
+/// [`capacity`](BatchingSinkBuilder::capacity) events that the exporter has
+/// not taken yet, new events are dropped and
 /// [`dropped`](BatchingSink::dropped) goes up.
 /// [`flush`](UsageSink::flush) waits until everything recorded before it
 /// has been exported; [`shutdown`](BatchingSink::shutdown) does the same
 /// and stops the task; when the last clone of the sink is dropped, the task
-/// exports what is left and stops. A batch is exported when
-/// [`max_batch`](BatchingSinkBuilder::max_batch) events are waiting, or
-/// about [`interval`](BatchingSinkBuilder::interval) after the first of
-/// them.
+/// exports what is left and stops.
+///
+/// Events are exported in batches of at most
+/// [`max_batch`](BatchingSinkBuilder::max_batch): as soon as about
+/// `max_batch` events are waiting, or half the capacity if that is fewer
+/// (so that the sink never fills up waiting for a full batch), else about
+/// [`interval`](BatchingSinkBuilder::interval) after the first of them.
+///
+/// If the task stops without finishing (its runtime shut down, the
+/// [`BatchWorker`] was dropped, or the exporter panicked), the events it
+/// had not exported, including a batch the exporter had not returned from,
+/// are counted in [`dropped`](BatchingSink::dropped), later events are
+/// dropped, and flushes and shutdowns return at once. A `flush` that
+/// returns has then not exported everything: compare
+/// [`dropped`](BatchingSink::dropped) before and after if that matters.
 ///
 /// Events recorded on one thread are exported in order; events from
 /// different threads may be exported in any order among themselves.
@@ -122,9 +133,16 @@ struct Core {
     grant: usize,
     /// The buffer length at which a recorder wakes the worker.
     wake_at: usize,
+    /// How many events waiting overall make the worker export without
+    /// waiting for the interval: a batch, or half the capacity if fewer.
+    /// A recorder whose grant takes [`Core::reserved`] across it wakes the
+    /// worker, so that the sink does not fill up while stripes each hold
+    /// less than [`Core::wake_at`].
+    export_at: usize,
     max_batch: usize,
     dropped: AtomicU64,
-    /// Events the worker holds, not yet handed to the exporter.
+    /// Events the worker holds, not yet handed to the exporter (a batch
+    /// being exported is counted by [`Stopped`] instead).
     held: AtomicUsize,
     /// Set by the worker when every buffer was empty: the next event wakes
     /// it (to start the interval), instead of only a full buffer.
@@ -191,6 +209,7 @@ impl Core {
             // capacity, so that buffers never fill up waiting for the
             // interval.
             wake_at: max_batch.min(capacity / (stripes * 2)).max(1),
+            export_at: max_batch.min(capacity / 2).max(1),
             max_batch,
             dropped: AtomicU64::new(0),
             held: AtomicUsize::new(0),
@@ -205,13 +224,14 @@ impl Core {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes room for up to `grant` events; 0 when the sink is full.
-    fn reserve(&self) -> usize {
+    /// Takes room for up to `grant` events (0 when the sink is full), and
+    /// tells whether that took the total across [`Core::export_at`].
+    fn reserve(&self) -> (usize, bool) {
         let mut reserved = self.reserved.load(Ordering::Relaxed);
         loop {
             let take = self.capacity.saturating_sub(reserved).min(self.grant);
             if take == 0 {
-                return 0;
+                return (0, false);
             }
             match self.reserved.compare_exchange_weak(
                 reserved,
@@ -219,7 +239,10 @@ impl Core {
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return take,
+                Ok(_) => {
+                    let crossed = reserved < self.export_at && reserved + take >= self.export_at;
+                    return (take, crossed);
+                }
                 Err(now) => reserved = now,
             }
         }
@@ -249,7 +272,10 @@ impl Core {
             requests.waiting.push((request, ack));
         }
         self.wake.notify_one();
-        // An error means the worker was dropped: nothing left to wait for.
+        // The worker answers once the events recorded before are exported;
+        // if it stops first, its `Stopped` guard answers, after counting
+        // what it did not export. An error (the answer dropped unsent)
+        // would also mean the worker is gone: nothing left to wait for.
         let _ = done.await;
     }
 
@@ -360,6 +386,8 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
     }
 
     /// The largest batch handed to the exporter (default 512, at least 1).
+    /// Events are exported as soon as this many wait, or half the
+    /// [`capacity`](Self::capacity) if that is fewer.
     pub fn max_batch(mut self, max_batch: usize) -> Self {
         self.max_batch = max_batch.max(1);
         self
@@ -380,7 +408,15 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
             }),
         };
         let worker = BatchWorker {
-            future: Box::pin(run(core, self.exporter, self.interval)),
+            future: Box::pin(run(
+                Stopped {
+                    core,
+                    exporting: 0,
+                    answers: Vec::new(),
+                },
+                self.exporter,
+                self.interval,
+            )),
         };
         (sink, worker)
     }
@@ -397,39 +433,63 @@ impl<E: UsageExporter> BatchingSinkBuilder<E> {
     }
 }
 
-/// Marks the sink stopped when the worker ends, also when its task is
-/// dropped without finishing (the runtime shut down): events are dropped
-/// from then on, and flushes return at once.
-struct Stopped<'a>(&'a Core);
+/// Marks the sink stopped when the worker ends, also when its future is
+/// dropped without finishing, even before its first poll (the
+/// [`BatchWorker`] dropped, the runtime shut down) or when the exporter
+/// panics: the stripes refuse events from then on, the events not exported
+/// are counted as dropped, and flushes and shutdowns are answered.
+///
+/// It is an argument of [`run`], not a local, because an async fn's
+/// arguments are dropped with its future even if it was never polled.
+struct Stopped {
+    core: Arc<Core>,
+    /// Events handed to the exporter that it has not returned from: lost if
+    /// it never does (it may have delivered some; they count as dropped).
+    exporting: usize,
+    /// Flushes and shutdowns the worker took on, answered once the events
+    /// recorded before them are exported (or counted as dropped).
+    answers: Vec<oneshot::Sender<()>>,
+}
 
-impl Drop for Stopped<'_> {
+impl Drop for Stopped {
     fn drop(&mut self) {
-        let mut lost = 0;
-        for stripe in self.0.stripes.iter() {
-            let mut buffer = stripe.lock();
-            buffer.closed = true;
-            buffer.allowance = 0;
-            lost += buffer.events.len();
-            buffer.events = Vec::new();
+        let core = &*self.core;
+        let mut lost = std::mem::take(&mut self.exporting);
+        for stripe in core.stripes.iter() {
+            let events = {
+                let mut buffer = stripe.lock();
+                buffer.closed = true;
+                buffer.allowance = 0;
+                std::mem::take(&mut buffer.events)
+            };
+            // Dropped outside the lock: up to `capacity` events.
+            lost += events.len();
+            drop(events);
         }
-        lost += self.0.held.swap(0, Ordering::Relaxed);
+        lost += core.held.swap(0, Ordering::Relaxed);
         if lost > 0 {
-            self.0.count_dropped(lost as u64);
+            core.count_dropped(lost as u64);
         }
+        // Answered after counting, so that a flush that returns sees the
+        // drops in `dropped()`.
         let waiting = {
-            let mut requests = self.0.requests();
+            let mut requests = core.requests();
             requests.stopped = true;
             std::mem::take(&mut requests.waiting)
         };
-        for (_, ack) in waiting {
+        let answers = std::mem::take(&mut self.answers);
+        for ack in answers
+            .into_iter()
+            .chain(waiting.into_iter().map(|(_, ack)| ack))
+        {
             let _ = ack.send(());
         }
     }
 }
 
-async fn run<E: UsageExporter>(core: Arc<Core>, mut exporter: E, interval: Duration) {
+async fn run<E: UsageExporter>(mut stopped: Stopped, mut exporter: E, interval: Duration) {
+    let core = Arc::clone(&stopped.core);
     let core = &*core;
-    let _stopped = Stopped(core);
     let mut pending = VecDeque::new();
     let mut spare = Vec::new();
     // Set while events wait: when they must be exported, full batch or not.
@@ -445,21 +505,29 @@ async fn run<E: UsageExporter>(core: Arc<Core>, mut exporter: E, interval: Durat
         let requests = std::mem::take(&mut core.requests().waiting);
         let stop = core.sinks_gone.load(Ordering::Acquire)
             || requests.iter().any(|(r, _)| *r == Request::Shutdown);
+        let asked = !requests.is_empty();
+        stopped
+            .answers
+            .extend(requests.into_iter().map(|(_, ack)| ack));
+        // Read before draining: a full sink is exported at once, even if
+        // what it holds is less than `export_at` (grants not used yet).
+        let full = core.reserved.load(Ordering::Relaxed) >= core.capacity;
         core.drain(&mut pending, &mut spare, stop);
-        let due = stop
-            || !requests.is_empty()
-            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-        // A full batch goes at once; the rest waits for the deadline unless
-        // it is due.
-        while pending.len() >= core.max_batch || (due && !pending.is_empty()) {
+        let due =
+            stop || asked || full || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        // Enough for a batch (or half the capacity) goes at once; the rest
+        // waits for the deadline unless it is due.
+        while pending.len() >= core.export_at || (due && !pending.is_empty()) {
             let take = pending.len().min(core.max_batch);
             let batch: Vec<UsageEvent> = pending.drain(..take).collect();
             core.held.store(pending.len(), Ordering::Relaxed);
             core.reserved.fetch_sub(take, Ordering::Relaxed);
+            stopped.exporting = take;
             exporter.export(batch).await;
+            stopped.exporting = 0;
         }
         pending.shrink_to(2 * core.max_batch);
-        for (_, ack) in requests {
+        for ack in stopped.answers.drain(..) {
             let _ = ack.send(());
         }
         if stop {
@@ -490,22 +558,38 @@ impl UsageSink for BatchingSink {
         let core = &*self.shared.core;
         let stripe = &core.stripes[stripe::this_thread() & core.mask];
         let mut buffer = stripe.lock();
+        let mut crossed = false;
         if buffer.allowance == 0 {
-            buffer.allowance = if buffer.closed { 0 } else { core.reserve() };
-            if buffer.allowance == 0 {
+            if buffer.closed {
                 drop(buffer);
                 drop(event);
                 core.count_dropped(1);
                 return;
             }
+            let granted;
+            (granted, crossed) = core.reserve();
+            if granted == 0 {
+                drop(buffer);
+                drop(event);
+                core.count_dropped(1);
+                // Full: make sure the worker exports now rather than at
+                // the interval.
+                core.wake.notify_one();
+                return;
+            }
+            buffer.allowance = granted;
         }
         buffer.allowance -= 1;
         buffer.events.push(event);
         let buffered = buffer.events.len();
         drop(buffer);
-        // Wake the worker for a batch's worth, or for the first event after
-        // it went idle; never per event.
-        if buffered == core.wake_at || (buffered == 1 && core.idle.load(Ordering::SeqCst)) {
+        // Wake the worker when this buffer holds its share, when the sink
+        // as a whole holds about a batch, or for the first event after the
+        // worker went idle; never per event.
+        if crossed
+            || buffered == core.wake_at
+            || (buffered == 1 && core.idle.load(Ordering::SeqCst))
+        {
             core.wake.notify_one();
         }
     }

@@ -26,6 +26,13 @@ pub const DEFAULT_FIRST_USED_CAPACITY: usize = 100_000;
 ///
 /// Put it outermost, outside [`AuthLayer`](crate::auth::AuthLayer), so that
 /// it sees every answer, refusals included.
+///
+/// Each [`layer`](Layer::layer) call allocates a few copies of what the
+/// service shares (one per stripe: twice the next power of two of the
+/// available parallelism, at most 64; about 128 bytes each), so that
+/// threads do not contend on one reference count. Layer a service once and
+/// clone the service (clones share the copies), rather than calling
+/// `layer` per connection.
 #[must_use]
 pub struct UsageLayer<K> {
     sink: Arc<K>,
@@ -241,9 +248,15 @@ fn route_of<B>(request: &Request<B>) -> Option<Route> {
 /// A key that was seen is the common case, so each thread remembers the
 /// last few ids it found here (an exact, direct-mapped cache in a thread
 /// local): a hit costs a few instructions and touches no shared memory.
-/// Entries are tagged with `generation`, which changes whenever the set
-/// starts over and is unique to this set, so a cache never answers for
-/// another set or for a cleared one.
+/// Entries are tagged with `generation`, which is unique to this set and
+/// changes after the set is cleared. A thread reads the generation before
+/// the set, and the clearing thread publishes the new generation only once
+/// the set is cleared, so an entry tagged with the current generation was
+/// found in (or put into) the set after its last clear: it never answers
+/// for another set, nor for ids the last clear removed. (Between a clear
+/// and the new generation, a thread may still answer "seen" from its cache
+/// for an id the clear removed; that id is reported as first used by the
+/// next thread to miss its cache after the new generation is stored.)
 pub(crate) struct FirstSeen {
     set: papaya::HashSet<KeyId, KeyIdBuildHasher>,
     capacity: usize,
@@ -282,8 +295,9 @@ impl FirstSeen {
         if self.capacity == 0 {
             return false;
         }
-        // Read before the set, so that a cache entry written below never
-        // carries a generation newer than the set it describes.
+        // Read before the set (Acquire, pairing with the swap after a
+        // clear): the set read below is at least as new as this generation,
+        // so the entry written below never claims an id a clear removed.
         let generation = self.generation.load(Ordering::Acquire);
         let slot = (KeyIdBuildHasher.hash_one(id) as usize) & (RECENT - 1);
         let hit = RECENTLY_SEEN.with(|recent| recent[slot].get() == (generation, Some(id)));
@@ -301,9 +315,14 @@ impl FirstSeen {
             return false;
         }
         if set.len() >= self.capacity {
-            // Every thread's cache forgets this set before it is cleared.
-            self.generation.store(next_generation(), Ordering::Release);
+            // Clear first, then publish the new generation: a thread that
+            // sees the new generation then sees the cleared set, so it
+            // cannot cache an id the clear removed under the new generation.
+            // A swap, not a store: when two threads clear at once, the later
+            // swap reads the earlier, so the generation that stays is
+            // published after both clears.
             set.clear();
+            self.generation.swap(next_generation(), Ordering::AcqRel);
         }
         set.insert(id)
     }
