@@ -595,7 +595,7 @@ mod tests {
         let burst = rate("burst", 2, 60);
         let daily = rate("daily", 100, 86_400);
         let now = epoch_nanos(limiter.shared.clock.now());
-        assert!(allowed(&limiter, &[burst.clone()]));
+        assert!(allowed(&limiter, std::slice::from_ref(&burst)));
         let map = limiter.shared.states.map().pin();
         let borrowed = map.get(&id()).unwrap().find(burst.fingerprint()).unwrap();
         // Another request meets "daily" for the first time.
@@ -682,7 +682,7 @@ mod tests {
         assert!(allowed(&limiter, &[rate("new", 1, 3_600)]));
         assert!(long
             .iter()
-            .all(|policy| !allowed(&limiter, &[policy.clone()])));
+            .all(|policy| !allowed(&limiter, std::slice::from_ref(policy))));
     }
 
     #[test]
