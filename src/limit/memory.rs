@@ -1,12 +1,14 @@
-//! [`MemoryLimiter`]: limit state in this process; for each key, one small
-//! record holding the state of all its policies.
+//! [`MemoryLimiter`]: limit state in this process; for each key, the
+//! states of its policies, each in its own small allocation.
 
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use papaya::{Compute, Operation};
 
 use super::bounded::{BoundedMap, Expiring};
 use super::gcra::Outcome;
@@ -61,31 +63,43 @@ struct Shared {
     clock: Arc<dyn Clock>,
 }
 
-/// The state of one key's policies. Most keys have one rate policy: its
-/// state lives in the map's entry itself (no allocation of its own); a
-/// key with several policies keeps all of them in one allocation.
+/// The state of one key's policies. Each policy's state lives in its own
+/// allocation; the key's entry holds pointers to them. Adding a policy
+/// publishes a new list of the same pointers, so a check that borrowed a
+/// state from the old list still spends on the state the key keeps: a
+/// state is never copied, and no spend is lost.
 enum KeyState {
-    OneRate(RateState),
+    /// Most keys: one rate policy.
+    OneRate(Arc<RateState>),
+    /// In the order they were added, oldest first.
     Many(Box<[Slot]>),
 }
 
-/// Keeps 16 bytes per key and rate policy, not a copy of the policy: the
-/// policy comes with every check, and its fingerprint says whether this
-/// state was made for it.
+/// One policy's state, shared by every version of its key's list.
+#[derive(Clone)]
 enum Slot {
-    Rate(RateState),
-    Credits(CreditState),
+    Rate(Arc<RateState>),
+    Credits(Arc<CreditState>),
 }
 
+/// Keeps 24 bytes (a 48-byte allocation with its counts) per key and rate
+/// policy, not a copy of the policy: the policy comes with every check,
+/// and its fingerprint says whether this state was made for it.
 struct RateState {
     fingerprint: u64,
+    /// A hash of the policy's name: when a key has too many states, one
+    /// whose policy a tier change replaced (same name) goes first.
+    name: u64,
     /// GCRA's theoretical arrival time, nanoseconds since the epoch; the
     /// policy is full again (and the state forgettable) once it has passed.
+    /// 0 until the first spend.
     tat: AtomicU64,
 }
 
 struct CreditState {
     fingerprint: u64,
+    /// See [`RateState::name`].
+    name: u64,
     /// Credits are rarer than rates and change two numbers at once:
     /// held for a few arithmetic steps; only this key's requests wait.
     balance: Mutex<Balance>,
@@ -96,12 +110,17 @@ struct Balance {
     credits: u64,
     /// When the last refill step happened (nanoseconds since the epoch).
     refilled_at: u64,
-    /// When the balance is full again (`u64::MAX`: never, no refill).
+    /// When the balance is full again (`u64::MAX`: never, no refill; 0
+    /// until the first debit).
     restored_at: u64,
 }
 
-/// A key tracks at most this many policies; past it, the oldest states
-/// go (a key that changes tiers often keeps only its recent ones).
+/// A key keeps at most this many states (a tier change adds its new
+/// policies beside the old ones). Past it, states go in this order: those
+/// of a policy with the new one's name (which the tier change replaced),
+/// idle ones, then the oldest rates; never a balance, which would restart
+/// full. `Limits` of up to half this many policies always fit with those
+/// of the previous tier.
 const MAX_SLOTS: usize = 16;
 
 impl Expiring for KeyState {
@@ -161,26 +180,48 @@ impl MemoryLimiter {
         let now = epoch_nanos(shared.clock.now());
         let fingerprint = policy.fingerprint();
         let map = shared.states.map().pin();
+        let state = map.get(id);
         // The common case borrows the state from the pinned map.
-        if let Some(slot) = map.get(id).and_then(|state| state.find(fingerprint)) {
+        if let Some(slot) = state.and_then(|state| state.find(fingerprint)) {
             return slot.decide(policy, cost, now);
         }
-        if map.get(id).is_none() {
+        if cost == 0 {
+            // Nothing to spend: what a fresh state would say, making none.
+            return Ok(fresh_verdict(policy));
+        }
+        if state.is_none() {
             shared.states.make_room(now);
         }
-        let state = map.update_or_insert_with(
-            *id,
-            |state| state.with(Slot::new(policy, fingerprint, now), now),
-            || KeyState::from_slots(vec![Slot::new(policy, fingerprint, now)]),
-        );
-        match state.find(fingerprint) {
-            Some(slot) => slot.decide(policy, cost, now),
-            // `with` always keeps the slot it is given, so this is not
-            // reached; a fresh slot is what a just-evicted key would get.
-            None => Slot::new(policy, fingerprint, now)
-                .as_ref()
-                .decide(policy, cost, now),
-        }
+        let added = Slot::new(policy, fingerprint, now);
+        let outcome = map.compute(*id, |entry| match entry {
+            Some((_, state)) => match state.find(fingerprint) {
+                // Another request of this key added it meanwhile.
+                Some(slot) => Operation::Abort(slot),
+                None => Operation::Insert(state.with(added.clone(), now)),
+            },
+            None => Operation::Insert(KeyState::from_slots(vec![added.clone()])),
+        });
+        let slot = match outcome {
+            Compute::Aborted(slot) => slot,
+            Compute::Inserted(_, state)
+            | Compute::Updated {
+                new: (_, state), ..
+            } => {
+                // `with` always keeps the slot it is given.
+                state.find(fingerprint).unwrap_or_else(|| added.as_ref())
+            }
+            // Never asked for.
+            Compute::Removed(..) => added.as_ref(),
+        };
+        slot.decide(policy, cost, now)
+    }
+}
+
+/// The verdict of a check of cost 0 on a policy the key has no state for.
+fn fresh_verdict(policy: &Policy) -> Verdict {
+    match policy {
+        Policy::Rate(rate) => Verdict::allowed(u64::from(rate.burst()), Duration::ZERO),
+        Policy::Credits(credits) => Verdict::allowed(credits.capacity(), Duration::ZERO),
     }
 }
 
@@ -203,36 +244,34 @@ impl KeyState {
         }
     }
 
-    /// This state with `slot` added. States that are idle are left out
-    /// (forgetting them changes nothing), and so are, past
-    /// [`MAX_SLOTS`], the oldest: a tier that changed leaves its old
-    /// policies behind, to be forgotten once idle.
-    ///
-    /// The others are copied: a check that spends on the old state while
-    /// this one is being published is lost. That happens only when a key
-    /// meets a policy it has no state for, with another request of that
-    /// key in flight, and costs at most those requests.
-    fn with(&self, slot: Slot, now: u64) -> KeyState {
-        if self.find(slot.fingerprint()).is_some() {
-            return self.copy();
-        }
-        let kept: Vec<Slot> = match self {
-            KeyState::OneRate(rate) => (!rate.is_idle(now))
-                .then(|| Slot::Rate(rate.copy()))
-                .into_iter()
-                .collect(),
-            KeyState::Many(slots) => slots
-                .iter()
-                .filter(|slot| !slot.is_idle(now))
-                .map(Slot::copy)
-                .collect(),
+    /// This key's states with `added` (of a policy it has none for) after
+    /// them. Idle states that have been used are left out: forgetting them
+    /// changes nothing. (A check that borrowed one just then spends on a
+    /// state no longer kept: it costs that check's spend, at most once per
+    /// request in flight, only when a key back from idle meets a new
+    /// policy. Never-used ones stay: the request that made one is about
+    /// to spend on it.) Past [`MAX_SLOTS`], states go in the order it
+    /// gives; the others are shared, not copied.
+    fn with(&self, added: Slot, now: u64) -> KeyState {
+        let mut slots: Vec<Slot> = match self {
+            KeyState::OneRate(rate) => vec![Slot::Rate(Arc::clone(rate))],
+            KeyState::Many(slots) => slots.to_vec(),
         };
-        let skip = kept.len().saturating_sub(MAX_SLOTS - 1);
-        let slots: Vec<Slot> = kept
-            .into_iter()
-            .skip(skip)
-            .chain(std::iter::once(slot))
-            .collect();
+        slots.retain(|slot| !(slot.is_used() && slot.is_idle(now)));
+        if slots.len() >= MAX_SLOTS {
+            slots.retain(|slot| slot.name() != added.name());
+        }
+        if slots.len() >= MAX_SLOTS {
+            slots.retain(|slot| !slot.is_idle(now));
+        }
+        while slots.len() >= MAX_SLOTS {
+            match slots.iter().position(|slot| matches!(slot, Slot::Rate(_))) {
+                Some(oldest) => drop(slots.remove(oldest)),
+                // Only balances: kept, whatever their number.
+                None => break,
+            }
+        }
+        slots.push(added);
         KeyState::from_slots(slots)
     }
 
@@ -243,30 +282,26 @@ impl KeyState {
             Err(slots) => KeyState::Many(slots.into_boxed_slice()),
         }
     }
-
-    fn copy(&self) -> KeyState {
-        match self {
-            KeyState::OneRate(rate) => KeyState::OneRate(rate.copy()),
-            KeyState::Many(slots) => KeyState::Many(slots.iter().map(Slot::copy).collect()),
-        }
-    }
 }
 
 impl Slot {
     fn new(policy: &Policy, fingerprint: u64, now: u64) -> Self {
+        let name = name_hash(policy.name());
         match policy {
-            Policy::Rate(_) => Slot::Rate(RateState {
+            Policy::Rate(_) => Slot::Rate(Arc::new(RateState {
                 fingerprint,
+                name,
                 tat: AtomicU64::new(0),
-            }),
-            Policy::Credits(credits) => Slot::Credits(CreditState {
+            })),
+            Policy::Credits(credits) => Slot::Credits(Arc::new(CreditState {
                 fingerprint,
+                name,
                 balance: Mutex::new(Balance {
                     credits: credits.capacity(),
                     refilled_at: now,
-                    restored_at: now,
+                    restored_at: 0,
                 }),
-            }),
+            })),
         }
     }
 
@@ -274,6 +309,13 @@ impl Slot {
         match self {
             Slot::Rate(rate) => rate.fingerprint,
             Slot::Credits(credits) => credits.fingerprint,
+        }
+    }
+
+    fn name(&self) -> u64 {
+        match self {
+            Slot::Rate(rate) => rate.name,
+            Slot::Credits(credits) => credits.name,
         }
     }
 
@@ -291,27 +333,26 @@ impl Slot {
         }
     }
 
-    fn copy(&self) -> Slot {
+    /// Whether anything was ever spent on this state.
+    fn is_used(&self) -> bool {
         match self {
-            Slot::Rate(rate) => Slot::Rate(rate.copy()),
-            Slot::Credits(credits) => Slot::Credits(CreditState {
-                fingerprint: credits.fingerprint,
-                balance: Mutex::new(*credits.balance()),
-            }),
+            Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) != 0,
+            Slot::Credits(credits) => credits.balance().restored_at != 0,
         }
     }
+}
+
+/// A policy name's hash, made when its state is: the policy itself
+/// exposes only its fingerprint, which changes with its parameters.
+fn name_hash(name: &str) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl RateState {
     fn is_idle(&self, now: u64) -> bool {
         self.tat.load(Ordering::Relaxed) <= now
-    }
-
-    fn copy(&self) -> RateState {
-        RateState {
-            fingerprint: self.fingerprint,
-            tat: AtomicU64::new(self.tat.load(Ordering::Acquire)),
-        }
     }
 }
 
@@ -347,10 +388,21 @@ fn decide_rate(
     cost: u32,
     now: u64,
 ) -> Result<Verdict, LimitError> {
-    if cost == 0 {
-        return Ok(Verdict::allowed(u64::from(rate.burst()), Duration::ZERO));
-    }
     let gcra = rate.gcra();
+    if cost == 0 {
+        // Nothing to spend: what one unit would find, without spending it
+        // (GCRA's own arithmetic, on a copy of the state).
+        let probe = AtomicU64::new(state.tat.load(Ordering::Acquire));
+        let remaining = match gcra.check(&probe, 1, now) {
+            Outcome::Allowed { remaining } => remaining.saturating_add(1),
+            Outcome::Denied { .. } | Outcome::TooHigh => 0,
+        };
+        let spent = rate.burst().saturating_sub(remaining);
+        return Ok(Verdict::allowed(
+            u64::from(remaining),
+            gcra.period().saturating_mul(spent),
+        ));
+    }
     match gcra.check(&state.tat, cost, now) {
         Outcome::Allowed { remaining } => {
             let spent = rate.burst().saturating_sub(remaining);
@@ -462,13 +514,18 @@ impl Limiter for MemoryLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Barrier;
+
     use crate::clock::FakeClock;
-    use crate::limit::RatePolicy;
+    use crate::limit::{Limits, RatePolicy};
 
     #[test]
-    fn a_key_with_one_rate_policy_needs_no_allocation_of_its_own() {
-        // With the 12-byte id, a 40-byte map entry: 48 bytes from malloc.
+    fn a_key_state_is_small() {
+        // With the 12-byte id, a 40-byte map entry: 48 bytes from malloc
+        // (and, for one rate policy, its 48-byte state).
         assert!(std::mem::size_of::<KeyState>() <= 24);
+        assert!(std::mem::size_of::<RateState>() <= 24);
     }
 
     #[test]
@@ -502,5 +559,174 @@ mod tests {
             Some(KeyState::Many(slots)) => assert_eq!(slots.len(), 2),
             _ => panic!("expected the balance and the new burst"),
         }
+    }
+
+    fn id() -> KeyId {
+        "abcdefghijkl".parse().unwrap()
+    }
+
+    fn rate(name: &str, quota: u32, window_secs: u64) -> Policy {
+        Policy::from(RatePolicy::new(name, quota, Duration::from_secs(window_secs)).unwrap())
+    }
+
+    fn allowed(limiter: &MemoryLimiter, policies: &[Policy]) -> bool {
+        policies.iter().all(|policy| {
+            limiter
+                .check_immediate(&id(), policy, 1)
+                .unwrap()
+                .unwrap()
+                .is_allowed()
+        })
+    }
+
+    fn slot_count(limiter: &MemoryLimiter) -> usize {
+        match limiter.shared.states.map().pin().get(&id()) {
+            None => 0,
+            Some(KeyState::OneRate(_)) => 1,
+            Some(KeyState::Many(slots)) => slots.len(),
+        }
+    }
+
+    /// The race of a request that borrowed a state while another request
+    /// of its key added a policy: its spend still counts.
+    #[test]
+    fn a_spend_on_a_borrowed_state_counts_after_a_policy_is_added() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let burst = rate("burst", 2, 60);
+        let daily = rate("daily", 100, 86_400);
+        let now = epoch_nanos(limiter.shared.clock.now());
+        assert!(allowed(&limiter, std::slice::from_ref(&burst)));
+        let map = limiter.shared.states.map().pin();
+        let borrowed = map.get(&id()).unwrap().find(burst.fingerprint()).unwrap();
+        // Another request meets "daily" for the first time.
+        assert!(allowed(&limiter, &[daily]));
+        // The first one, still holding the state it borrowed, spends.
+        assert!(borrowed.decide(&burst, 1, now).unwrap().is_allowed());
+        assert!(!allowed(&limiter, &[burst]), "a spend was lost");
+    }
+
+    /// The same with a state just made (never spent on, so idle): adding
+    /// another policy keeps it.
+    #[test]
+    fn a_state_not_yet_spent_on_survives_a_policy_being_added() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let burst = rate("burst", 1, 60);
+        let now = epoch_nanos(limiter.shared.clock.now());
+        let map = limiter.shared.states.map().pin();
+        map.insert(
+            id(),
+            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now)]),
+        );
+        let borrowed = map.get(&id()).unwrap().find(burst.fingerprint()).unwrap();
+        assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
+        assert!(borrowed.decide(&burst, 1, now).unwrap().is_allowed());
+        assert!(!allowed(&limiter, &[burst]), "a spend was lost");
+    }
+
+    #[test]
+    fn concurrent_first_requests_of_a_key_never_overshoot() {
+        let limits = Limits::new([
+            rate("burst", 10, 60),
+            rate("daily", 100_000, 86_400),
+            CreditPolicy::new("prepaid", 1_000_000).unwrap().into(),
+        ])
+        .unwrap();
+        let threads = 8;
+        for round in 0..60u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(threads);
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        for _ in 0..4 {
+                            if self::allowed(&limiter, limits.policies()) {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            let allowed = allowed.load(Ordering::Relaxed);
+            assert_eq!(allowed, 10, "burst 10, round {round}: {allowed} allowed");
+        }
+    }
+
+    #[test]
+    fn a_tier_change_at_the_cap_keeps_the_other_policies() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let old: Vec<Policy> = (0..MAX_SLOTS)
+            .map(|i| rate(&format!("p{i}"), 50, 86_400))
+            .collect();
+        assert!(allowed(&limiter, &old));
+        // The new tier changes the last policy's quota.
+        let mut new = old[..MAX_SLOTS - 1].to_vec();
+        new.push(rate(&format!("p{}", MAX_SLOTS - 1), 51, 86_400));
+        let passed = (0..100).filter(|_| allowed(&limiter, &new)).count();
+        assert_eq!(passed, 49, "quota 50, one spent");
+        assert_eq!(slot_count(&limiter), MAX_SLOTS);
+    }
+
+    #[test]
+    fn past_the_cap_idle_states_go_before_active_ones() {
+        let clock = FakeClock::default();
+        let limiter = MemoryLimiter::new().with_clock(clock.clone());
+        let short: Vec<Policy> = (0..8).map(|i| rate(&format!("s{i}"), 1, 1)).collect();
+        let long: Vec<Policy> = (0..8).map(|i| rate(&format!("l{i}"), 1, 3_600)).collect();
+        assert!(allowed(&limiter, &short));
+        assert!(allowed(&limiter, &long));
+        assert_eq!(slot_count(&limiter), MAX_SLOTS);
+        clock.advance(Duration::from_secs(2));
+        // The short windows are idle now: they go, the hourly ones stay.
+        assert!(allowed(&limiter, &[rate("new", 1, 3_600)]));
+        assert!(long
+            .iter()
+            .all(|policy| !allowed(&limiter, std::slice::from_ref(policy))));
+    }
+
+    #[test]
+    fn past_the_cap_a_balance_is_never_dropped() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        // More policies than the cap, checked one by one as a key's
+        // successive tiers could leave them (`Limits` itself refuses more
+        // than eight): the rates cannot all be kept, the one prepaid credit is.
+        let mut policies = vec![Policy::from(CreditPolicy::new("prepaid", 1).unwrap())];
+        policies.extend((0..MAX_SLOTS).map(|i| rate(&format!("p{i}"), 1_000, 3_600)));
+        let passed = (0..100).filter(|_| allowed(&limiter, &policies)).count();
+        assert_eq!(passed, 1, "one prepaid credit");
+        assert!(slot_count(&limiter) <= MAX_SLOTS);
+    }
+
+    #[test]
+    fn cost_zero_reads_the_state_and_makes_none() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let (a, b) = (rate("a", 5, 1), rate("b", 5, 1));
+        let credits = Policy::from(CreditPolicy::new("prepaid", 10).unwrap());
+        let peek = |policy: &Policy| limiter.check_immediate(&id(), policy, 0).unwrap().unwrap();
+        for policy in [&a, &credits] {
+            let verdict = peek(policy);
+            assert!(verdict.is_allowed());
+            assert_eq!(verdict.reset(), Duration::ZERO);
+        }
+        assert_eq!(peek(&a).remaining(), 5);
+        assert_eq!(peek(&credits).remaining(), 10);
+        assert_eq!(limiter.tracked_keys(), 0);
+
+        assert!(allowed(
+            &limiter,
+            &[a.clone(), a.clone(), b.clone(), credits.clone()]
+        ));
+        let map = limiter.shared.states.map().pin();
+        let before: *const KeyState = map.get(&id()).unwrap();
+        for _ in 0..10 {
+            assert_eq!(peek(&a).remaining(), 3);
+            assert_eq!(peek(&a).reset(), Duration::from_millis(400));
+            assert_eq!(peek(&b).remaining(), 4);
+            assert_eq!(peek(&credits).remaining(), 9);
+        }
+        let after: *const KeyState = map.get(&id()).unwrap();
+        assert_eq!(before, after, "the key's state was rebuilt");
+        assert_eq!(slot_count(&limiter), 3);
     }
 }
