@@ -4,11 +4,10 @@
 //!
 //! `cargo bench --bench auth`
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -19,16 +18,7 @@ use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-/// Polls a future that is ready at once (the in-memory path never waits).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-}
+use support::ready;
 
 async fn inner(_: Request<()>) -> Result<Response<()>, Infallible> {
     Ok(Response::new(()))

@@ -34,13 +34,15 @@
 //!
 //! `cargo bench --bench stack`
 
+mod support;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::{pin, Pin};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -51,37 +53,14 @@ use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::limit::{Limits, MemoryLimiter, RateLimitLayer, RatePolicy};
 use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
-use keyward::usage::{BatchingSink, UsageEvent, UsageExporter, UsageLayer};
+use keyward::usage::{BatchingSink, UsageLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 use tower_http::validate_request::ValidateRequestHeaderLayer;
 
-/// Polls a future that is ready at once (nothing here waits).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-}
-
-async fn inner(_: Request<String>) -> Result<Response<String>, Infallible> {
-    Ok(Response::new(String::new()))
-}
-
-/// Discards batches, as fast as they come.
-struct Discard;
-
-#[async_trait::async_trait]
-impl UsageExporter for Discard {
-    async fn export(&mut self, batch: Vec<UsageEvent>) {
-        black_box(batch);
-    }
-}
+use support::{inner, ready, Discard};
 
 /// The hand-written middleware: who the caller is, from a map.
 #[derive(Debug)]

@@ -6,46 +6,22 @@
 //!
 //! `cargo bench --bench usage`
 
+mod support;
+
 use std::convert::Infallible;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
 use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use http::{Request, Response};
+use http::Request;
 use keyward::auth::AuthLayer;
 use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
 use keyward::record::KeyRecord;
 use keyward::store::{KeyStore, MemoryStore};
-use keyward::usage::{AggregatingSink, BatchingSink, UsageEvent, UsageExporter, UsageLayer};
+use keyward::usage::{AggregatingSink, BatchingSink, UsageLayer};
 use tower::{service_fn, Layer, Service, ServiceExt};
 
-/// Polls a future that is ready at once (nothing here waits).
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-    }
-}
-
-async fn inner(_: Request<String>) -> Result<Response<String>, Infallible> {
-    Ok(Response::new(String::new()))
-}
-
-/// Discards batches, as fast as they come.
-struct Discard;
-
-#[async_trait::async_trait]
-impl UsageExporter for Discard {
-    async fn export(&mut self, batch: Vec<UsageEvent>) {
-        black_box(batch);
-    }
-}
+use support::{inner, ready, Discard};
 
 fn run<S>(
     c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
