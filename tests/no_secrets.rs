@@ -1,7 +1,7 @@
 //! No secret in any log line, `Debug` or `Display` output, or response.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::SystemTime;
 
 use http::Request;
@@ -13,29 +13,11 @@ use keyward::reject::Rejection;
 use keyward::store::{KeyStore, MemoryStore};
 use tower::{service_fn, ServiceExt};
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use support::CapturedLogs;
 
 #[tokio::test]
 async fn full_requests_leave_no_secret_in_logs_or_debug_output() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = CapturedLogs::start();
 
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -97,7 +79,7 @@ async fn full_requests_leave_no_secret_in_logs_or_debug_output() {
     let principal = store.find(&key.id()).await.unwrap().map(Principal::new);
     seen.push_str(&format!("{principal:?}"));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(
         logs.contains("API key refused"),
         "the refusals were logged:\n{logs}"

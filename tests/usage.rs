@@ -1,9 +1,10 @@
 //! UsageLayer and its sinks: one event per request with the right outcome,
 //! through `oneshot` on a `service_fn` and through a real `axum::Router`.
 
+mod support;
+
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -21,6 +22,8 @@ use keyward::usage::{
     UsageExporter, UsageLayer, UsageSink, UsageTags,
 };
 use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
+
+use support::CapturedLogs;
 
 /// Collects every event recorded.
 #[derive(Clone, Default)]
@@ -866,29 +869,9 @@ async fn a_batch_as_large_as_the_capacity_from_many_threads() {
     assert!(keep.events() >= 900, "exported {}", keep.events());
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn tracing_sink_logs_ids_and_never_a_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = CapturedLogs::start();
 
     let f = fixture().await;
     let service = stack(&f, TracingSink::info(), f.store.clone());
@@ -911,7 +894,7 @@ async fn tracing_sink_logs_ids_and_never_a_secret() {
         service.clone().oneshot(request).await.unwrap();
     }
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("keyward::usage"), "{logs}");
     assert!(logs.contains("outcome=\"rate_limited\""), "{logs}");
     assert!(logs.contains("kind=\"first_used\""), "{logs}");
