@@ -236,36 +236,12 @@ fn secret_len_for(bits: u32) -> usize {
     (f64::from(bits) / 62f64.log2()).ceil() as usize
 }
 
-/// Whether every byte is `0-9`, `A-Z` or `a-z`.
-///
-/// Eight bytes at a time (SWAR): a byte-by-byte check was a third of the
-/// cost of parsing a key, and the compiler does not vectorize it.
+/// Whether every byte is `0-9`, `A-Z` or `a-z`; without an early exit
+/// (a key is short and junk is rare).
 fn all_base62(bytes: &[u8]) -> bool {
-    let mut chunks = bytes.chunks_exact(8);
-    let mut ok = true;
-    for chunk in &mut chunks {
-        let mut word = [0; 8];
-        word.copy_from_slice(chunk);
-        ok &= word_is_base62(u64::from_le_bytes(word));
-    }
-    // The tail, padded with a character that passes.
-    let mut word = [b'0'; 8];
-    word[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    ok & word_is_base62(u64::from_le_bytes(word))
-}
-
-/// Whether each of the eight bytes of `x` is `0-9`, `A-Z` or `a-z`.
-fn word_is_base62(x: u64) -> bool {
-    const LANES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    // For bytes below 0x80 and 0 < c <= 0x80, `byte + (0x80 - c)` neither
-    // carries into the next byte nor overflows, and has its high bit set
-    // exactly when `byte >= c`.
-    let at_least = |x: u64, c: u8| x.wrapping_add(LANES * u64::from(0x80 - c)) & HIGH;
-    let digit = at_least(x, b'0') & !at_least(x, b'9' + 1);
-    let folded = x | (LANES * 0x20);
-    let letter = at_least(folded, b'a') & !at_least(folded, b'z' + 1);
-    x & HIGH == 0 && (digit | letter) == HIGH
+    bytes
+        .iter()
+        .fold(true, |ok, b| ok & b.is_ascii_alphanumeric())
 }
 
 /// A CRC32 as six base62 digits, most significant first.

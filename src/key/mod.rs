@@ -48,8 +48,8 @@ pub use hash::{InvalidKeyHash, KeyHash, KeyHasher};
 /// The public id of a key: 12 base62 characters, stored inline (`Copy`).
 ///
 /// It is safe to log, to show to users and to use as a database key. Its
-/// `Hash` feeds the id's first eight bytes as one word: ids are random, so
-/// there is nothing for a keyed hash to protect (see [`KeyIdBuildHasher`]).
+/// `Hash` feeds all twelve bytes as two words: ids are public, so there is
+/// nothing for a keyed hash to protect (see [`KeyIdBuildHasher`]).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KeyId([u8; KEY_ID_LEN]);
 
