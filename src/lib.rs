@@ -43,7 +43,7 @@
 //! - `test-util`: [`store::conformance`], the suite every store runs.
 //! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod auth;
 pub mod authorize;
