@@ -75,10 +75,18 @@
 mod aggregate;
 #[cfg(feature = "tokio")]
 mod batch;
+#[cfg(feature = "test-util")]
+pub mod conformance;
 mod event;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod export;
 mod future;
 mod layer;
 mod log;
+mod query;
+#[cfg(feature = "redis")]
+mod redis;
+mod rollup;
 mod sink;
 mod stripe;
 
@@ -89,4 +97,12 @@ pub use event::{EventKind, Lifecycle, Outcome, UsageEvent, UsageTags};
 pub use future::ResponseFuture;
 pub use layer::{UsageLayer, UsageService, DEFAULT_FIRST_USED_CAPACITY};
 pub use log::TracingSink;
+pub use query::{
+    Step, TimeRange, UsageCounts, UsageQuery, UsageQueryError, UsageRow, UsageScope, UsageSource,
+};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use export::ExportStats;
+#[cfg(feature = "redis")]
+pub use self::redis::{InvalidRedisPrefix, RedisSnapshot, RedisUsage};
+pub use rollup::RollupSink;
 pub use sink::{sink_fn, SinkFn, UsageSink};

@@ -39,5 +39,7 @@ impl Write for CapturedLogs {
     }
 }
 
+pub(crate) mod burst;
+pub(crate) mod children;
 pub(crate) mod proxy;
 pub(crate) mod services;
