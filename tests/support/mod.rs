@@ -37,3 +37,6 @@ impl Write for CapturedLogs {
         Ok(())
     }
 }
+
+pub(crate) mod proxy;
+pub(crate) mod services;
