@@ -1,6 +1,5 @@
 //! A TCP proxy the test owns, between keyward and a shared server, to make
 //! faults without touching the server: cut, stall, restore.
-#![allow(dead_code)] // each test binary uses the part it needs
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,4 @@
 //! The shared servers (PostgreSQL, Redis) that some tests need.
-#![allow(dead_code)] // each test binary uses the part it needs
 
 use std::io::Write;
 
