@@ -12,7 +12,7 @@ use keyward::record::{KeyRecord, KeyStatus};
 use keyward::reject::RejectReason;
 use keyward::store::{KeyStore, MemoryStore};
 use keyward::usage::{
-    conformance, RollupSink, Step, TimeRange, UsageQuery, UsageLayer, UsageSink, UsageSource,
+    conformance, RollupSink, Step, TimeRange, UsageLayer, UsageQuery, UsageSink, UsageSource,
 };
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 
@@ -77,14 +77,19 @@ async fn a_usage_page_shows_each_keys_last_day_allowed_and_denied_apart() {
         .unwrap();
     let good_rows: Vec<_> = rows.iter().filter(|r| r.key_id == good.id()).collect();
     assert_eq!(good_rows.len(), 24, "one bucket an hour for the last day");
-    assert!(good_rows.iter().all(|r| r.counts.allowed == 1 && r.counts.denied == 0));
+    assert!(good_rows
+        .iter()
+        .all(|r| r.counts.allowed == 1 && r.counts.denied == 0));
     assert!(good_rows[0].period.start() >= start + Duration::from_secs(6 * 3600));
     let revoked_total = usage
         .total(&UsageQuery::key(revoked.id(), day))
         .await
         .unwrap();
     assert_eq!(
-        (revoked_total.allowed, revoked_total.denied_for(RejectReason::Revoked)),
+        (
+            revoked_total.allowed,
+            revoked_total.denied_for(RejectReason::Revoked)
+        ),
         (0, 2),
         "hours 10 and 20 are in the last day, hour 0 is not"
     );
@@ -98,7 +103,12 @@ async fn old_minutes_are_let_go_after_the_retention() {
     let clock = FakeClock::default();
     let store = MemoryStore::new();
     store
-        .insert(KeyRecord::new(key.id(), KeyHasher::sha256().hash(key.secret()), "acme", clock.now()))
+        .insert(KeyRecord::new(
+            key.id(),
+            KeyHasher::sha256().hash(key.secret()),
+            "acme",
+            clock.now(),
+        ))
         .await
         .unwrap();
     let service = ServiceBuilder::new()
@@ -117,6 +127,12 @@ async fn old_minutes_are_let_go_after_the_retention() {
         clock.advance(Duration::from_secs(45 * 60));
     }
     let everything = TimeRange::new(start, clock.now());
-    let kept = sink.total(&UsageQuery::key(key.id(), everything)).await.unwrap();
-    assert_eq!(kept.requests, 2, "the first request is older than an hour before the last");
+    let kept = sink
+        .total(&UsageQuery::key(key.id(), everything))
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.requests, 2,
+        "the first request is older than an hour before the last"
+    );
 }

@@ -46,7 +46,9 @@ async fn child_process_entry() {
     let counters = RedisUsage::new(connect(&url).await)
         .with_prefix(prefix)
         .unwrap();
-    let sink = BatchingSink::builder(counters.clone()).max_batch(16).spawn();
+    let sink = BatchingSink::builder(counters.clone())
+        .max_batch(16)
+        .spawn();
     burst.run(sink.clone(), 100).await;
     sink.shutdown().await;
     assert_eq!((sink.dropped(), counters.stats().dropped), (0, 0));
@@ -55,7 +57,10 @@ async fn child_process_entry() {
 
 #[tokio::test]
 async fn counters_written_by_three_processes_are_read_by_another() {
-    let Some(url) = service_url("REDIS_URL", "counters_written_by_three_processes_are_read_by_another") else {
+    let Some(url) = service_url(
+        "REDIS_URL",
+        "counters_written_by_three_processes_are_read_by_another",
+    ) else {
         return;
     };
     let prefix = format!("{}:", unique_name("keyward_test_usage"));
@@ -72,14 +77,21 @@ async fn counters_written_by_three_processes_are_read_by_another() {
     assert_eq!(good.day.requests, 240, "the day adds up the minutes");
     let revoked = counters.snapshot(&burst.revoked.id()).await.unwrap();
     assert_eq!(
-        (revoked.minute.denied, revoked.minute.denied_for(RejectReason::Revoked)),
+        (
+            revoked.minute.denied,
+            revoked.minute.denied_for(RejectReason::Revoked)
+        ),
         (60, 60)
     );
     assert_eq!(good.previous_minute.requests, 0);
 
     // Named by the public key id only, in the key's hash tag, with expiries.
     let keys: Vec<String> = connection.keys(format!("{prefix}*")).await.unwrap();
-    assert_eq!(keys.len(), 4, "a minute and a day hash for each key: {keys:?}");
+    assert_eq!(
+        keys.len(),
+        4,
+        "a minute and a day hash for each key: {keys:?}"
+    );
     for key in &keys {
         let id = key.strip_prefix(&prefix).unwrap();
         assert!(
@@ -96,7 +108,10 @@ async fn counters_written_by_three_processes_are_read_by_another() {
 
 #[tokio::test]
 async fn with_redis_cut_requests_are_served_and_drops_are_counted() {
-    let Some(url) = service_url("REDIS_URL", "with_redis_cut_requests_are_served_and_drops_are_counted") else {
+    let Some(url) = service_url(
+        "REDIS_URL",
+        "with_redis_cut_requests_are_served_and_drops_are_counted",
+    ) else {
         return;
     };
     let prefix = format!("{}:", unique_name("keyward_test_usage"));
@@ -108,12 +123,18 @@ async fn with_redis_cut_requests_are_served_and_drops_are_counted() {
         .retries(1)
         .backoff(Duration::from_millis(10))
         .timeout(Duration::from_millis(500));
-    let sink = BatchingSink::builder(counters.clone()).max_batch(10).spawn();
+    let sink = BatchingSink::builder(counters.clone())
+        .max_batch(10)
+        .spawn();
     let burst = Burst::new("acme");
 
     proxy.cut();
     let (allowed, denied) = burst.run(sink.clone(), 50).await;
-    assert_eq!((allowed, denied), (40, 10), "every request answered as usual");
+    assert_eq!(
+        (allowed, denied),
+        (40, 10),
+        "every request answered as usual"
+    );
     sink.flush().await;
     let stats = counters.stats();
     assert_eq!(stats.events, 0);
@@ -134,7 +155,10 @@ async fn with_redis_cut_requests_are_served_and_drops_are_counted() {
             break;
         }
     }
-    assert!(counters.stats().events > 0, "written again once Redis is back");
+    assert!(
+        counters.stats().events > 0,
+        "written again once Redis is back"
+    );
     let snapshot = counters.snapshot(&burst.good.id()).await.unwrap();
     assert!(snapshot.minute.requests > 0);
     clean(&mut connect(&url).await, &prefix).await;
@@ -142,7 +166,10 @@ async fn with_redis_cut_requests_are_served_and_drops_are_counted() {
 
 #[tokio::test]
 async fn prefixes_that_would_break_the_hash_tag_are_refused() {
-    let Some(url) = service_url("REDIS_URL", "prefixes_that_would_break_the_hash_tag_are_refused") else {
+    let Some(url) = service_url(
+        "REDIS_URL",
+        "prefixes_that_would_break_the_hash_tag_are_refused",
+    ) else {
         return;
     };
     let connection = connect(&url).await;
@@ -151,5 +178,7 @@ async fn prefixes_that_would_break_the_hash_tag_are_refused() {
         let refused = RedisUsage::new(connection.clone()).with_prefix(bad);
         assert!(refused.is_err(), "{bad:?}");
     }
-    assert!(RedisUsage::new(connection).with_prefix("app:usage:").is_ok());
+    assert!(RedisUsage::new(connection)
+        .with_prefix("app:usage:")
+        .is_ok());
 }

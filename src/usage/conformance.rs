@@ -34,8 +34,7 @@ use http::StatusCode;
 
 use super::event::{RequestFacts, Size};
 use super::{
-    Lifecycle, Outcome, Step, TimeRange, UsageEvent, UsageQuery, UsageRow, UsageScope,
-    UsageSource,
+    Lifecycle, Outcome, Step, TimeRange, UsageEvent, UsageQuery, UsageRow, UsageScope, UsageSource,
 };
 use crate::auth::Principal;
 use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId};
@@ -95,7 +94,8 @@ impl World {
         let tag = random_id();
         let owner = format!("o'wner \"{tag}\" 100% _x_ \\ é ✓");
         // A random hour of 2020, so that runs do not share minutes.
-        let hours = u64::from(tag.as_str().as_bytes()[0]) * 31 + u64::from(tag.as_str().as_bytes()[1]);
+        let hours =
+            u64::from(tag.as_str().as_bytes()[0]) * 31 + u64::from(tag.as_str().as_bytes()[1]);
         Self {
             a: fresh(&owner),
             b: fresh(&owner),
@@ -124,15 +124,38 @@ impl World {
         vec![
             request(self.at(0, 1), Some(&self.a), None, ok, ms(10)),
             request(self.at(0, 59), Some(&self.a), None, ok, ms(20)),
-            request(self.at(0, 30), Some(&self.a), None, refused(RejectReason::RateLimited), ms(1)),
+            request(
+                self.at(0, 30),
+                Some(&self.a),
+                None,
+                refused(RejectReason::RateLimited),
+                ms(1),
+            ),
             request(self.at(0, 30), Some(&self.a), None, Outcome::Failed, ms(5)),
             request(self.at(1, 0), Some(&self.a), None, ok, ms(3)),
-            request(self.at(1, 2), None, Some(self.a.key_id()), refused(RejectReason::Revoked), ms(1)),
+            request(
+                self.at(1, 2),
+                None,
+                Some(self.a.key_id()),
+                refused(RejectReason::Revoked),
+                ms(1),
+            ),
             request(self.at(61, 0), Some(&self.a), None, ok, ms(1)),
             request(self.at(0, 5), Some(&self.b), None, ok, ms(2)),
             request(self.at(0, 5), Some(&self.other), None, ok, ms(2)),
-            request(self.at(0, 6), None, Some(self.unknown), refused(RejectReason::UnknownKey), ms(1)),
-            UsageEvent::lifecycle(Lifecycle::Issued, self.a.key_id(), self.owner(), self.at(0, 7)),
+            request(
+                self.at(0, 6),
+                None,
+                Some(self.unknown),
+                refused(RejectReason::UnknownKey),
+                ms(1),
+            ),
+            UsageEvent::lifecycle(
+                Lifecycle::Issued,
+                self.a.key_id(),
+                self.owner(),
+                self.at(0, 7),
+            ),
         ]
     }
 
@@ -165,12 +188,22 @@ fn request(
         Outcome::Refused(_) => StatusCode::UNAUTHORIZED,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
-    UsageEvent::request(facts, principal, key_id, Some(status), outcome, latency, None)
+    UsageEvent::request(
+        facts,
+        principal,
+        key_id,
+        Some(status),
+        outcome,
+        latency,
+        None,
+    )
 }
 
 fn ours(rows: Vec<UsageRow>, world: &World) -> Vec<UsageRow> {
     let keys = [world.a.key_id(), world.b.key_id(), world.other.key_id()];
-    rows.into_iter().filter(|r| keys.contains(&r.key_id)).collect()
+    rows.into_iter()
+        .filter(|r| keys.contains(&r.key_id))
+        .collect()
 }
 
 async fn query<S: UsageSource + ?Sized>(source: &S, query: UsageQuery) -> Vec<UsageRow> {
@@ -178,12 +211,24 @@ async fn query<S: UsageSource + ?Sized>(source: &S, query: UsageQuery) -> Vec<Us
 }
 
 async fn key_totals_count_every_outcome<S: UsageSource + ?Sized>(source: &S, world: &World) {
-    let rows = query(source, UsageQuery::key(world.a.key_id(), world.first_two_hours())).await;
+    let rows = query(
+        source,
+        UsageQuery::key(world.a.key_id(), world.first_two_hours()),
+    )
+    .await;
     assert_eq!(rows.len(), 1, "one row per key without a step: {rows:?}");
     let row = &rows[0];
     assert_eq!(row.key_id, world.a.key_id());
-    assert_eq!(row.owner.as_deref(), Some(world.owner()), "the owner, byte for byte");
-    assert_eq!(row.period, world.first_two_hours(), "the period is the range, on minutes");
+    assert_eq!(
+        row.owner.as_deref(),
+        Some(world.owner()),
+        "the owner, byte for byte"
+    );
+    assert_eq!(
+        row.period,
+        world.first_two_hours(),
+        "the period is the range, on minutes"
+    );
     let c = &row.counts;
     assert_eq!(
         (c.requests, c.allowed, c.denied, c.unanswered),
@@ -195,14 +240,22 @@ async fn key_totals_count_every_outcome<S: UsageSource + ?Sized>(source: &S, wor
         vec![(RejectReason::Revoked, 1), (RejectReason::RateLimited, 1)],
         "refusals by reason, in RejectReason::ALL's order"
     );
-    assert_eq!(c.total_latency, Duration::from_millis(41), "latencies summed");
+    assert_eq!(
+        c.total_latency,
+        Duration::from_millis(41),
+        "latencies summed"
+    );
 }
 
 async fn unknown_keys_and_lifecycle_events_are_not_counted<S: UsageSource + ?Sized>(
     source: &S,
     world: &World,
 ) {
-    let rows = query(source, UsageQuery::key(world.unknown, world.first_two_hours())).await;
+    let rows = query(
+        source,
+        UsageQuery::key(world.unknown, world.first_two_hours()),
+    )
+    .await;
     assert!(rows.is_empty(), "a made-up key id has no usage: {rows:?}");
     let all = query(source, UsageQuery::all(world.first_two_hours())).await;
     assert!(all.iter().all(|r| r.key_id != world.unknown));
@@ -214,7 +267,10 @@ async fn owners_select_their_keys_only<S: UsageSource + ?Sized>(source: &S, worl
     let mut expected = vec![world.a.key_id(), world.b.key_id()];
     expected.sort();
     let keys: Vec<KeyId> = rows.iter().map(|r| r.key_id).collect();
-    assert_eq!(keys, expected, "the owner's keys, in key order, and no other");
+    assert_eq!(
+        keys, expected,
+        "the owner's keys, in key order, and no other"
+    );
     let total = source
         .total(&UsageQuery::owner(world.owner(), range))
         .await
@@ -223,28 +279,45 @@ async fn owners_select_their_keys_only<S: UsageSource + ?Sized>(source: &S, worl
     // Owner names are compared as they are, not as patterns.
     for pattern in ["o_wner%", "%", "_", "o'wner"] {
         let rows = query(source, UsageQuery::owner(pattern, range)).await;
-        assert!(ours(rows, world).is_empty(), "owner {pattern:?} is not a pattern");
+        assert!(
+            ours(rows, world).is_empty(),
+            "owner {pattern:?} is not a pattern"
+        );
     }
     let rows = query(source, UsageQuery::owner(world.other.owner(), range)).await;
-    assert_eq!(rows.len(), 1, "an owner whose name looks like a LIKE pattern");
+    assert_eq!(
+        rows.len(),
+        1,
+        "an owner whose name looks like a LIKE pattern"
+    );
 }
 
-async fn ranges_cover_the_minutes_they_overlap<S: UsageSource + ?Sized>(
-    source: &S,
-    world: &World,
-) {
+async fn ranges_cover_the_minutes_they_overlap<S: UsageSource + ?Sized>(source: &S, world: &World) {
     let a = world.a.key_id();
     // Half of minute 0 and nothing of minute 1: minute 0 counts whole.
     let range = TimeRange::new(world.at(0, 30), world.at(1, 0));
-    let c = source.total(&UsageQuery::key(a, range)).await.expect("total");
+    let c = source
+        .total(&UsageQuery::key(a, range))
+        .await
+        .expect("total");
     assert_eq!(c.requests, 4, "minute 0 only: {c:?}");
     // A millisecond into minute 1 takes all of it.
     let range = TimeRange::new(world.at(0, 59), world.at(1, 0) + Duration::from_millis(1));
-    let c = source.total(&UsageQuery::key(a, range)).await.expect("total");
+    let c = source
+        .total(&UsageQuery::key(a, range))
+        .await
+        .expect("total");
     assert_eq!(c.requests, 6);
     // After the requests, and an empty range.
     let range = TimeRange::new(world.at(62, 0), world.at(600, 0));
-    assert_eq!(source.total(&UsageQuery::key(a, range)).await.expect("total").requests, 0);
+    assert_eq!(
+        source
+            .total(&UsageQuery::key(a, range))
+            .await
+            .expect("total")
+            .requests,
+        0
+    );
     let empty = TimeRange::new(world.at(0, 0), world.at(0, 0));
     assert!(query(source, UsageQuery::key(a, empty)).await.is_empty());
 }
@@ -254,7 +327,11 @@ async fn series_have_one_row_per_key_and_bucket<S: UsageSource + ?Sized>(
     world: &World,
 ) {
     let a = world.a.key_id();
-    let rows = query(source, UsageQuery::key(a, world.first_two_hours()).step(Step::MINUTE)).await;
+    let rows = query(
+        source,
+        UsageQuery::key(a, world.first_two_hours()).step(Step::MINUTE),
+    )
+    .await;
     let got: Vec<(SystemTime, u64, u64)> = rows
         .iter()
         .map(|r| (r.period.start(), r.counts.allowed, r.counts.denied))
@@ -269,7 +346,11 @@ async fn series_have_one_row_per_key_and_bucket<S: UsageSource + ?Sized>(
         "minute buckets, allowed and denied apart, empty minutes left out"
     );
     assert_eq!(rows[0].period.end(), world.at(1, 0));
-    let rows = query(source, UsageQuery::owner(world.owner(), world.first_two_hours()).step(Step::HOUR)).await;
+    let rows = query(
+        source,
+        UsageQuery::owner(world.owner(), world.first_two_hours()).step(Step::HOUR),
+    )
+    .await;
     let got: Vec<(KeyId, SystemTime, u64)> = rows
         .iter()
         .map(|r| (r.key_id, r.period.start(), r.counts.requests))
@@ -281,21 +362,30 @@ async fn series_have_one_row_per_key_and_bucket<S: UsageSource + ?Sized>(
     ];
     expected.sort_by_key(|(id, at, _)| (*id, *at));
     assert_eq!(got, expected, "hour buckets, by key then time");
-    assert_eq!(rows[0].period.end() - Duration::from_secs(3600), rows[0].period.start());
+    assert_eq!(
+        rows[0].period.end() - Duration::from_secs(3600),
+        rows[0].period.start()
+    );
 }
 
 async fn every_key_pages_in_key_order<S: UsageSource + ?Sized>(source: &S, world: &World) {
     let range = world.first_two_hours();
     let all = ours(query(source, UsageQuery::all(range)).await, world);
     assert_eq!(all.len(), 3, "every key with usage in the range: {all:?}");
-    assert!(all.windows(2).all(|w| w[0].key_id < w[1].key_id), "ordered by key id");
+    assert!(
+        all.windows(2).all(|w| w[0].key_id < w[1].key_id),
+        "ordered by key id"
+    );
     // One key a page, hourly buckets: both of a's buckets come on its page.
     let mut seen = Vec::new();
     let mut page = UsageQuery::all(range).step(Step::HOUR).limit(1);
     loop {
         let rows = query(source, page.clone()).await;
         let Some(last) = rows.last() else { break };
-        assert!(rows.iter().all(|r| r.key_id == last.key_id), "one key a page");
+        assert!(
+            rows.iter().all(|r| r.key_id == last.key_id),
+            "one key a page"
+        );
         seen.push((last.key_id, rows.len()));
         page = page.after(last.key_id);
     }
@@ -309,7 +399,10 @@ async fn every_key_pages_in_key_order<S: UsageSource + ?Sized>(source: &S, world
         .map(|r| (r.key_id, if r.key_id == a { 2 } else { 1 }))
         .collect();
     expected.sort();
-    assert_eq!(seen, expected, "paging visits each key once, with all its buckets");
+    assert_eq!(
+        seen, expected,
+        "paging visits each key once, with all its buckets"
+    );
     assert!(matches!(UsageQuery::all(range).scope, UsageScope::All));
 }
 
@@ -324,7 +417,13 @@ where
     let ms = Duration::from_millis;
     deliver(vec![
         request(world.at(0, 50), Some(&world.b), None, ok, ms(1)),
-        request(world.at(0, 51), Some(&world.b), None, refused(RejectReason::QuotaExhausted), ms(1)),
+        request(
+            world.at(0, 51),
+            Some(&world.b),
+            None,
+            refused(RejectReason::QuotaExhausted),
+            ms(1),
+        ),
     ])
     .await;
     let c = source
@@ -332,7 +431,11 @@ where
         .await
         .expect("total");
     assert_eq!(
-        (c.requests, c.allowed, c.denied_for(RejectReason::QuotaExhausted)),
+        (
+            c.requests,
+            c.allowed,
+            c.denied_for(RejectReason::QuotaExhausted)
+        ),
         (3, 2, 1),
         "a later batch adds to the same minute: {c:?}"
     );

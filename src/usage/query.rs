@@ -1,10 +1,10 @@
 //! Reading usage back: the [`UsageSource`] trait, what it is asked
 //! ([`UsageQuery`]) and what it answers ([`UsageRow`], [`UsageCounts`]).
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
 use super::{EventKind, Outcome, UsageEvent};
 use crate::key::KeyId;
 use crate::reject::RejectReason;
@@ -143,7 +143,10 @@ impl TimeRange {
         }
         let first = unix_minute(self.start);
         // Every minute that starts before `end`.
-        let end_nanos = self.end.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let end_nanos = self
+            .end
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
         let end = u64::try_from(end_nanos.div_ceil(60_000_000_000)).unwrap_or(u64::MAX);
         (first, end)
     }
@@ -342,6 +345,7 @@ pub(crate) fn reason_index(reason: RejectReason) -> usize {
 }
 
 /// The reason called `name` ([`RejectReason::as_str`]).
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) fn reason_named(name: &str) -> Option<RejectReason> {
     RejectReason::ALL.into_iter().find(|r| r.as_str() == name)
 }
@@ -374,6 +378,7 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     pub(crate) fn add(&mut self, event: &UsageEvent) {
         match event.outcome() {
             Outcome::Allowed => self.allowed += 1,
@@ -421,8 +426,12 @@ impl Tally {
 /// (the bucket's start in Unix seconds): only request events of keys whose
 /// record exists, ordered by key id and bucket (so that writers lock rows
 /// in one order).
-pub(crate) fn tally(batch: &[UsageEvent], width_secs: u64) -> BTreeMap<(KeyId, u64), Tally> {
-    let mut out: BTreeMap<(KeyId, u64), Tally> = BTreeMap::new();
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) fn tally(
+    batch: &[UsageEvent],
+    width_secs: u64,
+) -> std::collections::BTreeMap<(KeyId, u64), Tally> {
+    let mut out = std::collections::BTreeMap::<(KeyId, u64), Tally>::new();
     for event in batch {
         if event.kind() != EventKind::Request {
             continue;

@@ -133,7 +133,10 @@ where
     /// Names every Redis key `<prefix>{<key id>}:...`.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Result<Self, InvalidRedisPrefix> {
         let prefix = prefix.into();
-        let valid = prefix.len() <= 64 && prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+        let valid = prefix.len() <= 64
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
         if !valid {
             return Err(InvalidRedisPrefix);
         }
@@ -268,7 +271,9 @@ where
     async fn write(&self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
         match pipe.query_async::<()>(&mut connection).await {
-            Err(error) if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+            Err(error)
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
                 // Redis restarted or its scripts were flushed: load it and
                 // go again (every call failed alike, nothing was counted).
                 self.script.load_async(&mut connection).await?;
@@ -310,7 +315,7 @@ where
         if tallies.is_empty() {
             return;
         }
-        let pipe = self.pipeline(&tallies, &self.script.get_hash().to_owned());
+        let pipe = self.pipeline(&tallies, self.script.get_hash());
         let this = &*self;
         self.retry
             .run(&self.counters, "redis", batch.len(), || this.write(&pipe))
@@ -328,4 +333,3 @@ impl<C> fmt::Debug for RedisUsage<C> {
             .finish_non_exhaustive()
     }
 }
-

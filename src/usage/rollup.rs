@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::query::{minute_time, reason_index, unix_minute, Tally};
 use super::{
-    EventKind, Outcome, TimeRange, UsageCounts, UsageEvent, UsageQuery, UsageQueryError,
-    UsageRow, UsageSink, UsageSource,
+    EventKind, Outcome, TimeRange, UsageCounts, UsageEvent, UsageQuery, UsageQueryError, UsageRow,
+    UsageSink, UsageSource,
 };
 use crate::key::{KeyId, KeyIdBuildHasher};
 use crate::reject::RejectReason;

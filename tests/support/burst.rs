@@ -30,7 +30,10 @@ impl Burst {
     pub(crate) fn new(owner: &str) -> Self {
         let format = KeyFormat::new("sk_burst").unwrap();
         let generator = KeyGenerator::new(format.clone());
-        let secs = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
         Self {
             good: generator.generate().unwrap(),
             revoked: generator.generate().unwrap(),
@@ -77,7 +80,8 @@ impl Burst {
     pub(crate) async fn run(&self, sink: impl UsageSink, n: u64) -> (u64, u64) {
         let store = MemoryStore::new();
         let hash = |key: &ApiKey| KeyHasher::sha256().hash(key.secret());
-        let record = |key: &ApiKey| KeyRecord::new(key.id(), hash(key), self.owner.as_str(), self.at);
+        let record =
+            |key: &ApiKey| KeyRecord::new(key.id(), hash(key), self.owner.as_str(), self.at);
         store.insert(record(&self.good)).await.unwrap();
         store
             .insert(record(&self.revoked).with_status(KeyStatus::Revoked))
@@ -85,14 +89,22 @@ impl Burst {
             .unwrap();
         let clock = FakeClock::new(self.at);
         let service = ServiceBuilder::new()
-            .layer(UsageLayer::new(sink).clock(clock.clone()).first_used_capacity(0))
+            .layer(
+                UsageLayer::new(sink)
+                    .clock(clock.clone())
+                    .first_used_capacity(0),
+            )
             .layer(AuthLayer::new(store, self.format.clone()).clock(clock))
             .service(service_fn(|_: Request<String>| async {
                 Ok::<_, Infallible>(Response::new(String::from("ok")))
             }));
         let (mut allowed, mut denied) = (0, 0);
         for i in 0..n {
-            let key = if i % 5 == 4 { &self.revoked } else { &self.good };
+            let key = if i % 5 == 4 {
+                &self.revoked
+            } else {
+                &self.good
+            };
             let request = Request::get("/pets")
                 .header("authorization", format!("Bearer {}", key.expose_secret()))
                 .body(String::new())
