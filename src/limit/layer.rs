@@ -389,7 +389,7 @@ fn failed(
     if config.fail_open {
         return Answer::Pass(None);
     }
-    let rejection = Rejection::new(RejectReason::StoreUnavailable).with_key_id(id);
+    let rejection = Rejection::new(RejectReason::LimiterUnavailable).with_key_id(id);
     Answer::Refuse(config.responder.refuse(request_headers, rejection))
 }
 
