@@ -35,6 +35,8 @@
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
+//! - `scanning` (feature `secret-scanning`): GitHub's secret-scanning
+//!   webhook, revoking keys pushed to public repositories.
 //!
 //! # Feature flags
 //!
@@ -42,6 +44,8 @@
 //! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
 //! - `test-util`: [`store::conformance`], the suite every store runs.
 //! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
+//! - `secret-scanning`: `scanning::SecretScanning`, the endpoint for GitHub's
+//!   secret-scanning partner program (enables `axum`; adds p256 and serde_json).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -56,6 +60,8 @@ pub mod limit;
 pub mod manager;
 pub mod record;
 pub mod reject;
+#[cfg(feature = "secret-scanning")]
+pub mod scanning;
 pub mod scope;
 pub mod store;
 pub mod usage;
