@@ -37,6 +37,7 @@
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //! - `scanning` (feature `secret-scanning`): GitHub's secret-scanning
 //!   webhook, revoking keys pushed to public repositories.
+//! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Feature flags
 //!
@@ -58,9 +59,13 @@ pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod manager;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 pub mod record;
 pub mod reject;
 #[cfg(feature = "secret-scanning")]
+#[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
 pub mod scanning;
 pub mod scope;
 pub mod store;
