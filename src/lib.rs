@@ -44,7 +44,8 @@
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
 //! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
 //! - `test-util`: [`store::conformance`], the suite every store runs.
-//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
+//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task;
+//!   [`store::CachedStore`] and [`store::invalidation`].
 //! - `secret-scanning`: `scanning::SecretScanning`, the endpoint for GitHub's
 //!   secret-scanning partner program (enables `axum`; adds p256 and serde_json).
 
