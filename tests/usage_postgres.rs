@@ -336,6 +336,45 @@ async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
 }
 
 #[tokio::test]
+async fn prune_deletes_what_is_older_than_asked() {
+    let Some(url) = service_url("DATABASE_URL", "prune_deletes_what_is_older_than_asked") else {
+        return;
+    };
+    let (pool, schema, usage) = fresh(&url).await;
+    let burst = Burst::new("acme");
+    let exporter = usage.exporter();
+    let sink = BatchingSink::new(exporter.clone());
+    burst.run(sink.clone(), 10).await;
+    sink.shutdown().await;
+    let minute = TimeRange::new(burst.at, burst.at + Duration::from_secs(1));
+    // Events before the burst: nothing to delete.
+    let before = burst.at - Duration::from_secs(60);
+    assert_eq!(usage.prune(before, before).await.unwrap(), (0, 0));
+    // Raw events up to a second after it, rollups kept.
+    let after = burst.at + Duration::from_secs(1);
+    assert_eq!(usage.prune(after, before).await.unwrap(), (10, 0));
+    assert_eq!(
+        usage
+            .total(&UsageQuery::all(minute))
+            .await
+            .unwrap()
+            .requests,
+        10
+    );
+    // Then the rollups (one a key).
+    assert_eq!(usage.prune(after, after).await.unwrap(), (0, 2));
+    assert_eq!(
+        usage
+            .total(&UsageQuery::all(minute))
+            .await
+            .unwrap()
+            .requests,
+        0
+    );
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
 async fn bad_schema_names_are_refused_before_any_sql() {
     let Some(url) = service_url(
         "DATABASE_URL",
