@@ -208,7 +208,7 @@ pub(crate) fn trailers_only(protocol: Protocol, rejection: &Rejection) -> Respon
 
 /// Milliseconds, rounded up: a client told less would retry too soon.
 fn pushback_ms(wait: Duration) -> HeaderValue {
-    let ms = wait.as_millis() + u128::from(wait.subsec_nanos() % 1_000_000 > 0);
+    let ms = wait.as_millis() + u128::from(!wait.subsec_nanos().is_multiple_of(1_000_000));
     HeaderValue::from(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 
