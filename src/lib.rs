@@ -56,6 +56,8 @@ pub mod limit;
 pub mod manager;
 pub mod record;
 pub mod reject;
+#[cfg(feature = "serde")]
+mod rfc3339;
 pub mod scope;
 pub mod store;
 pub mod usage;
