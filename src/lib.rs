@@ -35,6 +35,7 @@
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
+//! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Feature flags
 //!
@@ -54,6 +55,9 @@ pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod manager;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 pub mod record;
 pub mod reject;
 #[cfg(feature = "serde")]

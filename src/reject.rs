@@ -15,7 +15,7 @@
 //! | insufficient scope | 403 | `error="insufficient_scope", scope="..."` |
 //! | restricted (network, environment) | 403 | none |
 //! | rate limited, quota exhausted, too many failures | 429 + `Retry-After` | none |
-//! | store unavailable | 503 | none |
+//! | key store unavailable, limiter unavailable | 503 | none |
 //!
 //! Bodies are RFC 9457 `application/problem+json`. Replace them with
 //! [`Responder::custom`].
@@ -87,14 +87,22 @@ pub enum RejectReason {
     QuotaExhausted,
     /// Too many refused keys from this client; it must wait.
     TooManyFailures,
-    /// The key store (or limiter backend) failed; refused, fail closed.
+    /// The key store failed (a look-up returned an error), or the record it
+    /// returned cannot be verified here (its hash names a pepper this
+    /// service lacks, logged as [`UnknownPepper`](crate::key::UnknownPepper));
+    /// refused, fail closed.
     StoreUnavailable,
+    /// The rate limiter's backend failed; refused, fail closed (unless the
+    /// [`RateLimitLayer`](crate::limit::RateLimitLayer) was told to fail
+    /// open). Its own reason, so that dashboards tell a limiter outage
+    /// from a key-store outage.
+    LimiterUnavailable,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (`reason as usize` indexes it):
     /// for counters and dashboards that keep one slot a reason.
-    pub const ALL: [RejectReason; 15] = [
+    pub const ALL: [RejectReason; 16] = [
         RejectReason::MissingKey,
         RejectReason::InvalidRequest,
         RejectReason::MalformedKey,
@@ -110,6 +118,7 @@ impl RejectReason {
         RejectReason::QuotaExhausted,
         RejectReason::TooManyFailures,
         RejectReason::StoreUnavailable,
+        RejectReason::LimiterUnavailable,
     ];
 
     /// A stable `snake_case` name, for logs and usage records.
@@ -130,6 +139,7 @@ impl RejectReason {
             RejectReason::QuotaExhausted => "quota_exhausted",
             RejectReason::TooManyFailures => "too_many_failures",
             RejectReason::StoreUnavailable => "store_unavailable",
+            RejectReason::LimiterUnavailable => "limiter_unavailable",
         }
     }
 
@@ -156,7 +166,9 @@ impl RejectReason {
             RejectReason::RateLimited
             | RejectReason::QuotaExhausted
             | RejectReason::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
-            RejectReason::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RejectReason::StoreUnavailable | RejectReason::LimiterUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -438,6 +450,7 @@ pub(crate) fn client_message(reason: RejectReason) -> &'static str {
         }
         RejectReason::TooManyFailures => "Too many requests with invalid API keys; retry later.",
         RejectReason::StoreUnavailable => "API keys cannot be checked right now; retry later.",
+        RejectReason::LimiterUnavailable => "Rate limits cannot be checked right now; retry later.",
         _ => "The API key is invalid, expired or revoked.",
     }
 }

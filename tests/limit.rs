@@ -390,7 +390,7 @@ async fn a_failing_limiter_fails_closed_unless_told_otherwise() {
     let mut closed = stack(f.auth(), RateLimitLayer::new(down()));
     let response = send(&mut closed, with_key(&key)).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(reason(&response), Some(RejectReason::StoreUnavailable));
+    assert_eq!(reason(&response), Some(RejectReason::LimiterUnavailable));
 
     let mut open = stack(
         f.auth(),

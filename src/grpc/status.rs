@@ -96,7 +96,7 @@ fn ends_media_type(rest: &[u8]) -> bool {
 /// | missing key, malformed request, any bad key | `UNAUTHENTICATED` (16) |
 /// | insufficient scope, restricted | `PERMISSION_DENIED` (7) |
 /// | rate limited, quota exhausted, too many failures | `RESOURCE_EXHAUSTED` (8) |
-/// | store unavailable | `UNAVAILABLE` (14) |
+/// | key store unavailable, limiter unavailable | `UNAVAILABLE` (14) |
 ///
 /// A malformed request (the key sent twice, two different keys) is
 /// `UNAUTHENTICATED`, not `INVALID_ARGUMENT`: it is the credentials that are
@@ -125,7 +125,9 @@ impl GrpcCode {
             RejectReason::RateLimited
             | RejectReason::QuotaExhausted
             | RejectReason::TooManyFailures => GrpcCode::ResourceExhausted,
-            RejectReason::StoreUnavailable => GrpcCode::Unavailable,
+            RejectReason::StoreUnavailable | RejectReason::LimiterUnavailable => {
+                GrpcCode::Unavailable
+            }
             _ => GrpcCode::Unauthenticated,
         }
     }
@@ -304,6 +306,7 @@ mod tests {
             (QuotaExhausted, 8),
             (TooManyFailures, 8),
             (StoreUnavailable, 14),
+            (LimiterUnavailable, 14),
         ] {
             let grpc = GrpcCode::from(reason);
             assert_eq!(grpc.as_i32(), code, "{reason}");

@@ -403,7 +403,7 @@ impl Tally {
                 if config.fail_open {
                     return Decision::Pass(None);
                 }
-                Rejection::new(RejectReason::StoreUnavailable).with_key_id(id)
+                Rejection::new(RejectReason::LimiterUnavailable).with_key_id(id)
             }
             Some(Refusal::Denied {
                 reason,

@@ -20,7 +20,9 @@
 //!   and a problem body of type
 //!   `https://iana.org/assignments/http-problem-types#quota-exceeded`
 //!   naming the `violated-policies`;
-//! - if the limiter fails, `503` (fail closed), unless you opted into
+//! - if the limiter fails, `503` with reason
+//!   [`LimiterUnavailable`](crate::RejectReason::LimiterUnavailable) (fail
+//!   closed), unless you opted into
 //!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
 //!
 //! [`MemoryLimiter`] keeps the state in this process with GCRA (governor's

@@ -110,7 +110,7 @@ impl Inner {
 }
 
 /// One counter a reason.
-const REASONS: [RejectReason; 15] = RejectReason::ALL;
+const REASONS: [RejectReason; RejectReason::ALL.len()] = RejectReason::ALL;
 
 /// One key's counters. An allowed request touches only the first cache
 /// line (its outcome, status class, latency and time), so that a hot key

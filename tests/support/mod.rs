@@ -1,4 +1,5 @@
 //! What the integration tests share.
+#![allow(dead_code)] // each test binary uses the part it needs
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -37,3 +38,6 @@ impl Write for CapturedLogs {
         Ok(())
     }
 }
+
+pub(crate) mod proxy;
+pub(crate) mod services;
