@@ -42,7 +42,8 @@
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
 //! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
 //! - `test-util`: [`store::conformance`], the suite every store runs.
-//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task.
+//! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task;
+//!   [`store::CachedStore`] and [`store::invalidation`].
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

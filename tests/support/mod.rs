@@ -39,5 +39,6 @@ impl Write for CapturedLogs {
     }
 }
 
+pub(crate) mod limit_model;
 pub(crate) mod proxy;
 pub(crate) mod services;
