@@ -32,7 +32,7 @@ struct Refused;
 #[derive(Debug)]
 struct DownStore;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl KeyStore for DownStore {
     async fn find(&self, _: &KeyId) -> Lookup {
         Err(StoreError::backend(Refused))
@@ -55,7 +55,7 @@ impl KeyStore for DownStore {
 #[derive(Debug)]
 struct DownLimiter;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl Limiter for DownLimiter {
     async fn check(&self, _: &KeyId, _: &Limits, _: u32) -> Result<Decision, LimitError> {
         Err(LimitError::backend(Refused))
