@@ -34,6 +34,13 @@ pub struct Cost(pub u32);
 
 /// Limits each authenticated key by the policies on its record; see the
 /// [module docs](super). Stack it inside [`AuthLayer`](crate::AuthLayer).
+///
+/// The service it wraps must be `Clone`: a limiter that cannot answer at
+/// once (a remote backend) is awaited before the inner service is called,
+/// so the ready inner service moves into the response future and
+/// [`RateLimit`] keeps a fresh clone (tower's clone-and-swap). Put a
+/// service that is not `Clone` behind `tower::buffer::Buffer`, as for
+/// [`AuthLayer`](crate::auth#the-inner-service-must-be-clone).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RateLimitLayer {
@@ -96,6 +103,8 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 /// The service made by [`RateLimitLayer`].
+///
+/// A `Service` when `S` is `Clone` (see [`RateLimitLayer`]).
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
