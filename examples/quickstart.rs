@@ -353,52 +353,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The caller's identity: never the key itself.
-async fn me(principal: Principal) -> Json<Value> {
-    Json(json!({
-        "key_id": principal.key_id().to_string(),
-        "owner": principal.owner(),
-        "name": principal.name(),
-        "scopes": principal.scopes().iter().map(|s| s.as_str()).collect::<Vec<_>>(),
-    }))
+/// The caller's identity (`Principal`'s JSON: key id, owner, name, scopes,
+/// metadata): never the key itself.
+async fn me(principal: Principal) -> Json<Principal> {
+    Json(principal)
 }
 
-/// `GET /usage` (`usage:read`): the usage of every key, from the aggregate.
+/// `GET /usage` (`usage:read`): the usage of every key, from the aggregate
+/// (`KeyUsage`'s JSON), and of the requests no key authenticated.
 async fn usage_report(State(state): State<AppState>) -> Response {
-    let usage = &state.usage;
-    let keys: Vec<Value> = usage
-        .snapshot()
-        .iter()
-        .map(|key| {
-            let denied_by_reason: serde_json::Map<String, Value> = key
-                .denied_by_reason
-                .iter()
-                .map(|(reason, n)| (reason.as_str().to_owned(), json!(n)))
-                .collect();
-            json!({
-                "key_id": key.key_id.map(|id| id.to_string()),
-                "owner": key.owner,
-                "requests": key.requests,
-                "allowed": key.allowed,
-                "denied": key.denied,
-                "denied_by_reason": denied_by_reason,
-                "status": {
-                    "2xx": key.statuses.success,
-                    "3xx": key.statuses.redirection,
-                    "4xx": key.statuses.client_error,
-                    "5xx": key.statuses.server_error,
-                },
-                "mean_latency_us": key.mean_latency().map(|d| d.as_micros() as u64),
-                "last_used_unix": key.last_used
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs()),
-            })
-        })
-        .collect();
-    let anonymous = usage.anonymous();
     Json(json!({
-        "keys": keys,
-        "anonymous": {"requests": anonymous.requests, "denied": anonymous.denied},
+        "keys": state.usage.snapshot(),
+        "anonymous": state.usage.anonymous(),
     }))
     .into_response()
 }

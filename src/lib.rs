@@ -54,7 +54,9 @@
 //! # Feature flags
 //!
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
-//! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes.
+//! - `serde`: `Serialize`/`Deserialize` for records, ids, hashes and scopes
+//!   (stored shapes: see [`KeyRecord`]); `Serialize` for usage events and
+//!   counters, outcomes, rejection reasons and [`Principal`].
 //! - `test-util`: [`store::conformance`], the suite every store runs.
 //! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task;
 //!   [`store::CachedStore`] and [`store::invalidation`].

@@ -174,6 +174,15 @@ impl RejectReason {
     }
 }
 
+/// Its stable `snake_case` name ([`RejectReason::as_str`]), as the logs
+/// and usage records write it.
+#[cfg(feature = "serde")]
+impl serde::Serialize for RejectReason {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

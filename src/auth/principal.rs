@@ -11,7 +11,9 @@ use crate::scope::ScopeSet;
 /// [`AuthLayer`](super::AuthLayer) puts it into the request's extensions
 /// (and the response's). Read it with the axum extractor (feature `axum`)
 /// or `request.extensions().get::<Principal>()`. It never holds the key;
-/// cloning it is one reference-count increment.
+/// cloning it is one reference-count increment. With feature `serde` it
+/// serializes as `{"key_id", "owner", "name", "scopes", "metadata"}`, what a
+/// `/me` route answers.
 #[derive(Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
@@ -51,6 +53,24 @@ impl Principal {
     /// The whole record, as the store returned it.
     pub fn record(&self) -> &Arc<KeyRecord> {
         &self.record
+    }
+}
+
+/// `{"key_id", "owner", "name", "scopes", "metadata"}`: who is calling,
+/// for a `/me` route or an export. Never the key or its hash, nor the
+/// record's limits and restrictions (read [`record`](Principal::record)
+/// for those).
+#[cfg(feature = "serde")]
+impl serde::Serialize for Principal {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = serializer.serialize_struct("Principal", 5)?;
+        out.serialize_field("key_id", &self.record.id)?;
+        out.serialize_field("owner", &self.record.owner)?;
+        out.serialize_field("name", &self.record.name)?;
+        out.serialize_field("scopes", &self.record.scopes)?;
+        out.serialize_field("metadata", &self.record.metadata)?;
+        out.end()
     }
 }
 

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::KeyId;
+use super::{ApiKey, KeyId};
 
 /// The characters of a key's body: `0-9`, `A-Z`, `a-z`.
 pub(crate) const BASE62: &[u8; 62] =
@@ -91,6 +91,24 @@ pub enum ParseError {
     /// The checksum does not match: a typo, a truncated or a made-up key.
     #[error("API key checksum does not match")]
     Checksum,
+}
+
+/// Why [`KeyFormat::key_from_parts`] refused a secret.
+///
+/// The error never holds any part of the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyPartsError {
+    /// The secret does not have the format's length
+    /// ([`KeyFormat::secret_len`]).
+    #[error("the secret must be exactly {expected} characters of [0-9A-Za-z]")]
+    SecretLength {
+        /// The format's secret length.
+        expected: usize,
+    },
+    /// The secret has a character outside base62.
+    #[error("the secret has a character outside [0-9A-Za-z]")]
+    SecretAlphabet,
 }
 
 /// A key taken apart by [`KeyFormat::parse`], borrowing the presented string.
@@ -198,6 +216,49 @@ impl KeyFormat {
             id: KeyId::from_checked(id),
             secret: &key[secret_start..secret_start + self.secret_len],
         })
+    }
+
+    /// The key of this format with this id and secret (the checksum is
+    /// computed): **a test and migration tool**, not a way to mint keys —
+    /// [`KeyGenerator`](super::KeyGenerator) does that.
+    ///
+    /// - Tests: fixtures with known keys, and well-formed keys that must
+    ///   fail in a given way (a known id with a wrong secret is refused as
+    ///   [`WrongSecret`](crate::RejectReason::WrongSecret), past every
+    ///   format check).
+    /// - Migration: a key whose id and secret you hold, re-issued under
+    ///   another prefix (`sk_old_…` to `sk_live_…`): the stored hash is of
+    ///   the secret alone, so the record verifies the new string as it did
+    ///   the old one.
+    ///
+    /// The secret must have the format's length and be base62; the id is
+    /// checked by its type.
+    ///
+    /// ```
+    /// use keyward::key::{KeyFormat, KeyId, KeyPartsError};
+    ///
+    /// let format = KeyFormat::new("sk_test")?.with_secret_bits(128)?;
+    /// let id: KeyId = "fixture00001".parse()?;
+    /// let key = format.key_from_parts(id, "0123456789abcdefABCDEF")?;
+    /// assert_eq!(format.parse(key.expose_secret())?.id(), id);
+    /// assert_eq!(key.secret(), "0123456789abcdefABCDEF");
+    /// assert_eq!(
+    ///     format.key_from_parts(id, "too-short").unwrap_err(),
+    ///     KeyPartsError::SecretLength { expected: 22 }
+    /// );
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn key_from_parts(&self, id: KeyId, secret: &str) -> Result<ApiKey, KeyPartsError> {
+        let bytes = secret.as_bytes();
+        if bytes.len() != self.secret_len {
+            return Err(KeyPartsError::SecretLength {
+                expected: self.secret_len,
+            });
+        }
+        if !all_base62(bytes) {
+            return Err(KeyPartsError::SecretAlphabet);
+        }
+        Ok(ApiKey::from_parts(self, id, bytes))
     }
 
     /// Writes `<prefix>_<id><secret><checksum>` into `out`.

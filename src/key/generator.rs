@@ -1,12 +1,16 @@
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use rand::rngs::SysRng;
-use rand::TryRng;
+use rand::{CryptoRng, Rng, TryRng};
 use zeroize::Zeroizing;
 
 use super::format::BASE62;
 use super::{ApiKey, KeyFormat, KeyId, KEY_ID_LEN};
 
 /// Mints new keys of a [`KeyFormat`] from the operating system's random
-/// number generator.
+/// number generator (or, for tests and fixtures, from the RNG given to
+/// [`with_rng`](KeyGenerator::with_rng)).
 ///
 /// # Example
 ///
@@ -19,10 +23,16 @@ use super::{ApiKey, KeyFormat, KeyId, KEY_ID_LEN};
 /// assert_eq!(key.expose_secret().len(), generator.format().key_len());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KeyGenerator {
     format: KeyFormat,
+    /// `None`: the operating system's generator.
+    rng: Option<SharedRng>,
 }
+
+/// A caller's generator, shared by the clones of a `KeyGenerator` so that
+/// they draw one sequence.
+type SharedRng = Arc<Mutex<dyn CryptoRng + Send>>;
 
 /// The operating system's random number generator failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +42,33 @@ pub struct GenerateError(#[source] rand::rngs::SysError);
 impl KeyGenerator {
     /// A generator of keys in `format`.
     pub fn new(format: KeyFormat) -> Self {
-        Self { format }
+        Self { format, rng: None }
+    }
+
+    /// Draws ids and secrets from `rng` instead of the operating system:
+    /// **a test and migration tool**. With a seeded generator the keys
+    /// are the same on every run — deterministic fixtures, a reproducible
+    /// import — and so is anyone's copy of them: never seed a generator
+    /// whose keys guard anything real.
+    ///
+    /// `rng` is any `rand` 0.10 [`CryptoRng`]; clones of this generator
+    /// share it and draw one sequence between them.
+    ///
+    /// ```
+    /// use keyward::key::{KeyFormat, KeyGenerator};
+    /// use rand::{rngs::StdRng, SeedableRng};
+    ///
+    /// let format = KeyFormat::new("sk_test")?;
+    /// let fixtures = |seed| KeyGenerator::new(format.clone()).with_rng(StdRng::seed_from_u64(seed));
+    /// let (a, b) = (fixtures(7).generate()?, fixtures(7).generate()?);
+    /// assert_eq!(a.expose_secret(), b.expose_secret());
+    /// assert_ne!(a.expose_secret(), fixtures(8).generate()?.expose_secret());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_rng(mut self, rng: impl CryptoRng + Send + 'static) -> Self {
+        self.rng = Some(Arc::new(Mutex::new(rng)));
+        self
     }
 
     /// The format of the keys this generator mints.
@@ -43,9 +79,25 @@ impl KeyGenerator {
     /// Mints a new key: a random id and a random secret.
     pub fn generate(&self) -> Result<ApiKey, GenerateError> {
         let mut id = [0u8; KEY_ID_LEN];
-        fill_base62(&mut id)?;
         let mut secret = Zeroizing::new(vec![0u8; self.format.secret_len()]);
-        fill_base62(&mut secret)?;
+        match &self.rng {
+            None => {
+                let mut os = |pool: &mut [u8]| SysRng.try_fill_bytes(pool).map_err(GenerateError);
+                fill_base62(&mut id, &mut os)?;
+                fill_base62(&mut secret, &mut os)?;
+            }
+            Some(rng) => {
+                // A panic while the lock was held left a generator, not
+                // broken data: carry on with it.
+                let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut given = |pool: &mut [u8]| {
+                    rng.fill_bytes(pool);
+                    Ok(())
+                };
+                fill_base62(&mut id, &mut given)?;
+                fill_base62(&mut secret, &mut given)?;
+            }
+        }
         Ok(ApiKey::from_parts(
             &self.format,
             KeyId::from_checked(id),
@@ -54,16 +106,34 @@ impl KeyGenerator {
     }
 }
 
-/// Fills `out` with uniformly random base62 characters.
-fn fill_base62(out: &mut [u8]) -> Result<(), GenerateError> {
+impl fmt::Debug for KeyGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyGenerator")
+            .field("format", &self.format)
+            .field(
+                "rng",
+                &if self.rng.is_some() {
+                    "caller's"
+                } else {
+                    "operating system"
+                },
+            )
+            .finish()
+    }
+}
+
+/// Fills `out` with uniformly random base62 characters, drawing bytes from
+/// `random`.
+fn fill_base62(
+    out: &mut [u8],
+    random: &mut dyn FnMut(&mut [u8]) -> Result<(), GenerateError>,
+) -> Result<(), GenerateError> {
     // Rejection sampling: bytes of 248 or more would bias the `% 62`.
     const LIMIT: u8 = 62 * 4;
     let mut pool = Zeroizing::new([0u8; 64]);
     let mut filled = 0;
     while filled < out.len() {
-        SysRng
-            .try_fill_bytes(&mut pool[..])
-            .map_err(GenerateError)?;
+        random(&mut pool[..])?;
         for &byte in pool.iter().filter(|&&b| b < LIMIT) {
             if filled == out.len() {
                 break;
@@ -95,7 +165,10 @@ mod tests {
     fn base62_is_roughly_uniform() {
         let mut counts = [0u32; 62];
         let mut buf = [0u8; 62 * 200];
-        fill_base62(&mut buf).unwrap();
+        fill_base62(&mut buf, &mut |pool: &mut [u8]| {
+            SysRng.try_fill_bytes(pool).map_err(GenerateError)
+        })
+        .unwrap();
         for b in buf {
             let i = BASE62.iter().position(|&c| c == b).unwrap();
             counts[i] += 1;

@@ -40,8 +40,8 @@ use zeroize::Zeroizing;
 
 pub(crate) use format::MAX_SECRET_LEN;
 pub use format::{
-    FormatError, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, DEFAULT_SECRET_BITS, KEY_ID_LEN,
-    MAX_PREFIX_LEN, MAX_SECRET_BITS, MIN_SECRET_BITS,
+    FormatError, KeyFormat, KeyPartsError, ParseError, ParsedKey, CHECKSUM_LEN,
+    DEFAULT_SECRET_BITS, KEY_ID_LEN, MAX_PREFIX_LEN, MAX_SECRET_BITS, MIN_SECRET_BITS,
 };
 pub use generator::{GenerateError, KeyGenerator};
 pub use hash::{

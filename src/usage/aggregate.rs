@@ -381,3 +381,68 @@ mod tests {
         assert_eq!(std::mem::offset_of!(Counters, last_used_nanos), 56);
     }
 }
+
+/// The JSON (or other serde) shapes of the counters.
+#[cfg(feature = "serde")]
+mod serialize {
+    use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+    use serde::Serialize;
+
+    use super::{KeyUsage, StatusClasses};
+    use crate::reject::RejectReason;
+    use crate::rfc3339::serde::Rfc3339;
+
+    fn micros(duration: std::time::Duration) -> u64 {
+        u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// `{reason: count}`, reasons by their stable names, in declaration
+    /// order.
+    struct ByReason<'a>(&'a [(RejectReason, u64)]);
+
+    impl Serialize for ByReason<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (reason, count) in self.0 {
+                map.serialize_entry(reason.as_str(), count)?;
+            }
+            map.end()
+        }
+    }
+
+    /// `{"key_id", "owner", "requests", "allowed", "denied", "unanswered",
+    /// "denied_by_reason": {"wrong_secret": 2, …}, "statuses": {…},
+    /// "total_latency_us", "mean_latency_us", "last_used"}`; `last_used`
+    /// as RFC 3339 (UTC), absent values as `null`.
+    impl Serialize for KeyUsage {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_struct("KeyUsage", 11)?;
+            out.serialize_field("key_id", &self.key_id)?;
+            out.serialize_field("owner", &self.owner)?;
+            out.serialize_field("requests", &self.requests)?;
+            out.serialize_field("allowed", &self.allowed)?;
+            out.serialize_field("denied", &self.denied)?;
+            out.serialize_field("unanswered", &self.unanswered)?;
+            out.serialize_field("denied_by_reason", &ByReason(&self.denied_by_reason))?;
+            out.serialize_field("statuses", &self.statuses)?;
+            out.serialize_field("total_latency_us", &micros(self.total_latency))?;
+            out.serialize_field("mean_latency_us", &self.mean_latency().map(micros))?;
+            out.serialize_field("last_used", &self.last_used.map(Rfc3339))?;
+            out.end()
+        }
+    }
+
+    /// `{"informational", "success", "redirection", "client_error",
+    /// "server_error"}`: the counts of 1xx to 5xx answers.
+    impl Serialize for StatusClasses {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_struct("StatusClasses", 5)?;
+            out.serialize_field("informational", &self.informational)?;
+            out.serialize_field("success", &self.success)?;
+            out.serialize_field("redirection", &self.redirection)?;
+            out.serialize_field("client_error", &self.client_error)?;
+            out.serialize_field("server_error", &self.server_error)?;
+            out.end()
+        }
+    }
+}

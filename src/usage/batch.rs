@@ -33,7 +33,7 @@ use super::{stripe, UsageEvent, UsageSink};
 ///
 /// ```
 /// use std::io::Write;
-/// use std::time::{SystemTime, UNIX_EPOCH};
+/// use std::time::SystemTime;
 /// use keyward::usage::{BatchingSink, Lifecycle, UsageEvent, UsageExporter, UsageSink};
 ///
 /// /// One JSON object a line.
@@ -43,19 +43,10 @@ use super::{stripe, UsageEvent, UsageSink};
 /// impl<W: Write + Send + 'static> UsageExporter for JsonLines<W> {
 ///     async fn export(&mut self, batch: Vec<UsageEvent>) {
 ///         for event in &batch {
-///             let line = serde_json::json!({
-///                 "at_ms": event.at().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-///                 "kind": event.kind().as_str(),
-///                 "key_id": event.key_id().map(|id| id.to_string()),
-///                 "owner": event.owner(),
-///                 "method": event.method().map(|m| m.as_str()),
-///                 "route": event.route(),
-///                 "status": event.status().map(|s| s.as_u16()),
-///                 "outcome": event.outcome().as_str(),
-///                 "latency_us": event.latency().as_micros() as u64,
-///                 "tags": event.tags().iter().collect::<std::collections::BTreeMap<_, _>>(),
-///             });
-///             let _ = writeln!(self.0, "{line}");
+///             // `UsageEvent`'s own JSON (feature `serde`): kind, at (RFC 3339),
+///             // key_id, owner, method, route, status, outcome, latency_us, tags …
+///             let _ = serde_json::to_writer(&mut self.0, event);
+///             let _ = writeln!(self.0);
 ///         }
 ///         let _ = self.0.flush();
 ///     }

@@ -15,6 +15,9 @@ use crate::reject::RejectReason;
 ///
 /// It never holds a key, only its public id; the route never holds the
 /// query string. Cloning it is cheap (reference counts and small copies).
+/// With feature `serde` it serializes as one flat object, the fields of
+/// the [`TracingSink`](super::TracingSink)'s log line, for an exporter to
+/// write as it is.
 #[derive(Clone)]
 pub struct UsageEvent {
     // Laid out to be small (it is moved into every sink): what is rarely
@@ -548,5 +551,81 @@ impl fmt::Debug for UsageEvent {
             .field("response_size", &self.response_size())
             .field("tags", self.tags())
             .finish()
+    }
+}
+
+/// The JSON (or other serde) shapes of events: flat, `snake_case`, the same
+/// names as the log fields of [`TracingSink`](super::TracingSink); never a
+/// key, a hash or a secret (an event holds none).
+#[cfg(feature = "serde")]
+mod serialize {
+    use serde::ser::{SerializeMap, SerializeStruct, Serializer};
+    use serde::Serialize;
+
+    use super::{EventKind, Lifecycle, Outcome, UsageEvent, UsageTags};
+    use crate::rfc3339::serde::Rfc3339;
+
+    /// `"request"`, or the lifecycle's name (`"issued"`, `"revoked"` …).
+    impl Serialize for EventKind {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(self.as_str())
+        }
+    }
+
+    /// Its stable `snake_case` name (`"first_used"` …).
+    impl Serialize for Lifecycle {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(self.as_str())
+        }
+    }
+
+    /// `"allowed"`, `"failed"`, `"cancelled"`, or the refusal's reason
+    /// (`"wrong_secret"`, `"rate_limited"` …): [`Outcome::as_str`], as the
+    /// logs write it.
+    impl Serialize for Outcome {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.serialize_str(self.as_str())
+        }
+    }
+
+    /// An object of names to values, in the order they were added; of tags
+    /// that share a name, the last (as [`UsageTags::get`] answers).
+    impl Serialize for UsageTags {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let tags: Vec<(&str, &str)> = self.iter().collect();
+            let last = |i: usize| !tags[i + 1..].iter().any(|(n, _)| *n == tags[i].0);
+            let mut map = serializer.serialize_map(None)?;
+            for (i, (name, value)) in tags.iter().enumerate() {
+                if last(i) {
+                    map.serialize_entry(name, value)?;
+                }
+            }
+            map.end()
+        }
+    }
+
+    /// `{"kind", "at", "key_id", "owner", "authenticated", "method",
+    /// "route", "status", "outcome", "latency_us", "request_size",
+    /// "response_size", "tags"}`: `at` as RFC 3339 (UTC), absent values as
+    /// `null`.
+    impl Serialize for UsageEvent {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_struct("UsageEvent", 13)?;
+            out.serialize_field("kind", &self.kind())?;
+            out.serialize_field("at", &Rfc3339(self.at()))?;
+            out.serialize_field("key_id", &self.key_id())?;
+            out.serialize_field("owner", &self.owner())?;
+            out.serialize_field("authenticated", &self.authenticated())?;
+            out.serialize_field("method", &self.method().map(|m| m.as_str()))?;
+            out.serialize_field("route", &self.route())?;
+            out.serialize_field("status", &self.status().map(|s| s.as_u16()))?;
+            out.serialize_field("outcome", &self.outcome())?;
+            let latency_us = u64::try_from(self.latency().as_micros()).unwrap_or(u64::MAX);
+            out.serialize_field("latency_us", &latency_us)?;
+            out.serialize_field("request_size", &self.request_size())?;
+            out.serialize_field("response_size", &self.response_size())?;
+            out.serialize_field("tags", self.tags())?;
+            out.end()
+        }
     }
 }
