@@ -388,8 +388,13 @@ impl Tally {
     ) -> Decision {
         let headers = self.policy_header.map(|policy| LimitHeaders {
             policy,
-            // Names, digits and punctuation: always a valid value.
-            state: HeaderValue::from_bytes(self.field.as_bytes()).ok(),
+            // No verdict (the first policy's check failed): no field, as
+            // RFC 9651 §4.1 says of an empty list; `RateLimit:` with an
+            // empty value is not one. Else names, digits and punctuation:
+            // always a valid value.
+            state: (!self.field.is_empty())
+                .then(|| HeaderValue::from_bytes(self.field.as_bytes()).ok())
+                .flatten(),
         });
         let rejection = match self.refusal {
             None => return Decision::Pass(headers),
