@@ -13,10 +13,11 @@ use http::header::RETRY_AFTER;
 use http::{Request, Response, StatusCode};
 use keyward::key::{KeyHasher, KeyId};
 use keyward::limit::{
-    CreditPolicy, LimitError, Limiter, Limits, Policy, RatePolicy, Verdict, RATELIMIT,
+    CreditPolicy, Decision, LimitError, Limiter, Limits, RatePolicy, Verdict, RATELIMIT,
     RATELIMIT_POLICY,
 };
-use keyward::{KeyRecord, Principal, RateLimitLayer};
+use keyward::reject::{RejectReason, Responder};
+use keyward::{KeyRecord, Principal, RateLimitLayer, Rejection};
 use tower::{service_fn, Layer, Service};
 
 /// Polls a future that never waits (the services here are in memory).
@@ -65,10 +66,10 @@ struct Failing {
 }
 
 impl Failing {
-    fn error(&self, policy: &Policy) -> LimitError {
+    fn error(&self, limits: &Limits) -> LimitError {
         if self.too_costly {
             LimitError::CostTooHigh {
-                policy: policy.name().to_owned(),
+                policy: limits.policies()[0].name().to_owned(),
                 cost: 1,
             }
         } else {
@@ -79,25 +80,26 @@ impl Failing {
 
 #[async_trait]
 impl Limiter for Failing {
-    async fn check(&self, _: &KeyId, policy: &Policy, _: u32) -> Result<Verdict, LimitError> {
-        Err(self.error(policy))
+    async fn check(&self, _: &KeyId, limits: &Limits, _: u32) -> Result<Decision, LimitError> {
+        Err(self.error(limits))
     }
 
     fn check_immediate(
         &self,
         _: &KeyId,
-        policy: &Policy,
+        limits: &Limits,
         _: u32,
-    ) -> Option<Result<Verdict, LimitError>> {
-        (!self.remote).then(|| Err(self.error(policy)))
+    ) -> Option<Result<Decision, LimitError>> {
+        (!self.remote).then(|| Err(self.error(limits)))
     }
 }
 
-/// `ratelimit_fields`: when the first policy's check fails (a backend
-/// error, or a cost no policy can allow), there is no verdict to announce.
-/// The layer sent `RateLimit:` with an empty value, which is not a
-/// structured-field list (RFC 9651 §4.1: an empty list is not serialized).
-/// The field is left out; `RateLimit-Policy` still describes the policies.
+/// `ratelimit_fields`: when the first policy's check failed (a backend
+/// error, or a cost no policy can allow), there was no verdict to
+/// announce, and the layer sent `RateLimit:` with an empty value, which is
+/// not a structured-field list (RFC 9651 §4.1: an empty list is not
+/// serialized). Found when the layer asked the limiter policy by policy;
+/// the promise stays: no `RateLimit` field without verdicts.
 #[test]
 fn ratelimit_fields_no_empty_ratelimit_field_when_the_first_check_fails() {
     let principal = principal(
@@ -113,10 +115,9 @@ fn ratelimit_fields_no_empty_ratelimit_field_when_the_first_check_fails() {
         for remote in [false, true] {
             let response = check(Failing { too_costly, remote }, &principal);
             assert_eq!(response.status(), status);
-            assert_eq!(
-                response.headers().get(&RATELIMIT_POLICY).unwrap(),
-                r#""p0";q=1;w=1"#
-            );
+            if let Some(policy) = response.headers().get(&RATELIMIT_POLICY) {
+                assert_eq!(policy, r#""p0";q=1;w=1"#);
+            }
             assert_eq!(
                 response.headers().get(&RATELIMIT),
                 None,
@@ -132,8 +133,8 @@ struct Answers(Verdict);
 
 #[async_trait]
 impl Limiter for Answers {
-    async fn check(&self, _: &KeyId, _: &Policy, _: u32) -> Result<Verdict, LimitError> {
-        Ok(self.0)
+    async fn check(&self, _: &KeyId, _: &Limits, _: u32) -> Result<Decision, LimitError> {
+        Ok([self.0].into_iter().collect())
     }
 }
 
@@ -141,8 +142,8 @@ impl Limiter for Answers {
 /// and some nanoseconds (input `crash-af7bbfd9…`). Rounding it up to whole
 /// seconds overflowed: a panic with overflow checks, and without them a
 /// wrap to `t=0` and `Retry-After: 1`, "retry now" for a wait without end.
-/// The wait saturates: `t` is clamped to the 15 digits a structured-field
-/// integer may have, and `Retry-After` says `u64::MAX` seconds.
+/// `Verdict` now keeps waits in nanoseconds (at most 584 years), and the
+/// rounding saturates for every other wait, such as a `Rejection`'s.
 #[test]
 fn ratelimit_fields_a_wait_near_duration_max_does_not_overflow() {
     let principal = principal(
@@ -154,18 +155,29 @@ fn ratelimit_fields_a_wait_near_duration_max_does_not_overflow() {
         &principal,
     );
     assert_eq!(denied.status(), StatusCode::TOO_MANY_REQUESTS);
+    // `r` clamped to 15 digits; the wait to `u64::MAX` nanoseconds.
     assert_eq!(
         denied.headers().get(&RATELIMIT).unwrap(),
-        r#""bb";r=999999999999999;t=999999999999999"#
+        r#""bb";r=999999999999999;t=18446744074"#
     );
-    assert_eq!(
-        denied.headers().get(RETRY_AFTER).unwrap(),
-        u64::MAX.to_string().as_str()
-    );
+    assert_eq!(denied.headers().get(RETRY_AFTER).unwrap(), "18446744074");
     let allowed = check(Answers(Verdict::allowed(1, wait)), &principal);
     assert_eq!(allowed.status(), StatusCode::OK);
     assert_eq!(
         allowed.headers().get(&RATELIMIT).unwrap(),
-        r#""bb";r=1;t=999999999999999"#
+        r#""bb";r=1;t=18446744074"#
     );
+
+    // The same wait on a rejection, over HTTP and gRPC.
+    let rejection = Rejection::new(RejectReason::RateLimited).with_retry_after(wait);
+    for content_type in ["application/json", "application/grpc"] {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+        let response = Responder::default().refuse(&headers, rejection.clone());
+        assert_eq!(
+            response.headers().get(RETRY_AFTER).unwrap(),
+            u64::MAX.to_string().as_str(),
+            "{content_type}"
+        );
+    }
 }

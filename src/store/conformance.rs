@@ -299,3 +299,51 @@ async fn revoke_keeps_every_other_field<S: KeyStore + ?Sized>(store: &S) {
         "list_by_owner must show a revoked key as revoked"
     );
 }
+
+/// Checks an [`Invalidation`](super::invalidation::Invalidation): `a` and
+/// `b` are two handles on one channel, as two processes would hold them
+/// (for an in-process channel, two clones). Each subscription starts with
+/// `Connected`; an announcement through either is heard, in order, by every
+/// subscription of both, the announcer's own included. Waits at most 10 s
+/// for each event (feature `tokio` too).
+#[cfg(feature = "tokio")]
+pub async fn invalidation<I>(a: &I, b: &I)
+where
+    I: super::invalidation::Invalidation + ?Sized,
+{
+    use super::invalidation::{InvalidationEvent, Subscription};
+
+    async fn next(subscription: &mut Subscription, what: &str) -> InvalidationEvent {
+        match tokio::time::timeout(Duration::from_secs(10), subscription.next()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("the subscription ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within 10 s"),
+        }
+    }
+
+    let mut on_a = a.subscribe();
+    let mut on_b = b.subscribe();
+    for subscription in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            next(subscription, "Connected").await,
+            InvalidationEvent::Connected,
+            "a subscription must start with Connected"
+        );
+    }
+    let first = fresh_record("nobody", epoch(0)).id;
+    let second = fresh_record("nobody", epoch(0)).id;
+    a.announce(&first).await.expect("announce through a");
+    b.announce(&second).await.expect("announce through b");
+    for subscription in [&mut on_a, &mut on_b] {
+        assert_eq!(
+            next(subscription, "the first change").await,
+            InvalidationEvent::Changed(first),
+            "every subscription hears every announcement, in order"
+        );
+        assert_eq!(
+            next(subscription, "the second change").await,
+            InvalidationEvent::Changed(second),
+            "every subscription hears every announcement, in order"
+        );
+    }
+}

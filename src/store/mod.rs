@@ -7,11 +7,16 @@
 //! management. Every store implementation runs the same conformance suite,
 //! [`conformance::run`] (feature `test-util`).
 //!
+//! Across processes, put a shared store (`PgStore`, `RedisStore`) behind a
+//! `CachedStore` (feature `tokio`) with an [`invalidation`] channel in each
+//! process: hits stay in memory, and a change made anywhere is announced
+//! and dropped from every cache.
+//!
 //! # Example
 //!
 //! ```
 //! use std::sync::Arc;
-//! use std::time::SystemTime;
+//! use std::time::{Duration, SystemTime};
 //! use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
 //! use keyward::record::KeyRecord;
 //! use keyward::store::{KeyStore, MemoryStore};
@@ -30,14 +35,22 @@
 //! # }
 //! ```
 
+#[cfg(feature = "tokio")]
+mod cache;
 #[cfg(feature = "test-util")]
 pub mod conformance;
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub mod invalidation;
 mod memory;
 
 use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+#[cfg(feature = "tokio")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+pub use cache::{CacheStats, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
 
 use crate::key::KeyId;
@@ -57,9 +70,38 @@ pub enum StoreError {
     /// updated any more.
     #[error("key {0} is revoked")]
     Revoked(KeyId),
-    /// The backend failed (connection, timeout, serialization).
+    /// The backend failed (connection, serialization, a refused query).
     #[error("key store backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend did not answer within this time.
+    #[error("key store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// A value cannot be stored as given (an owner or name longer than
+    /// the backend allows, a text with a NUL character for PostgreSQL).
+    #[error("the key store cannot store this {0}")]
+    Unstorable(Field),
+}
+
+/// A field of a record, as named in [`StoreError::Unstorable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Field {
+    /// [`KeyRecord::owner`].
+    Owner,
+    /// [`KeyRecord::name`].
+    Name,
+    /// [`KeyRecord::metadata`].
+    Metadata,
+}
+
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Field::Owner => "owner",
+            Field::Name => "name",
+            Field::Metadata => "metadata",
+        })
+    }
 }
 
 impl StoreError {
@@ -67,7 +109,29 @@ impl StoreError {
     pub fn backend(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Backend(Box::new(error))
     }
+
+    /// One error handed to several waiters (a cache's single flight).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn shared(error: Arc<StoreError>) -> Self {
+        match &*error {
+            StoreError::Timeout(after) => StoreError::Timeout(*after),
+            _ => StoreError::Backend(Box::new(SharedError(error))),
+        }
+    }
+
+    /// The error itself if no one else holds it, else a shared copy.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn unshare(error: Arc<StoreError>) -> Self {
+        Arc::try_unwrap(error).unwrap_or_else(Self::shared)
+    }
 }
+
+/// A backend error that several look-ups waited on; its source is the
+/// original.
+#[cfg(feature = "tokio")]
+#[derive(Debug, thiserror::Error)]
+#[error("key store backend failed")]
+struct SharedError(#[source] Arc<StoreError>);
 
 /// The answer of a look-up: the record, if the id is known.
 pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
@@ -77,6 +141,78 @@ pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// Implementations are shared as `Arc<dyn KeyStore>`. Records come back as
 /// `Arc<KeyRecord>` so that a store holding them in memory hands them out
 /// without copying.
+///
+/// # Implementing this trait
+///
+/// The trait is declared with [`async_trait`](macro@crate::async_trait): put
+/// `#[keyward::async_trait]` on your `impl` too (keyward re-exports it, so
+/// you need no `async-trait` dependency of your own) and write the methods
+/// as `async fn`. Without the attribute they fail to compile with E0195
+/// ("lifetime parameters or bounds on method do not match the trait
+/// declaration"): the attribute turned the trait's `async fn`s into plain
+/// functions, with lifetimes of their own, that return a boxed `Send`
+/// future, and an `async fn` in the impl has another signature until the
+/// same attribute rewrites it.
+///
+/// What the request path and [`KeyManager`](crate::KeyManager) rely on:
+///
+/// - wrap your backend's errors with [`StoreError::backend`] (the request
+///   is then refused with `503`, reason
+///   [`StoreUnavailable`](crate::RejectReason::StoreUnavailable); the error
+///   is logged, never sent);
+/// - answer `NotFound`, `AlreadyExists` and `Revoked` as each method says,
+///   and make [`update`](KeyStore::update)'s check and write one atomic
+///   step;
+/// - implement [`find_immediate`](KeyStore::find_immediate) only if you
+///   can answer from memory (a cache);
+/// - run [`conformance::run`] (feature `test-util`) in your tests: it
+///   checks all of the above.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::SystemTime;
+/// use keyward::key::KeyId;
+/// use keyward::record::KeyRecord;
+/// use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
+///
+/// /// Counts the look-ups of the store behind it (your database client
+/// /// would stand where the `MemoryStore` is).
+/// #[derive(Debug, Default)]
+/// struct Counted {
+///     backend: MemoryStore,
+///     lookups: AtomicU64,
+/// }
+///
+/// #[keyward::async_trait]
+/// impl KeyStore for Counted {
+///     async fn find(&self, id: &KeyId) -> Lookup {
+///         self.lookups.fetch_add(1, Ordering::Relaxed);
+///         self.backend.find(id).await
+///     }
+///     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+///         self.backend.insert(record).await
+///     }
+///     async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+///         self.backend.update(record).await
+///     }
+///     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
+///         self.backend.revoke(id, at).await
+///     }
+///     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+///         self.backend.list_by_owner(owner).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = Counted::default();
+/// keyward::store::conformance::run(&store).await; // every store's promises
+/// assert!(store.lookups.load(Ordering::Relaxed) > 0);
+/// let shared: Arc<dyn KeyStore> = Arc::new(store); // what AuthLayer and KeyManager take
+/// # let _ = shared;
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait KeyStore: Debug + Send + Sync + 'static {
     /// Finds the record with this id; `Ok(None)` when there is none.
