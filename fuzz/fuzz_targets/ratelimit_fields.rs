@@ -14,10 +14,9 @@
 
 mod common;
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::{ready, Ready};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -26,7 +25,7 @@ use http::header::RETRY_AFTER;
 use http::{Request, Response, StatusCode};
 use keyward::key::{KeyHasher, KeyId};
 use keyward::limit::{
-    CreditPolicy, LimitError, Limiter, Limits, Policy, RatePolicy, Verdict, RATELIMIT,
+    CreditPolicy, Decision, LimitError, Limiter, Limits, Policy, RatePolicy, Verdict, RATELIMIT,
     RATELIMIT_POLICY,
 };
 use keyward::{KeyRecord, Principal, RateLimitLayer};
@@ -99,12 +98,12 @@ impl PolicySpec {
     }
 }
 
+/// One policy's verdict.
 #[derive(Debug, Clone, Copy, Arbitrary)]
-enum Answer {
-    Allowed { remaining: u64, reset: Reset },
-    Denied { remaining: u64, reset: Reset },
-    CostTooHigh,
-    Backend,
+struct Answer {
+    allowed: bool,
+    remaining: u64,
+    reset: Reset,
 }
 
 #[derive(Debug, Clone, Copy, Arbitrary)]
@@ -123,67 +122,108 @@ impl Reset {
     }
 }
 
+impl Answer {
+    /// The verdict, which keeps what it is given: the units up to
+    /// `2^63 - 1`, the wait to the nanosecond up to `u64::MAX - 1` of them.
+    fn verdict(self) -> Verdict {
+        let reset = self.reset.duration();
+        let verdict = if self.allowed {
+            Verdict::allowed(self.remaining, reset)
+        } else {
+            Verdict::denied(self.remaining, reset)
+        };
+        assert_eq!(verdict.is_allowed(), self.allowed);
+        assert_eq!(verdict.remaining(), self.remaining.min(i64::MAX as u64));
+        let kept = if reset == Duration::MAX {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(
+                u64::try_from(reset.as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .min(u64::MAX - 1),
+            )
+        };
+        assert_eq!(verdict.reset(), kept);
+        verdict
+    }
+}
+
+/// What the limiter answers for the whole request.
+#[derive(Debug, Clone, Arbitrary)]
+enum Outcome {
+    /// One verdict per policy (missing ones: allowed), or, when `extra`,
+    /// one too many.
+    Decide {
+        answers: Vec<Answer>,
+        extra: bool,
+    },
+    /// Fewer verdicts than policies.
+    TooFew,
+    /// A cost that the policy at this index can never allow.
+    CostTooHigh(u8),
+    Backend,
+}
+
 #[derive(Debug, Arbitrary)]
 struct Input {
     policies: Vec<PolicySpec>,
-    answers: Vec<Answer>,
+    outcome: Outcome,
     /// Answer through `check` (a remote limiter), not `check_immediate`.
     remote: bool,
     fail_open: bool,
     cost: u32,
 }
 
-/// A limiter that answers what the input says, and notes what it was
-/// asked.
+/// A limiter that answers what the input says.
 #[derive(Debug)]
 struct Scripted {
     remote: bool,
-    answers: Mutex<VecDeque<Answer>>,
-    asked: Arc<Mutex<Vec<(String, Answer)>>>,
+    outcome: Outcome,
 }
 
 impl Scripted {
-    fn answer(&self, policy: &Policy) -> Result<Verdict, LimitError> {
-        let answer = self
-            .answers
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Answer::Allowed {
-                remaining: 1,
-                reset: Reset::At(1, 0),
-            });
-        self.asked
-            .lock()
-            .unwrap()
-            .push((policy.name().to_owned(), answer));
-        match answer {
-            Answer::Allowed { remaining, reset } => {
-                Ok(Verdict::allowed(remaining, reset.duration()))
+    fn answer(&self, limits: &Limits) -> Result<Decision, LimitError> {
+        let policies = limits.policies();
+        match &self.outcome {
+            Outcome::Decide { answers, extra } => {
+                let mut decision: Decision = (0..policies.len())
+                    .map(|i| {
+                        answers
+                            .get(i)
+                            .map_or(Verdict::allowed(1, Duration::ZERO), |a| a.verdict())
+                    })
+                    .collect();
+                if *extra {
+                    decision.push(Verdict::allowed(1, Duration::ZERO));
+                }
+                Ok(decision)
             }
-            Answer::Denied { remaining, reset } => Ok(Verdict::denied(remaining, reset.duration())),
-            Answer::CostTooHigh => Err(LimitError::CostTooHigh {
-                policy: policy.name().to_owned(),
+            Outcome::TooFew => Ok(policies[1..]
+                .iter()
+                .map(|_| Verdict::allowed(1, Duration::ZERO))
+                .collect()),
+            Outcome::CostTooHigh(i) => Err(LimitError::CostTooHigh {
+                policy: policies[usize::from(*i) % policies.len()].name().to_owned(),
                 cost: 1,
             }),
-            Answer::Backend => Err(LimitError::backend(std::io::Error::other("down"))),
+            Outcome::Backend => Err(LimitError::backend(std::io::Error::other("down"))),
         }
     }
 }
 
 #[async_trait::async_trait]
 impl Limiter for Scripted {
-    async fn check(&self, _: &KeyId, policy: &Policy, _: u32) -> Result<Verdict, LimitError> {
-        self.answer(policy)
+    async fn check(&self, _: &KeyId, limits: &Limits, _: u32) -> Result<Decision, LimitError> {
+        self.answer(limits)
     }
 
     fn check_immediate(
         &self,
         _: &KeyId,
-        policy: &Policy,
+        limits: &Limits,
         _: u32,
-    ) -> Option<Result<Verdict, LimitError>> {
-        (!self.remote).then(|| self.answer(policy))
+    ) -> Option<Result<Decision, LimitError>> {
+        (!self.remote).then(|| self.answer(limits))
     }
 }
 
@@ -263,12 +303,11 @@ fuzz_target!(|input: Input| {
         SystemTime::UNIX_EPOCH,
     )
     .with_limits(limits.clone());
-    let asked = Arc::new(Mutex::new(Vec::new()));
     let limiter = Scripted {
         remote: input.remote,
-        answers: Mutex::new(input.answers.iter().copied().collect()),
-        asked: Arc::clone(&asked),
+        outcome: input.outcome.clone(),
     };
+    let decision = limiter.answer(&limits);
     let mut service = RateLimitLayer::new(limiter)
         .cost(input.cost)
         .insecure_fail_open(input.fail_open)
@@ -278,94 +317,90 @@ fuzz_target!(|input: Input| {
         .body(())
         .unwrap();
     let response = common::block_on(service.call(request)).unwrap();
-    let asked = asked.lock().unwrap().clone();
+    let headers = response.headers();
+    let policies = limits.policies();
 
-    // The policies are asked in order, up to the first that refuses or fails.
-    let names: Vec<&str> = limits.policies().iter().map(Policy::name).collect();
-    let asked_names: Vec<&str> = asked.iter().map(|(name, _)| name.as_str()).collect();
-    assert!(
-        names.starts_with(&asked_names),
-        "{names:?} / {asked_names:?}"
-    );
-    let stop = asked
-        .iter()
-        .position(|(_, answer)| !matches!(answer, Answer::Allowed { .. }));
-    assert_eq!(asked.len(), stop.map_or(names.len(), |i| i + 1));
-
-    let expected_status = match stop.map(|i| asked[i].1) {
-        None => StatusCode::OK,
-        Some(Answer::Backend) if input.fail_open => StatusCode::OK,
-        Some(Answer::Backend) => StatusCode::SERVICE_UNAVAILABLE,
-        Some(_) => StatusCode::TOO_MANY_REQUESTS,
+    // What the decision comes to.
+    let decision = match decision {
+        Ok(decision) if decision.len() == policies.len() => Some(decision),
+        _ => None,
+    };
+    let expected_status = match (&decision, &input.outcome) {
+        (Some(decision), _) if decision.is_allowed() => StatusCode::OK,
+        (Some(_), _) | (None, Outcome::CostTooHigh(_)) => StatusCode::TOO_MANY_REQUESTS,
+        (None, _) if input.fail_open => StatusCode::OK,
+        (None, _) => StatusCode::SERVICE_UNAVAILABLE,
     };
     assert_eq!(response.status(), expected_status);
-    let headers = response.headers();
-    if expected_status == StatusCode::OK && stop.is_some() {
-        // Failed open: the verdicts are unknown, so no fields.
-        assert!(headers.get(&RATELIMIT_POLICY).is_none() && headers.get(&RATELIMIT).is_none());
-        return;
-    }
 
-    // RateLimit-Policy: every policy, with its quota and window.
-    let policy_field = headers.get(&RATELIMIT_POLICY).expect("RateLimit-Policy");
-    assert_eq!(Some(policy_field), limits.policy_header());
-    let members = parse(policy_field.as_bytes());
-    assert_eq!(members.len(), limits.policies().len());
-    for (policy, (name, params)) in limits.policies().iter().zip(&members) {
-        assert_eq!(policy.name(), name);
-        let (q, w) = match policy {
-            Policy::Rate(rate) => (u64::from(rate.quota()), Some(whole_seconds(rate.window()))),
-            Policy::Credits(credits) => (
-                credits.capacity(),
-                credits.time_to_fill().map(whole_seconds),
-            ),
-            _ => unreachable!(),
-        };
-        assert_eq!(param(params, "q"), Some(q));
-        assert_eq!(param(params, "w"), w.map(|w| w.min(MAX_INTEGER)));
-        assert_eq!(params.len(), 1 + usize::from(w.is_some()), "{params:?}");
-    }
-
-    // RateLimit: one member per verdict, with what the limiter answered;
-    // no field at all when there is none (RFC 9651 §4.1: an empty list is
-    // not serialized).
-    let verdicts: Vec<(&str, u64, Duration)> = asked
-        .iter()
-        .filter_map(|(name, answer)| match *answer {
-            Answer::Allowed { remaining, reset } | Answer::Denied { remaining, reset } => {
-                Some((name.as_str(), remaining, reset.duration()))
-            }
-            _ => None,
-        })
-        .collect();
-    let state = headers.get(&RATELIMIT);
-    if verdicts.is_empty() {
-        assert!(state.is_none(), "an empty RateLimit field: {state:?}");
-    } else {
-        let members = parse(state.expect("RateLimit").as_bytes());
-        assert_eq!(members.len(), verdicts.len());
-        for ((name, remaining, reset), (field_name, params)) in verdicts.iter().zip(&members) {
-            assert_eq!(name, field_name);
-            assert_eq!(param(params, "r"), Some((*remaining).min(MAX_INTEGER)));
-            let t = (*reset != Duration::MAX).then(|| whole_seconds(*reset).min(MAX_INTEGER));
-            assert_eq!(param(params, "t"), t);
-            assert_eq!(params.len(), 1 + usize::from(t.is_some()), "{params:?}");
+    // RateLimit-Policy, when sent: every policy, with its quota and window.
+    if let Some(policy_field) = headers.get(&RATELIMIT_POLICY) {
+        assert_eq!(Some(policy_field), limits.policy_header());
+        let members = parse(policy_field.as_bytes());
+        assert_eq!(members.len(), policies.len());
+        for (policy, (name, params)) in policies.iter().zip(&members) {
+            assert_eq!(policy.name(), name);
+            let (q, w) = match policy {
+                Policy::Rate(rate) => (u64::from(rate.quota()), Some(whole_seconds(rate.window()))),
+                Policy::Credits(credits) => (
+                    credits.capacity(),
+                    credits.time_to_fill().map(whole_seconds),
+                ),
+                _ => unreachable!(),
+            };
+            assert_eq!(param(params, "q"), Some(q));
+            assert_eq!(param(params, "w"), w.map(|w| w.min(MAX_INTEGER)));
+            assert_eq!(params.len(), 1 + usize::from(w.is_some()), "{params:?}");
         }
     }
 
-    // Retry-After: never earlier than the refusing policy's `t`.
-    if let Some(Answer::Denied { reset, .. }) = stop.map(|i| asked[i].1) {
+    let state = headers.get(&RATELIMIT);
+    let Some(decision) = decision else {
+        // No decision (a failed limiter, a cost too high, a wrong count of
+        // verdicts): nothing to announce, and never an empty field (RFC
+        // 9651 §4.1: an empty list is not serialized).
+        assert!(state.is_none(), "{state:?}");
+        if matches!(input.outcome, Outcome::CostTooHigh(_)) {
+            assert!(headers.get(&RATELIMIT_POLICY).is_some());
+        }
+        return;
+    };
+    assert!(headers.get(&RATELIMIT_POLICY).is_some());
+
+    // RateLimit: one member per policy, with what the limiter answered.
+    let members = parse(state.expect("RateLimit").as_bytes());
+    assert_eq!(members.len(), policies.len());
+    for ((policy, verdict), (name, params)) in
+        policies.iter().zip(decision.verdicts()).zip(&members)
+    {
+        assert_eq!(policy.name(), name);
+        assert_eq!(
+            param(params, "r"),
+            Some(verdict.remaining().min(MAX_INTEGER))
+        );
+        let reset = verdict.reset();
+        let t = (reset != Duration::MAX).then(|| whole_seconds(reset).min(MAX_INTEGER));
+        assert_eq!(param(params, "t"), t);
+        assert_eq!(params.len(), 1 + usize::from(t.is_some()), "{params:?}");
+    }
+
+    // Retry-After: never earlier than the `t` of a refusing policy; absent
+    // when one never recovers.
+    if !decision.is_allowed() {
         let retry_after = headers.get(RETRY_AFTER);
-        match reset {
-            Reset::Never => assert!(retry_after.is_none()),
-            Reset::At(..) => {
+        match decision.retry_after() {
+            None => assert!(retry_after.is_none()),
+            Some(wait) => {
                 let seconds: u64 = retry_after
                     .expect("Retry-After")
                     .to_str()
                     .unwrap()
                     .parse()
                     .unwrap();
-                assert!(seconds >= whole_seconds(reset.duration()).clamp(1, MAX_INTEGER));
+                assert_eq!(seconds, whole_seconds(wait).max(1));
+                for verdict in decision.verdicts().iter().filter(|v| !v.is_allowed()) {
+                    assert!(seconds >= whole_seconds(verdict.reset()));
+                }
             }
         }
     }
