@@ -191,9 +191,6 @@ impl MemoryLimiter {
         self.shared.states.map().pin().remove(id);
     }
 
-    // Inlined into `check_immediate`, so that the decision is built in
-    // the caller's answer, not copied into it.
-    #[inline]
     fn decide(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
         match limits.policies() {
             [policy] => Ok(Decision::one(self.decide_one(id, policy, cost)?)),
@@ -268,7 +265,6 @@ impl MemoryLimiter {
     /// A key with several policies: their states, taken in the order of
     /// the policies' fingerprints (the same for every request, so none
     /// waits for another in a cycle), decided together, then let go.
-    #[inline(never)]
     fn decide_many(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
         let shared = &*self.shared;
         let now = epoch_nanos(shared.clock.now());
