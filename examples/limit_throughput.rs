@@ -184,7 +184,7 @@ fn main() {
                     // A stack that never waits (memory) would never give
                     // the runtime back: yield now and then, in every mode.
                     sent += 1;
-                    if sent % 16 == 0 {
+                    if sent.is_multiple_of(16) {
                         tokio::task::yield_now().await;
                     }
                     i = (i + 7) % headers.len();
