@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
-use crate::key::{KeyHash, KeyId};
+use crate::key::{KeyHash, KeyId, VerificationKey};
 use crate::limit::Limits;
 use crate::scope::ScopeSet;
 
@@ -109,6 +109,15 @@ pub struct KeyRecord {
     /// Free-form labels, handed to the service in the `Principal`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub metadata: BTreeMap<String, String>,
+    /// For a key that signs requests (HTTP Message Signatures, feature
+    /// `signatures`): the public key (or shared secret) its signatures are
+    /// checked with. Such a record's [`hash`](Self::hash) is of a secret
+    /// nobody holds, so it is never a bearer key. `None` for API keys.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub verification_key: Option<VerificationKey>,
 }
 
 impl KeyRecord {
@@ -128,6 +137,7 @@ impl KeyRecord {
             limits: Limits::none(),
             allowed_networks: Vec::new(),
             environment: None,
+            verification_key: None,
         }
     }
 
@@ -192,6 +202,14 @@ impl KeyRecord {
     #[must_use]
     pub fn with_environment(mut self, environment: Environment) -> Self {
         self.environment = Some(environment);
+        self
+    }
+
+    /// Makes the record one of a key that signs requests, checked with
+    /// `key` (see [`verification_key`](Self::verification_key)).
+    #[must_use]
+    pub fn with_verification_key(mut self, key: VerificationKey) -> Self {
+        self.verification_key = Some(key);
         self
     }
 
