@@ -86,6 +86,8 @@ pub mod manager;
 pub mod postgres;
 pub mod record;
 pub mod reject;
+#[cfg(feature = "serde")]
+mod rfc3339;
 #[cfg(feature = "secret-scanning")]
 #[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
 pub mod scanning;

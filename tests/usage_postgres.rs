@@ -229,6 +229,52 @@ async fn with_the_database_cut_requests_are_served_and_drops_are_counted() {
 }
 
 #[tokio::test]
+async fn with_the_database_hanging_attempts_time_out_and_requests_never_wait() {
+    let Some(url) = service_url(
+        "DATABASE_URL",
+        "with_the_database_hanging_attempts_time_out_and_requests_never_wait",
+    ) else {
+        return;
+    };
+    let (admin, schema, _) = fresh(&url).await;
+    let proxy = FaultProxy::for_url(&url).await;
+    let usage = PgUsage::new(pool(&proxy.url(&url)).await, &schema).unwrap();
+    let exporter = usage
+        .exporter()
+        .retries(1)
+        .backoff(Duration::from_millis(10))
+        .timeout(Duration::from_millis(200));
+    let sink = BatchingSink::builder(exporter.clone())
+        .max_batch(10)
+        .capacity(20)
+        .spawn();
+    let burst = Burst::new("acme");
+
+    proxy.stall();
+    let started = tokio::time::Instant::now();
+    let (allowed, denied) = burst.run(sink.clone(), 50).await;
+    assert_eq!(
+        (allowed, denied),
+        (40, 10),
+        "every request answered as usual"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no request waited on the database"
+    );
+    sink.flush().await;
+    let stats = exporter.stats();
+    assert_eq!(
+        (stats.events, stats.dropped + sink.dropped()),
+        (0, 50),
+        "each attempt gave up at its timeout; every event counted: {stats:?}"
+    );
+    proxy.restore();
+    drop(proxy);
+    drop_schema(&admin, &schema).await;
+}
+
+#[tokio::test]
 async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
     let Some(url) = service_url(
         "DATABASE_URL",

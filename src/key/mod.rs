@@ -40,6 +40,7 @@ use std::str::FromStr;
 
 use zeroize::Zeroizing;
 
+pub(crate) use format::MAX_SECRET_LEN;
 pub use format::{
     FormatError, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, DEFAULT_SECRET_BITS, KEY_ID_LEN,
     MAX_PREFIX_LEN, MAX_SECRET_BITS, MIN_SECRET_BITS,
@@ -47,7 +48,10 @@ pub use format::{
 #[cfg(feature = "signatures")]
 pub(crate) use generator::random_bytes;
 pub use generator::{GenerateError, KeyGenerator};
-pub use hash::{InvalidKeyHash, KeyHash, KeyHasher};
+pub use hash::{
+    DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
+    KeyHash, KeyHasher, PepperId, UnknownPepper,
+};
 pub use verification::{InvalidVerificationKey, SharedSecret, VerificationKey};
 
 /// The public id of a key: 12 base62 characters, stored inline (`Copy`).
