@@ -206,7 +206,7 @@ impl fmt::Display for Hex<'_> {
 
 fn from_hex(hex: &str) -> Result<Vec<u8>, InvalidVerificationKey> {
     let hex = hex.as_bytes();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(InvalidVerificationKey::Hex);
     }
     let digit = |c: u8| match c {
