@@ -173,6 +173,32 @@ impl PgUsage {
         migrate::run(&self.pool, &t.history, MIGRATIONS, &vars).await
     }
 
+    /// Deletes raw events that arrived before `events_before` and rollups
+    /// of minutes before `rollups_before` (keep rollups longer: they are
+    /// small, and bills are made from them); returns how many of each were
+    /// deleted. Nothing deletes them otherwise: call it from a periodic
+    /// job, in one process.
+    pub async fn prune(
+        &self,
+        events_before: SystemTime,
+        rollups_before: SystemTime,
+    ) -> Result<(u64, u64), UsageQueryError> {
+        let delete = |table: &QualifiedName, column: &str, before: SystemTime| {
+            let sql = format!("DELETE FROM {table} WHERE {column} < {}", ts("$1"));
+            async move {
+                sqlx::query(&sql)
+                    .bind(micros(before))
+                    .execute(&self.pool)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err(UsageQueryError::backend)
+            }
+        };
+        let events = delete(&self.tables.events, "at", events_before).await?;
+        let rollups = delete(&self.tables.rollups, "minute", rollups_before).await?;
+        Ok((events, rollups))
+    }
+
     /// An exporter writing into these tables, for a
     /// [`BatchingSink`](super::BatchingSink).
     pub fn exporter(&self) -> PgUsageExporter {
