@@ -95,10 +95,10 @@ mod rfc3339;
 #[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
 pub mod scanning;
 pub mod scope;
-pub mod stack;
 #[cfg(feature = "signatures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
 pub mod signature;
+pub mod stack;
 pub mod store;
 pub mod usage;
 
