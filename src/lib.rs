@@ -31,12 +31,18 @@
 //! - [`authorize`]: [`RequireScopes`], the per-route scope check;
 //! - [`manager`]: [`KeyManager`]: issue, rotate, revoke, disable keys;
 //! - [`reject`]: why a request was refused and how that is answered;
+//! - [`stack`]: [`Keyward`], one configuration (store, format, hasher,
+//!   clock, limiter, usage sink) that hands out every layer and a
+//!   [`KeyManager`] set up alike;
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //! - `scanning` (feature `secret-scanning`): GitHub's secret-scanning
 //!   webhook, revoking keys pushed to public repositories.
+//! - `signature` and `content_digest` (feature `signatures`): requests
+//!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
+//!   bodies checked against `Content-Digest` (RFC 9530).
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -62,6 +68,9 @@
 //!   [`store::CachedStore`] and [`store::invalidation`].
 //! - `secret-scanning`: `scanning::SecretScanning`, the endpoint for GitHub's
 //!   secret-scanning partner program (enables `axum`; adds p256 and serde_json).
+//! - `signatures`: `signature` (verify and sign requests: Ed25519 and
+//!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
+//!   base64ct).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -69,6 +78,9 @@ pub mod auth;
 pub mod authorize;
 pub mod body;
 pub mod clock;
+#[cfg(feature = "signatures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+pub mod content_digest;
 mod future;
 pub mod grpc;
 pub mod key;
@@ -85,6 +97,10 @@ mod rfc3339;
 #[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
 pub mod scanning;
 pub mod scope;
+#[cfg(feature = "signatures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+pub mod signature;
+pub mod stack;
 pub mod store;
 pub mod usage;
 
@@ -103,4 +119,5 @@ pub use record::Environment;
 pub use record::{KeyRecord, KeyStatus};
 pub use reject::{RejectReason, Rejection};
 pub use scope::{Scope, ScopeSet};
+pub use stack::Keyward;
 pub use store::{KeyStore, MemoryStore};

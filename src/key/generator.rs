@@ -122,6 +122,13 @@ impl fmt::Debug for KeyGenerator {
     }
 }
 
+/// Fills `out` with bytes from the operating system's random number
+/// generator (for key pairs and shared secrets).
+#[cfg(feature = "signatures")]
+pub(crate) fn random_bytes(out: &mut [u8]) -> Result<(), GenerateError> {
+    SysRng.try_fill_bytes(out).map_err(GenerateError)
+}
+
 /// Fills `out` with uniformly random base62 characters, drawing bytes from
 /// `random`.
 fn fill_base62(
