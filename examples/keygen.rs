@@ -5,9 +5,13 @@
 //! cargo run --example keygen -- sk_live          # prefix, 256-bit secret
 //! cargo run --example keygen -- sk_test 128      # prefix, secret bits
 //! KEYWARD_PEPPER=... cargo run --example keygen -- sk_live   # HMAC with a pepper
+//! KEYWARD_PEPPER=... KEYWARD_PEPPER_ID=2 cargo run --example keygen -- sk_live
 //! ```
+//!
+//! The hash names its algorithm (`sha256:…` or `hmac-sha256:<pepper id>:…`),
+//! so that a service verifies each stored key the way it was made.
 
-use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
+use keyward::key::{KeyFormat, KeyGenerator, KeyHasher, PepperId};
 
 fn main() {
     if let Err(error) = run() {
@@ -26,21 +30,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     };
     let format = KeyFormat::new(&prefix)?.with_secret_bits(bits)?;
     let hasher = match std::env::var("KEYWARD_PEPPER") {
-        Ok(pepper) if !pepper.is_empty() => KeyHasher::with_pepper(pepper.as_bytes()),
+        Ok(pepper) if !pepper.is_empty() => {
+            let id: PepperId = match std::env::var("KEYWARD_PEPPER_ID") {
+                Ok(id) => id.parse()?,
+                Err(_) => PepperId::new(1),
+            };
+            KeyHasher::with_pepper(id, pepper.as_bytes())
+        }
         _ => KeyHasher::sha256(),
     };
     let key = KeyGenerator::new(format.clone()).generate()?;
     println!("key:    {}", key.expose_secret());
     println!("key_id: {}", key.id());
-    println!(
-        "hash:   {} ({})",
-        hasher.hash(key.secret()),
-        if hasher.is_peppered() {
-            "HMAC-SHA-256 with pepper"
-        } else {
-            "SHA-256"
-        }
-    );
+    println!("hash:   {}", hasher.hash(key.secret()));
     println!("regex:  {}", format.regex());
     Ok(())
 }

@@ -61,6 +61,8 @@ pub mod manager;
 pub mod postgres;
 pub mod record;
 pub mod reject;
+#[cfg(feature = "serde")]
+mod rfc3339;
 pub mod scope;
 pub mod store;
 pub mod usage;

@@ -1,5 +1,6 @@
 //! [`KeyManager`]: the key lifecycle over any [`KeyStore`]: issue, rotate,
-//! revoke, disable and enable, change scopes, list.
+//! revoke, disable and enable, change scopes, limits, metadata, name,
+//! expiry and not-before time, list.
 //!
 //! - [`issue`](KeyManager::issue) mints a key and stores its record; the
 //!   plaintext is in the returned [`IssuedKey`] and nowhere else — hand it
@@ -11,11 +12,22 @@
 //! - [`revoke`](KeyManager::revoke) is immediate and final;
 //!   [`disable`](KeyManager::disable) / [`enable`](KeyManager::enable) switch
 //!   a key off and on again.
+//! - [`update_scopes`](KeyManager::update_scopes),
+//!   [`update_limits`](KeyManager::update_limits) (a tier change),
+//!   [`update_metadata`](KeyManager::update_metadata),
+//!   [`update_name`](KeyManager::update_name),
+//!   [`update_expiry`](KeyManager::update_expiry) and
+//!   [`update_not_before`](KeyManager::update_not_before) change one field
+//!   each.
+//!
+//! Every change is a lifecycle [`UsageEvent`] of its own (see
+//! [`KeyManager::with_events`]): the audit trail, which a change made with
+//! `store().update(..)` would skip.
 //!
 //! Times come from the injected [`Clock`]. `issue` and `revoke` are single
-//! store operations; `rotate`, `disable`, `enable` and `update_scopes` read
-//! the record, change it and write it back with [`KeyStore::update`], and
-//! refuse keys that are revoked. Revocation is final even under races: a
+//! store operations; the others read the record, change it and write it
+//! back with [`KeyStore::update`], and refuse keys that are revoked
+//! ([`ManagerError::Revoked`]). Revocation is final even under races: a
 //! store refuses to update a revoked record ([`StoreError::Revoked`]), so a
 //! `disable` or `rotate` that read the record before a concurrent `revoke`
 //! fails instead of bringing the key back. Two other writers changing the
@@ -271,9 +283,10 @@ impl KeyManager {
         }
     }
 
-    /// Records every change (issued, rotated, revoked, disabled, enabled)
-    /// as a lifecycle [`UsageEvent`] in `sink`: the audit trail, through
-    /// the same sinks as request usage.
+    /// Records every change as a lifecycle [`UsageEvent`] in `sink`, one
+    /// [`Lifecycle`] each: issued, rotated, revoked, disabled, enabled,
+    /// scopes, limits, metadata, name, expiry or not-before changed. The
+    /// audit trail, through the same sinks as request usage.
     #[must_use]
     pub fn with_events(mut self, sink: impl UsageSink) -> Self {
         self.events = Some(Arc::new(sink));
@@ -450,7 +463,76 @@ impl KeyManager {
         id: &KeyId,
         scopes: ScopeSet,
     ) -> Result<KeyRecord, ManagerError> {
-        self.modify(id, move |record| record.scopes = scopes).await
+        self.change(id, Lifecycle::ScopesChanged, move |record| {
+            record.scopes = scopes;
+        })
+        .await
+    }
+
+    /// Replaces the limits of key `id`: a move to another tier. A limiter
+    /// notices the new policies on the key's next request. Returns the
+    /// updated record.
+    pub async fn update_limits(
+        &self,
+        id: &KeyId,
+        limits: Limits,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.change(id, Lifecycle::LimitsChanged, move |record| {
+            record.limits = limits;
+        })
+        .await
+    }
+
+    /// Replaces the metadata of key `id` (all of it: read the record and
+    /// extend its map to add one entry). Returns the updated record.
+    pub async fn update_metadata(
+        &self,
+        id: &KeyId,
+        metadata: BTreeMap<String, String>,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.change(id, Lifecycle::MetadataChanged, move |record| {
+            record.metadata = metadata;
+        })
+        .await
+    }
+
+    /// Renames key `id`. Returns the updated record.
+    pub async fn update_name(
+        &self,
+        id: &KeyId,
+        name: impl Into<String>,
+    ) -> Result<KeyRecord, ManagerError> {
+        let name = name.into();
+        self.change(id, Lifecycle::Renamed, move |record| record.name = name)
+            .await
+    }
+
+    /// Sets the expiry of key `id`: `Some(at)` to refuse it from `at` on
+    /// (a time already past ends it at once), `None` to let it live
+    /// indefinitely, also bringing back a key that had expired. Returns
+    /// the updated record.
+    pub async fn update_expiry(
+        &self,
+        id: &KeyId,
+        expires_at: Option<SystemTime>,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.change(id, Lifecycle::ExpiryChanged, move |record| {
+            record.expires_at = expires_at;
+        })
+        .await
+    }
+
+    /// Sets the time before which key `id` is refused (`None`: no such
+    /// time). Returns the updated record.
+    pub async fn update_not_before(
+        &self,
+        id: &KeyId,
+        not_before: Option<SystemTime>,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.change(id, Lifecycle::NotBeforeChanged, move |record| {
+            record.not_before = not_before;
+        })
+        .await
     }
 
     /// Every key of `owner`, oldest first.
@@ -474,6 +556,19 @@ impl KeyManager {
             return Err(ManagerError::Revoked(*id));
         }
         Ok(KeyRecord::clone(&record))
+    }
+
+    /// [`modify`](Self::modify), then the change's lifecycle event.
+    async fn change(
+        &self,
+        id: &KeyId,
+        lifecycle: Lifecycle,
+        change: impl FnOnce(&mut KeyRecord),
+    ) -> Result<KeyRecord, ManagerError> {
+        let record = self.modify(id, change).await?;
+        tracing::info!(target: "keyward::manager", key_id = %id, change = %lifecycle, "key changed");
+        self.audit(lifecycle, &record);
+        Ok(record)
     }
 
     async fn modify(

@@ -60,6 +60,48 @@ impl fmt::Display for KeyStatus {
 ///
 /// Plain data. Build one with [`KeyRecord::new`] and the `with_*` methods;
 /// the fields are public for reading and for updates.
+///
+/// # As stored data (feature `serde`)
+///
+/// Shapes meant for a JSON column or a document store, readable and
+/// queryable by people who never saw the Rust types:
+///
+/// ```json
+/// {
+///   "hash": "hmac-sha256:1:5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+///   "id": "AbCdEf012345",
+///   "status": "active",
+///   "environment": "live",
+///   "expires_at": "2025-04-01T00:00:00Z",
+///   "not_before": null,
+///   "allowed_networks": ["10.0.0.0/8"],
+///   "scopes": ["pets:read"],
+///   "limits": [
+///     {"rate": {"name": "burst", "quota": 5, "window_ms": 1000, "burst": 5}},
+///     {"credits": {"name": "monthly", "capacity": 10000,
+///                  "refill": {"amount": 10000, "interval_ms": 2592000000}}}
+///   ],
+///   "owner": "acme",
+///   "name": "billing export",
+///   "created_at": "2025-01-01T12:30:00.250Z",
+///   "revoked_at": null,
+///   "metadata": {"team": "billing"}
+/// }
+/// ```
+///
+/// - Times are RFC 3339 in UTC, with fractional seconds only when not
+///   zero; any offset (`+02:00`) is accepted on input. Years 0000 to 9999.
+/// - The hash names its algorithm (see [`KeyHash`]).
+/// - Durations are integers with their unit in the name (`window_ms`,
+///   `interval_ms`).
+/// - Deserialization goes through the same checks as the constructors
+///   (scopes, networks, policies): bad data is an error, never a record
+///   that misbehaves later.
+/// - Earlier versions' shapes still read: times as
+///   `{"secs_since_epoch": .., "nanos_since_epoch": ..}`, a policy's
+///   `"window": {"secs": .., "nanos": ..}`, a refill as the pair
+///   `[amount, {"secs": .., "nanos": ..}]`, a hash as bare hex (plain
+///   SHA-256); fields added since (`revoked_at`) default to `null`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -82,10 +124,16 @@ pub struct KeyRecord {
     #[cfg_attr(feature = "serde", serde(default))]
     pub environment: Option<Environment>,
     /// From when on the key is refused; `None` for never.
-    #[cfg_attr(feature = "serde", serde(default))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, with = "crate::rfc3339::serde::option")
+    )]
     pub expires_at: Option<SystemTime>,
     /// Until when the key is refused; `None` for no such time.
-    #[cfg_attr(feature = "serde", serde(default))]
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, with = "crate::rfc3339::serde::option")
+    )]
     pub not_before: Option<SystemTime>,
     /// The client networks (IPv4 or IPv6 CIDR) the key may be used from;
     /// empty for anywhere. Checked by [`AuthLayer`](crate::AuthLayer)
@@ -105,7 +153,16 @@ pub struct KeyRecord {
     #[cfg_attr(feature = "serde", serde(default))]
     pub name: String,
     /// When the key was made.
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     pub created_at: SystemTime,
+    /// When the key was revoked: set by [`KeyStore::revoke`](crate::KeyStore::revoke)
+    /// (to the first revocation's time; revoking again keeps it). `None`
+    /// while the key is not revoked.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, with = "crate::rfc3339::serde::option")
+    )]
+    pub revoked_at: Option<SystemTime>,
     /// Free-form labels, handed to the service in the `Principal`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub metadata: BTreeMap<String, String>,
@@ -121,6 +178,7 @@ impl KeyRecord {
             name: String::new(),
             scopes: ScopeSet::new(),
             created_at,
+            revoked_at: None,
             expires_at: None,
             not_before: None,
             status: KeyStatus::Active,
@@ -215,6 +273,23 @@ impl KeyRecord {
             return Err(Invalidity::NotYetValid);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What authentication reads of every record (the hash with its
+    /// algorithm, the id, status and environment) fits in one cache line
+    /// with the `Arc`'s two counts before it.
+    #[test]
+    fn the_hot_fields_fit_one_cache_line() {
+        use std::mem::{offset_of, size_of};
+        let arc_counts = 2 * size_of::<usize>();
+        let end = offset_of!(KeyRecord, environment) + size_of::<Option<Environment>>();
+        assert!(arc_counts + end <= 64, "{}", arc_counts + end);
+        assert!(offset_of!(KeyRecord, id) < offset_of!(KeyRecord, status));
     }
 }
 

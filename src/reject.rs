@@ -87,8 +87,10 @@ pub enum RejectReason {
     QuotaExhausted,
     /// Too many refused keys from this client; it must wait.
     TooManyFailures,
-    /// The key store failed (a look-up returned an error); refused, fail
-    /// closed.
+    /// The key store failed (a look-up returned an error), or the record it
+    /// returned cannot be verified here (its hash names a pepper this
+    /// service lacks, logged as [`UnknownPepper`](crate::key::UnknownPepper));
+    /// refused, fail closed.
     StoreUnavailable,
     /// The rate limiter's backend failed; refused, fail closed (unless the
     /// [`RateLimitLayer`](crate::limit::RateLimitLayer) was told to fail

@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use keyward::auth::{AuthLayer, KeySource, Principal};
 use keyward::clock::{Clock, FakeClock};
-use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId, PepperId};
 use keyward::record::{KeyRecord, KeyStatus};
 use keyward::reject::{RejectReason, Rejection, Responder};
 use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
@@ -324,7 +324,7 @@ async fn expiry_status_and_not_before_are_enforced() {
 async fn peppered_hashes_need_the_same_pepper() {
     let f = fixture().await;
     let key = KeyGenerator::new(f.format.clone()).generate().unwrap();
-    let pepper = KeyHasher::with_pepper(b"kept in a secret manager");
+    let pepper = KeyHasher::with_pepper(PepperId::new(1), b"kept in a secret manager");
     let record = KeyRecord::new(
         key.id(),
         pepper.hash(key.secret()),
@@ -336,7 +336,14 @@ async fn peppered_hashes_need_the_same_pepper() {
     let (response, body) = send(layer(&f).hasher(pepper), bearer(key.expose_secret())).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body, "peppered leaked=false");
+    // Without the pepper the key cannot be checked: 503, never "invalid".
     let (response, _) = send(layer(&f), bearer(key.expose_secret())).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reason(&response), RejectReason::StoreUnavailable);
+    // Another pepper under the same id: a wrong secret, as far as anyone
+    // can tell.
+    let other = KeyHasher::with_pepper(PepperId::new(1), b"another pepper");
+    let (response, _) = send(layer(&f).hasher(other), bearer(key.expose_secret())).await;
     assert_eq!(reason(&response), RejectReason::WrongSecret);
 }
 

@@ -377,3 +377,175 @@ async fn every_change_is_a_lifecycle_event_with_its_key_and_owner() {
     f.manager.revoke(&id).await.unwrap();
     assert_eq!(events.lock().unwrap().len(), 6);
 }
+
+/// Each field a tier change or an admin edits has its own operation, its
+/// own lifecycle event, and a revoked key refuses them all.
+#[tokio::test]
+async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events() {
+    use keyward::limit::{Limits, RatePolicy};
+    use keyward::usage::{sink_fn, EventKind, Lifecycle, UsageEvent};
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    let f = fixture();
+    let events: Arc<Mutex<Vec<UsageEvent>>> = Arc::default();
+    let sink = {
+        let events = Arc::clone(&events);
+        sink_fn(move |event| events.lock().unwrap().push(event))
+    };
+    let manager = f.manager.clone().with_events(sink);
+    let issued = manager
+        .issue(IssueOptions::new("acme").name("CI"))
+        .await
+        .unwrap();
+    let id = issued.record.id;
+    let now = f.clock.now();
+
+    let pro = Limits::new([RatePolicy::new("burst", 100, Duration::from_secs(1))
+        .unwrap()
+        .into()])
+    .unwrap();
+    let metadata: BTreeMap<String, String> = [("tier".to_owned(), "pro".to_owned())].into();
+    let record = manager.update_limits(&id, pro.clone()).await.unwrap();
+    assert_eq!(record.limits, pro);
+    let record = manager
+        .update_metadata(&id, metadata.clone())
+        .await
+        .unwrap();
+    assert_eq!(record.metadata, metadata);
+    let record = manager.update_name(&id, "deploy").await.unwrap();
+    assert_eq!(record.name, "deploy");
+    let until = now + Duration::from_secs(3600);
+    let record = manager.update_expiry(&id, Some(until)).await.unwrap();
+    assert_eq!(record.expires_at, Some(until));
+    let from = now + Duration::from_secs(60);
+    let record = manager.update_not_before(&id, Some(from)).await.unwrap();
+    assert_eq!(record.not_before, Some(from));
+    let record = manager
+        .update_scopes(&id, "pets:read".parse().unwrap())
+        .await
+        .unwrap();
+
+    // Every change is in the store, all together.
+    let stored = f.store.find(&id).await.unwrap().unwrap();
+    assert_eq!(*stored, record);
+    assert_eq!(
+        (
+            stored.limits.clone(),
+            stored.name.as_str(),
+            stored.expires_at
+        ),
+        (pro, "deploy", Some(until))
+    );
+    assert_eq!(stored.metadata, metadata);
+
+    // The key answers to its new times: refused before not-before, then
+    // accepted, then refused after the expiry; `None` lifts both.
+    let key = &issued.key;
+    assert_eq!(
+        f.check(key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::NotYetValid))
+    );
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(f.check(key).await, OK);
+    f.clock.advance(Duration::from_secs(3600));
+    assert_eq!(
+        f.check(key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Expired))
+    );
+    manager.update_expiry(&id, None).await.unwrap();
+    manager.update_not_before(&id, None).await.unwrap();
+    assert_eq!(f.check(key).await, OK);
+
+    let kinds: Vec<EventKind> = events.lock().unwrap().iter().map(|e| e.kind()).collect();
+    assert_eq!(
+        kinds,
+        [
+            Lifecycle::Issued,
+            Lifecycle::LimitsChanged,
+            Lifecycle::MetadataChanged,
+            Lifecycle::Renamed,
+            Lifecycle::ExpiryChanged,
+            Lifecycle::NotBeforeChanged,
+            Lifecycle::ScopesChanged,
+            Lifecycle::ExpiryChanged,
+            Lifecycle::NotBeforeChanged,
+        ]
+        .map(EventKind::Lifecycle)
+    );
+    let names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    assert_eq!(
+        names[1..7],
+        [
+            "limits_changed",
+            "metadata_changed",
+            "renamed",
+            "expiry_changed",
+            "not_before_changed",
+            "scopes_changed"
+        ]
+    );
+    assert!(events
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|e| e.key_id() == Some(id) && e.owner() == Some("acme")));
+
+    // Revoked: every change is refused, nothing is written, no event.
+    manager.revoke(&id).await.unwrap();
+    let before = events.lock().unwrap().len();
+    let revoked = f.store.find(&id).await.unwrap().unwrap();
+    assert!(matches!(
+        manager.update_limits(&id, Limits::none()).await,
+        Err(ManagerError::Revoked(r)) if r == id
+    ));
+    assert!(matches!(
+        manager.update_metadata(&id, BTreeMap::new()).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        manager.update_name(&id, "back").await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        manager.update_expiry(&id, None).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        manager.update_not_before(&id, None).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert!(matches!(
+        manager.update_scopes(&id, "pets:*".parse().unwrap()).await,
+        Err(ManagerError::Revoked(_))
+    ));
+    assert_eq!(*f.store.find(&id).await.unwrap().unwrap(), *revoked);
+    assert_eq!(events.lock().unwrap().len(), before);
+
+    // And an unknown id is NotFound.
+    let unknown: KeyId = "zzzzzzzzzzzz".parse().unwrap();
+    assert!(matches!(
+        manager.update_name(&unknown, "x").await,
+        Err(ManagerError::NotFound(u)) if u == unknown
+    ));
+}
+
+/// `revoked_at` is the manager clock's time of the revocation, and stays
+/// when the key is revoked again.
+#[tokio::test]
+async fn revoke_records_when() {
+    let f = fixture();
+    let issued = f.manager.issue(IssueOptions::new("acme")).await.unwrap();
+    let id = issued.record.id;
+    f.clock.advance(Duration::from_secs(10));
+    let at = f.clock.now();
+    f.manager.revoke(&id).await.unwrap();
+    f.clock.advance(Duration::from_secs(10));
+    f.manager.revoke(&id).await.unwrap();
+    let record = f.manager.find(&id).await.unwrap().unwrap();
+    assert_eq!(record.revoked_at, Some(at));
+    assert_eq!(
+        f.check(&issued.key).await,
+        (StatusCode::UNAUTHORIZED, Some(RejectReason::Revoked))
+    );
+}

@@ -4,13 +4,14 @@ use std::sync::Arc;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
-use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId};
+use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup};
 
 /// Compared against when the id is unknown, so that an unknown id costs the
-/// same hash and compare as a known one.
+/// same hash and compare as a known one. (Its algorithm need not match:
+/// `KeyHash::verify` compares the bytes in full whatever the algorithms.)
 const DUMMY_HASH: KeyHash = KeyHash::from_bytes([0x5a; 32]);
 
 /// Checks presented keys against a store: parse, hash, look up, compare in
@@ -60,11 +61,33 @@ pub(crate) enum Begun {
     Lookup(Pending),
 }
 
-/// A key that parsed and was hashed, whose record must still be fetched.
-#[derive(Clone, Copy)]
+/// A key that parsed, whose record must still be fetched: the secret is
+/// kept (inline, wiped on drop) to be hashed by the algorithm the record
+/// names.
 pub(crate) struct Pending {
     pub(crate) id: KeyId,
-    hash: KeyHash,
+    secret: SecretCopy,
+}
+
+/// A copy of a presented secret (base62, so ASCII), zeroed on drop.
+struct SecretCopy {
+    len: usize,
+    bytes: zeroize::Zeroizing<[u8; MAX_SECRET_LEN]>,
+}
+
+impl SecretCopy {
+    fn new(secret: &str) -> Self {
+        let mut bytes = zeroize::Zeroizing::new([0u8; MAX_SECRET_LEN]);
+        // A format's secret is at most MAX_SECRET_LEN characters.
+        let len = secret.len().min(MAX_SECRET_LEN);
+        bytes[..len].copy_from_slice(&secret.as_bytes()[..len]);
+        Self { len, bytes }
+    }
+
+    fn as_str(&self) -> &str {
+        // A copy of the prefix of a `str` of ASCII characters.
+        std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
 }
 
 impl Authenticator {
@@ -79,7 +102,9 @@ impl Authenticator {
         }
     }
 
-    /// Uses `hasher` (it must be the one that made the stored hashes).
+    /// Uses `hasher` to verify secrets. Each record is verified by the
+    /// algorithm its hash names; a hash naming a pepper `hasher` lacks is
+    /// refused (`503`, logged as [`UnknownPepper`](crate::key::UnknownPepper)).
     #[must_use]
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
         self.hasher = hasher;
@@ -119,7 +144,7 @@ impl Authenticator {
         }
     }
 
-    /// Parses and hashes, and looks up if the store answers at once.
+    /// Parses, and looks up and checks if the store answers at once.
     pub(crate) fn begin(&self, presented: &str) -> Begun {
         let parsed = match self.format.parse(presented) {
             Ok(parsed) => parsed,
@@ -128,19 +153,24 @@ impl Authenticator {
                 return Begun::Done(Err(Rejection::new(RejectReason::MalformedKey)));
             }
         };
-        let pending = Pending {
-            id: parsed.id(),
-            hash: self.hasher.hash(parsed.secret()),
-        };
-        match self.store.find_immediate(&pending.id) {
-            Some(lookup) => Begun::Done(self.finish(pending, lookup)),
-            None => Begun::Lookup(pending),
+        let id = parsed.id();
+        match self.store.find_immediate(&id) {
+            Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
+            None => Begun::Lookup(Pending {
+                id,
+                secret: SecretCopy::new(parsed.secret()),
+            }),
         }
     }
 
     /// Compares and checks the record a look-up returned.
     pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
-        let id = pending.id;
+        self.check(pending.id, pending.secret.as_str(), lookup)
+    }
+
+    /// Hashes the secret (once, whatever the answer), compares it with the
+    /// record's hash and checks the record.
+    fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
         let refuse = |reason: RejectReason| {
             tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
             Err(Rejection::new(reason).with_key_id(id))
@@ -148,7 +178,7 @@ impl Authenticator {
         let record = match lookup {
             Ok(Some(record)) => record,
             Ok(None) => {
-                black_box(pending.hash.verify(&DUMMY_HASH));
+                black_box(self.hasher.hash(secret).verify(&DUMMY_HASH));
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
@@ -161,8 +191,20 @@ impl Authenticator {
                 return refuse(RejectReason::StoreUnavailable);
             }
         };
-        if !pending.hash.verify(&record.hash) {
-            return refuse(RejectReason::WrongSecret);
+        match self.hasher.verify(secret, &record.hash) {
+            Ok(true) => {}
+            Ok(false) => return refuse(RejectReason::WrongSecret),
+            Err(error) => {
+                // The service's configuration, not the client: answered as
+                // an unavailable dependency (503), never as a bad key.
+                tracing::error!(
+                    target: "keyward::auth",
+                    key_id = %id,
+                    error = &error as &dyn std::error::Error,
+                    "cannot verify the key: its hash names a pepper this service lacks; refusing"
+                );
+                return refuse(RejectReason::StoreUnavailable);
+            }
         }
         // The clock is read only when the record has a time to check.
         let now = if record.expires_at.is_some() || record.not_before.is_some() {

@@ -21,6 +21,8 @@ pub const DEFAULT_SECRET_BITS: u32 = 256;
 pub const MIN_SECRET_BITS: u32 = 128;
 /// The strongest secret a format accepts, in bits.
 pub const MAX_SECRET_BITS: u32 = 512;
+/// The longest secret, in characters: `MAX_SECRET_BITS` of base62.
+pub(crate) const MAX_SECRET_LEN: usize = 86;
 
 /// How keys look on the wire: a prefix, a public id, a secret and a checksum.
 ///
@@ -263,6 +265,7 @@ mod tests {
         assert_eq!(secret_len_for(128), 22);
         assert_eq!(secret_len_for(256), 43);
         assert_eq!(secret_len_for(512), 86);
+        assert_eq!(secret_len_for(MAX_SECRET_BITS), MAX_SECRET_LEN);
     }
 
     #[test]

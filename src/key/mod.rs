@@ -38,12 +38,16 @@ use std::str::FromStr;
 
 use zeroize::Zeroizing;
 
+pub(crate) use format::MAX_SECRET_LEN;
 pub use format::{
     FormatError, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, DEFAULT_SECRET_BITS, KEY_ID_LEN,
     MAX_PREFIX_LEN, MAX_SECRET_BITS, MIN_SECRET_BITS,
 };
 pub use generator::{GenerateError, KeyGenerator};
-pub use hash::{InvalidKeyHash, KeyHash, KeyHasher};
+pub use hash::{
+    DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
+    KeyHash, KeyHasher, PepperId, UnknownPepper,
+};
 
 /// The public id of a key: 12 base62 characters, stored inline (`Copy`).
 ///

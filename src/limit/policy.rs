@@ -43,6 +43,11 @@ pub enum PolicyError {
     /// which has at most 15 digits (RFC 9651).
     #[error("a credit policy's capacity must be at most 999999999999999")]
     CapacityTooLarge,
+    /// A window or refill interval with a part smaller than a millisecond:
+    /// stored policies keep them as whole milliseconds (`window_ms`,
+    /// `interval_ms`).
+    #[error("a policy's window and refill interval must be whole milliseconds")]
+    SubMillisecond,
     /// More than [`Limits::MAX_POLICIES`] policies in one [`Limits`].
     #[error("a key has at most {max} policies")]
     TooManyPolicies {
@@ -54,6 +59,14 @@ pub enum PolicyError {
 /// The largest integer a structured field may carry (RFC 9651: at most
 /// 15 digits); the `RateLimit` fields never announce more.
 pub(crate) const MAX_FIELD_INTEGER: u64 = 999_999_999_999_999;
+
+/// A window or interval in whole milliseconds, as stored.
+fn whole_millis(duration: Duration) -> Result<u64, PolicyError> {
+    if !duration.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(PolicyError::SubMillisecond);
+    }
+    u64::try_from(duration.as_millis()).map_err(|_| PolicyError::WindowTooLong)
+}
 
 fn validate_name(name: &str) -> Result<(), PolicyError> {
     let bytes = name.as_bytes();
@@ -81,9 +94,13 @@ fn validate_name(name: &str) -> Result<(), PolicyError> {
 /// assert_eq!(daily.burst(), 100);
 /// # Ok::<(), keyward::limit::PolicyError>(())
 /// ```
+///
+/// With feature `serde` it is stored as
+/// `{"name": "burst", "quota": 5, "window_ms": 1000, "burst": 5}`, and
+/// read back through the same checks as [`new`](Self::new) and
+/// [`with_burst`](Self::with_burst) (the form of earlier versions,
+/// `"window": {"secs": 1, "nanos": 0}`, still reads).
 #[derive(Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(try_from = "RateFields"))]
 pub struct RatePolicy {
     name: Arc<str>,
     quota: u32,
@@ -91,31 +108,8 @@ pub struct RatePolicy {
     burst: u32,
     /// Worked out once, here, not on every check: GCRA's parameters in
     /// nanoseconds, and the fingerprint (see [`Policy::fingerprint`]).
-    #[cfg_attr(feature = "serde", serde(skip_serializing))]
     gcra: Gcra,
-    #[cfg_attr(feature = "serde", serde(skip_serializing))]
     fingerprint: u64,
-}
-
-/// A rate policy as serialized: its fields without what derives from them.
-#[cfg(feature = "serde")]
-#[derive(serde::Deserialize)]
-struct RateFields {
-    name: Arc<str>,
-    quota: u32,
-    window: Duration,
-    burst: u32,
-}
-
-/// Deserialized policies pass the checks of [`RatePolicy::new`] and
-/// [`RatePolicy::with_burst`]: bad input is an error, never a panic later.
-#[cfg(feature = "serde")]
-impl TryFrom<RateFields> for RatePolicy {
-    type Error = PolicyError;
-
-    fn try_from(fields: RateFields) -> Result<Self, PolicyError> {
-        RatePolicy::validated(fields.name, fields.quota, fields.window, fields.burst)
-    }
 }
 
 impl fmt::Debug for RatePolicy {
@@ -140,7 +134,8 @@ impl RatePolicy {
     ///
     /// The name is 1 to 64 characters of `a-z`, `0-9`, `-`, `_` and `.`,
     /// starting with a letter; `quota` is at least 1; `window` is at least
-    /// a second and at most [`MAX_WINDOW`](Self::MAX_WINDOW).
+    /// a second, at most [`MAX_WINDOW`](Self::MAX_WINDOW), and whole
+    /// milliseconds.
     pub fn new(name: &str, quota: u32, window: Duration) -> Result<Self, PolicyError> {
         validate_name(name)?;
         Self::validated(name.into(), quota, window, quota)
@@ -173,6 +168,7 @@ impl RatePolicy {
         if window > Self::MAX_WINDOW {
             return Err(PolicyError::WindowTooLong);
         }
+        whole_millis(window)?;
         // GCRA's tolerance plus one period: how far ahead of now a key's
         // state may run.
         let full_burst = Self::period_of(window, quota).checked_mul(burst);
@@ -244,40 +240,20 @@ impl RatePolicy {
 /// assert_eq!(monthly.capacity(), 10_000);
 /// # Ok::<(), keyward::limit::PolicyError>(())
 /// ```
+///
+/// With feature `serde` it is stored as
+/// `{"name": "monthly", "capacity": 10000, "refill": {"amount": 10000,
+/// "interval_ms": 2592000000}}` (`"refill": null` when it never refills),
+/// and read back through the same checks as [`new`](Self::new) and
+/// [`with_refill`](Self::with_refill) (the refill pair of earlier versions,
+/// `[10000, {"secs": 2592000, "nanos": 0}]`, still reads).
 #[derive(Clone, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-#[cfg_attr(feature = "serde", serde(try_from = "CreditFields"))]
 pub struct CreditPolicy {
     name: Arc<str>,
     capacity: u64,
     refill: Option<(u64, Duration)>,
     /// Worked out once (see [`Policy::fingerprint`]).
-    #[cfg_attr(feature = "serde", serde(skip_serializing))]
     fingerprint: u64,
-}
-
-/// A credit policy as serialized: its fields without what derives from them.
-#[cfg(feature = "serde")]
-#[derive(serde::Deserialize)]
-struct CreditFields {
-    name: Arc<str>,
-    capacity: u64,
-    refill: Option<(u64, Duration)>,
-}
-
-/// Deserialized policies pass the checks of [`CreditPolicy::new`] and
-/// [`CreditPolicy::with_refill`]: bad input is an error, never a panic later.
-#[cfg(feature = "serde")]
-impl TryFrom<CreditFields> for CreditPolicy {
-    type Error = PolicyError;
-
-    fn try_from(fields: CreditFields) -> Result<Self, PolicyError> {
-        let credits = CreditPolicy::new(&fields.name, fields.capacity)?;
-        match fields.refill {
-            Some((amount, interval)) => credits.with_refill(amount, interval),
-            None => Ok(credits),
-        }
-    }
 }
 
 impl fmt::Debug for CreditPolicy {
@@ -325,8 +301,8 @@ impl CreditPolicy {
 
     /// Adds `amount` credits every `interval`, up to the capacity.
     ///
-    /// `amount` is at least 1; `interval` is at least a second and at most
-    /// [`RatePolicy::MAX_WINDOW`] (100 years).
+    /// `amount` is at least 1; `interval` is at least a second, at most
+    /// [`RatePolicy::MAX_WINDOW`] (100 years), and whole milliseconds.
     pub fn with_refill(self, amount: u64, interval: Duration) -> Result<Self, PolicyError> {
         if amount == 0 {
             return Err(PolicyError::Zero);
@@ -337,6 +313,7 @@ impl CreditPolicy {
         if interval > RatePolicy::MAX_WINDOW {
             return Err(PolicyError::WindowTooLong);
         }
+        whole_millis(interval)?;
         Ok(Self::derived(
             self.name,
             self.capacity,
@@ -623,6 +600,155 @@ impl<'de> serde::Deserialize<'de> for Limits {
     }
 }
 
+/// The stored shapes of policies: durations as whole milliseconds with the
+/// unit in the field's name, a refill as an object with named fields; and
+/// the shapes of earlier versions, still read.
+#[cfg(feature = "serde")]
+mod stored {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+    use serde::de::{self, Deserializer, Visitor};
+    use serde::ser::{SerializeStruct, Serializer};
+    use serde::{Deserialize, Serialize};
+
+    use super::{whole_millis, CreditPolicy, RatePolicy};
+
+    /// Milliseconds of a window or interval the constructors checked.
+    fn millis<E: serde::ser::Error>(duration: Duration) -> Result<u64, E> {
+        whole_millis(duration).map_err(E::custom)
+    }
+
+    impl Serialize for RatePolicy {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut out = serializer.serialize_struct("RatePolicy", 4)?;
+            out.serialize_field("name", &*self.name)?;
+            out.serialize_field("quota", &self.quota)?;
+            out.serialize_field("window_ms", &millis::<S::Error>(self.window)?)?;
+            out.serialize_field("burst", &self.burst)?;
+            out.end()
+        }
+    }
+
+    /// A rate policy as stored: `window_ms`, or the `window` of earlier
+    /// versions.
+    #[derive(Deserialize)]
+    struct RateFields {
+        name: Arc<str>,
+        quota: u32,
+        burst: u32,
+        #[serde(default)]
+        window_ms: Option<u64>,
+        #[serde(default)]
+        window: Option<Duration>,
+    }
+
+    /// Deserialized policies pass the checks of [`RatePolicy::new`] and
+    /// [`RatePolicy::with_burst`]: bad input is an error, never a panic
+    /// later.
+    impl<'de> Deserialize<'de> for RatePolicy {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let fields = RateFields::deserialize(deserializer)?;
+            let window = match (fields.window_ms, fields.window) {
+                (Some(ms), None) => Duration::from_millis(ms),
+                (None, Some(window)) => window,
+                (None, None) => return Err(de::Error::missing_field("window_ms")),
+                (Some(_), Some(_)) => {
+                    return Err(de::Error::custom(
+                        "a rate policy has `window_ms` or `window`, not both",
+                    ))
+                }
+            };
+            RatePolicy::validated(fields.name, fields.quota, window, fields.burst)
+                .map_err(de::Error::custom)
+        }
+    }
+
+    impl Serialize for CreditPolicy {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let refill = match self.refill {
+                Some((amount, interval)) => Some(RefillFields {
+                    amount,
+                    interval_ms: millis::<S::Error>(interval)?,
+                }),
+                None => None,
+            };
+            let mut out = serializer.serialize_struct("CreditPolicy", 3)?;
+            out.serialize_field("name", &*self.name)?;
+            out.serialize_field("capacity", &self.capacity)?;
+            out.serialize_field("refill", &refill)?;
+            out.end()
+        }
+    }
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RefillFields {
+        amount: u64,
+        interval_ms: u64,
+    }
+
+    /// A refill as stored, `{"amount", "interval_ms"}`, or as the pair
+    /// `[amount, {"secs", "nanos"}]` of earlier versions.
+    struct Refill(u64, Duration);
+
+    impl<'de> Deserialize<'de> for Refill {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            deserializer.deserialize_any(RefillVisitor)
+        }
+    }
+
+    struct RefillVisitor;
+
+    impl<'de> Visitor<'de> for RefillVisitor {
+        type Value = Refill;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(r#"a refill such as {"amount": 10, "interval_ms": 60000}"#)
+        }
+
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Refill, A::Error> {
+            let fields = RefillFields::deserialize(MapAccessDeserializer::new(map))?;
+            Ok(Refill(
+                fields.amount,
+                Duration::from_millis(fields.interval_ms),
+            ))
+        }
+
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Refill, A::Error> {
+            let (amount, interval) =
+                <(u64, Duration)>::deserialize(SeqAccessDeserializer::new(seq))?;
+            Ok(Refill(amount, interval))
+        }
+    }
+
+    #[derive(Deserialize)]
+    struct CreditFields {
+        name: Arc<str>,
+        capacity: u64,
+        #[serde(default)]
+        refill: Option<Refill>,
+    }
+
+    /// Deserialized policies pass the checks of [`CreditPolicy::new`] and
+    /// [`CreditPolicy::with_refill`]: bad input is an error, never a panic
+    /// later.
+    impl<'de> Deserialize<'de> for CreditPolicy {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let fields = CreditFields::deserialize(deserializer)?;
+            let credits =
+                CreditPolicy::new(&fields.name, fields.capacity).map_err(de::Error::custom)?;
+            match fields.refill {
+                Some(Refill(amount, interval)) => credits
+                    .with_refill(amount, interval)
+                    .map_err(de::Error::custom),
+                None => Ok(credits),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -864,6 +990,102 @@ mod serde_tests {
         let result = std::panic::catch_unwind(|| serde_json::from_str::<Limits>(json));
         let error = result.expect("deserializing panicked").unwrap_err();
         assert!(error.to_string().contains("at least 1"), "{error}");
+    }
+
+    fn sample() -> Limits {
+        Limits::new([
+            RatePolicy::new("burst", 5, Duration::from_millis(1500))
+                .unwrap()
+                .with_burst(2)
+                .unwrap()
+                .into(),
+            CreditPolicy::new("monthly", 10_000)
+                .unwrap()
+                .with_refill(10_000, Duration::from_secs(30 * 86_400))
+                .unwrap()
+                .into(),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn stored_shape_has_named_fields_and_units() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"rate": {"name": "burst", "quota": 5, "window_ms": 1500, "burst": 2}},
+                {"credits": {"name": "monthly", "capacity": 10000,
+                             "refill": {"amount": 10000, "interval_ms": 2_592_000_000u64}}}
+            ])
+        );
+        let back: Limits = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sample());
+        let prepaid = Limits::new([CreditPolicy::new("prepaid", 3).unwrap().into()]).unwrap();
+        assert_eq!(
+            serde_json::to_string(&prepaid).unwrap(),
+            r#"[{"credits":{"name":"prepaid","capacity":3,"refill":null}}]"#
+        );
+        // A missing refill is no refill.
+        let read: Limits =
+            serde_json::from_str(r#"[{"credits":{"name":"prepaid","capacity":3}}]"#).unwrap();
+        assert_eq!(read, prepaid);
+    }
+
+    #[test]
+    fn the_shapes_of_earlier_versions_still_read() {
+        let old = r#"[
+            {"rate": {"name": "burst", "quota": 5, "window": {"secs": 1, "nanos": 500000000}, "burst": 2}},
+            {"credits": {"name": "monthly", "capacity": 10000, "refill": [10000, {"secs": 2592000, "nanos": 0}]}}
+        ]"#;
+        let read: Limits = serde_json::from_str(old).unwrap();
+        assert_eq!(read, sample());
+        for (a, b) in read.policies().iter().zip(sample().policies()) {
+            assert_eq!(a.fingerprint(), b.fingerprint());
+        }
+        // And are written back in the new shape.
+        assert!(serde_json::to_string(&read)
+            .unwrap()
+            .contains(r#""window_ms":1500"#));
+    }
+
+    #[test]
+    fn a_window_is_given_once() {
+        let both = r#"[{"rate":{"name":"m","quota":1,"window_ms":1000,"window":{"secs":1,"nanos":0},"burst":1}}]"#;
+        assert!(error(both).contains("not both"), "{}", error(both));
+        let neither = r#"[{"rate":{"name":"m","quota":1,"burst":1}}]"#;
+        assert!(error(neither).contains("window_ms"), "{}", error(neither));
+        for bad in [
+            r#"[{"credits":{"name":"m","capacity":1,"refill":{"amount":1}}}]"#,
+            r#"[{"credits":{"name":"m","capacity":1,"refill":{"amount":1,"interval_ms":1000,"every":2}}}]"#,
+            r#"[{"credits":{"name":"m","capacity":1,"refill":[1]}}]"#,
+            r#"[{"credits":{"name":"m","capacity":1,"refill":"daily"}}]"#,
+            r#"[{"rate":{"name":"m","quota":1,"window_ms":-1,"burst":1}}]"#,
+            r#"[{"rate":{"name":"m","quota":1,"window_ms":1.5,"burst":1}}]"#,
+        ] {
+            error(bad);
+        }
+    }
+
+    #[test]
+    fn windows_below_a_millisecond_are_refused_everywhere() {
+        assert_eq!(
+            RatePolicy::new("m", 1, Duration::from_nanos(1_000_000_001)),
+            Err(PolicyError::SubMillisecond)
+        );
+        assert_eq!(
+            CreditPolicy::new("m", 1)
+                .unwrap()
+                .with_refill(1, Duration::from_micros(1_000_001)),
+            Err(PolicyError::SubMillisecond)
+        );
+        let old = r#"[{"rate":{"name":"m","quota":1,"window":{"secs":1,"nanos":1},"burst":1}}]"#;
+        assert!(error(old).contains("whole milliseconds"), "{}", error(old));
+        let huge = format!(
+            r#"[{{"rate":{{"name":"m","quota":1,"window_ms":{},"burst":1}}}}]"#,
+            u64::MAX
+        );
+        assert!(error(&huge).contains("100 years"), "{}", error(&huge));
     }
 
     #[test]

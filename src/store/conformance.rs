@@ -4,6 +4,12 @@
 //! on each call, so it can run again and again against a persistent backend.
 //! It panics, with a message naming the broken promise, on the first failure.
 //!
+//! Among its promises: every field of a [`KeyRecord`] round-trips (the
+//! hash *with its algorithm*, limits, times to at least the millisecond,
+//! `revoked_at`); `revoke` sets `revoked_at` to the time it is given and
+//! keeps the first one when called again; an update never brings a revoked
+//! key back.
+//!
 //! # Example
 //!
 //! ```
@@ -18,7 +24,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{KeyStore, StoreError};
-use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId, PepperId};
+use crate::limit::{CreditPolicy, Limits, RatePolicy};
 use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
 
@@ -34,6 +41,8 @@ pub async fn run<S: KeyStore + ?Sized>(store: &S) {
     lifecycle_updates_show_on_the_next_find(store).await;
     revoke_keeps_every_other_field(store).await;
     revocation_is_final(store).await;
+    revoking_again_keeps_the_first_time(store).await;
+    stored_fields_round_trip(store).await;
 }
 
 async fn revocation_is_final<S: KeyStore + ?Sized>(store: &S) {
@@ -52,6 +61,86 @@ async fn revocation_is_final<S: KeyStore + ?Sized>(store: &S) {
     }
     let found = store.find(&record.id).await.expect("find").expect("found");
     assert_eq!(found.status, KeyStatus::Revoked, "revocation is final");
+    assert_eq!(
+        found.revoked_at,
+        Some(epoch(1_700_000_100)),
+        "a refused update must keep revoked_at"
+    );
+}
+
+async fn revoking_again_keeps_the_first_time<S: KeyStore + ?Sized>(store: &S) {
+    let record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(record.clone()).await.expect("insert");
+    store
+        .revoke(&record.id, epoch(1_700_000_100))
+        .await
+        .expect("revoke");
+    store
+        .revoke(&record.id, epoch(1_700_000_200))
+        .await
+        .expect("revoking a revoked key must succeed");
+    let found = store.find(&record.id).await.expect("find").expect("found");
+    assert_eq!(
+        found.revoked_at,
+        Some(epoch(1_700_000_100)),
+        "revoking again must keep the first revoked_at"
+    );
+}
+
+/// Every field a record has comes back as it went in: a peppered hash with
+/// its algorithm, limits, times with fractions of a second (to the
+/// millisecond), and a record inserted already revoked (an import).
+async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
+    let limits = Limits::new([
+        RatePolicy::new("burst", 5, Duration::from_millis(1500))
+            .expect("valid policy")
+            .with_burst(2)
+            .expect("valid burst")
+            .into(),
+        CreditPolicy::new("monthly", 10_000)
+            .expect("valid policy")
+            .with_refill(10_000, Duration::from_secs(30 * 86_400))
+            .expect("valid refill")
+            .into(),
+    ])
+    .expect("valid limits");
+    let at = |secs: u64, millis: u64| epoch(secs) + Duration::from_millis(millis);
+    let peppered = KeyHasher::with_pepper(PepperId::new(7), b"conformance pepper");
+    let mut records = Vec::new();
+    for hasher in [KeyHasher::sha256(), peppered] {
+        let mut record = fresh_record(&fresh_owner(), at(1_700_000_000, 250));
+        record.hash = hasher.hash("conformance secret");
+        records.push(
+            record
+                .with_limits(limits.clone())
+                .with_expires_at(at(1_800_000_000, 125))
+                .with_not_before(at(1_700_000_001, 1)),
+        );
+    }
+    let mut imported = fresh_record(&fresh_owner(), epoch(1_600_000_000))
+        .with_status(KeyStatus::Revoked)
+        .with_metadata("source", "import");
+    imported.revoked_at = Some(at(1_650_000_000, 999));
+    records.push(imported);
+    for record in records {
+        store.insert(record.clone()).await.expect("insert");
+        let found = store.find(&record.id).await.expect("find").expect("found");
+        assert_eq!(
+            found.hash.algorithm(),
+            record.hash.algorithm(),
+            "the hash's algorithm must be kept"
+        );
+        assert_eq!(
+            *found, record,
+            "every field (hash and algorithm, limits, times to the millisecond, revoked_at) must round-trip"
+        );
+        let listed = store.list_by_owner(&record.owner).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(
+            *listed[0], record,
+            "list_by_owner must return whole records"
+        );
+    }
 }
 
 fn fresh_record(owner: &str, created_at: SystemTime) -> KeyRecord {
@@ -164,6 +253,11 @@ async fn revoke_takes_effect_at_once<S: KeyStore + ?Sized>(store: &S) {
         "revoke must show on the next find"
     );
     assert_eq!(
+        found.revoked_at,
+        Some(epoch(1_700_000_500)),
+        "revoke must set revoked_at to the time it is given"
+    );
+    assert_eq!(
         found.hash, record.hash,
         "revoke must keep the rest of the record"
     );
@@ -224,7 +318,8 @@ async fn restrictions_round_trip<S: KeyStore + ?Sized>(store: &S) {
 }
 
 /// The updates KeyManager makes (disable, enable, new scopes, a rotation's
-/// earlier expiry) each show on the next find and in list_by_owner.
+/// earlier expiry, not-before, limits, name, metadata) each show on the
+/// next find and in list_by_owner.
 async fn lifecycle_updates_show_on_the_next_find<S: KeyStore + ?Sized>(store: &S) {
     let owner = fresh_owner();
     let record = fresh_record(&owner, epoch(1_700_000_000))
@@ -232,7 +327,11 @@ async fn lifecycle_updates_show_on_the_next_find<S: KeyStore + ?Sized>(store: &S
         .with_metadata("team", "core");
     store.insert(record.clone()).await.expect("insert");
 
-    let steps: [(&str, KeyRecord); 4] = [
+    let limits = Limits::new([RatePolicy::new("burst", 10, Duration::from_secs(1))
+        .expect("valid policy")
+        .into()])
+    .expect("valid limits");
+    let steps: [(&str, KeyRecord); 8] = [
         (
             "status disabled",
             record.clone().with_status(KeyStatus::Disabled),
@@ -251,6 +350,17 @@ async fn lifecycle_updates_show_on_the_next_find<S: KeyStore + ?Sized>(store: &S
             "expiry",
             record.clone().with_expires_at(epoch(1_700_003_600)),
         ),
+        (
+            "not-before time",
+            record.clone().with_not_before(epoch(1_700_000_060)),
+        ),
+        ("limits", record.clone().with_limits(limits)),
+        ("name", record.clone().with_name("renamed")),
+        ("metadata", {
+            let mut changed = record.clone();
+            changed.metadata = [("tier".to_owned(), "pro".to_owned())].into();
+            changed
+        }),
     ];
     for (what, updated) in steps {
         store.update(updated.clone()).await.expect("update");
@@ -287,10 +397,11 @@ async fn revoke_keeps_every_other_field<S: KeyStore + ?Sized>(store: &S) {
         .await
         .expect("revoke");
     let found = store.find(&record.id).await.expect("find").expect("found");
-    let expected = record.with_status(KeyStatus::Revoked);
+    let mut expected = record.with_status(KeyStatus::Revoked);
+    expected.revoked_at = Some(epoch(1_700_000_100));
     assert_eq!(
         *found, expected,
-        "revoke must change the status and nothing else"
+        "revoke must change the status and revoked_at, and nothing else"
     );
     let listed = store.list_by_owner(&owner).await.expect("list");
     assert_eq!(

@@ -104,11 +104,13 @@ impl KeyStore for MemoryStore {
         }
     }
 
-    async fn revoke(&self, id: &KeyId, _at: SystemTime) -> Result<(), StoreError> {
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
         let records = self.records.pin();
         let revoked = records.update(*id, |current| {
             let mut record = KeyRecord::clone(current);
             record.status = KeyStatus::Revoked;
+            // The first revocation's time stays: revoking again is a no-op.
+            record.revoked_at = record.revoked_at.or(Some(at));
             Arc::new(record)
         });
         match revoked {

@@ -183,9 +183,10 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
     /// step, so an update that raced a revocation cannot undo it.
     async fn update(&self, record: KeyRecord) -> Result<(), StoreError>;
 
-    /// Marks the key revoked, effective for the next look-up;
-    /// [`StoreError::NotFound`] if there is none. `at` is when the
-    /// revocation happened; stores that keep it may record it.
+    /// Marks the key revoked, effective for the next look-up, and sets its
+    /// [`revoked_at`](KeyRecord::revoked_at) to `at`, changing nothing
+    /// else; [`StoreError::NotFound`] if there is none. Revoking a revoked
+    /// key succeeds and keeps the first `revoked_at`.
     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError>;
 
     /// Every record of `owner`, oldest first (ties broken by id).

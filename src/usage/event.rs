@@ -79,6 +79,18 @@ pub enum Lifecycle {
     Disabled,
     /// The key was enabled again.
     Enabled,
+    /// The key's scopes were replaced.
+    ScopesChanged,
+    /// The key's limits were replaced (a tier change).
+    LimitsChanged,
+    /// The key's metadata was replaced.
+    MetadataChanged,
+    /// The key was renamed.
+    Renamed,
+    /// The key's expiry was set, moved or removed.
+    ExpiryChanged,
+    /// The key's not-before time was set, moved or removed.
+    NotBeforeChanged,
     /// This process saw the key authenticate for the first time.
     FirstUsed,
     /// The key was presented after its expiry.
@@ -94,6 +106,12 @@ impl Lifecycle {
             Lifecycle::Revoked => "revoked",
             Lifecycle::Disabled => "disabled",
             Lifecycle::Enabled => "enabled",
+            Lifecycle::ScopesChanged => "scopes_changed",
+            Lifecycle::LimitsChanged => "limits_changed",
+            Lifecycle::MetadataChanged => "metadata_changed",
+            Lifecycle::Renamed => "renamed",
+            Lifecycle::ExpiryChanged => "expiry_changed",
+            Lifecycle::NotBeforeChanged => "not_before_changed",
             Lifecycle::FirstUsed => "first_used",
             Lifecycle::ExpiredOnUse => "expired_on_use",
         }
