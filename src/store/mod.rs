@@ -47,6 +47,8 @@ pub mod invalidation;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -59,6 +61,9 @@ pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PgStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{InvalidRedisPrefix, RedisStore};
 
 use crate::key::KeyId;
 use crate::record::KeyRecord;

@@ -33,7 +33,8 @@ use crate::store::StoreError;
 ///
 /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = redis::Client::open("redis://127.0.0.1/")?;
-/// let store = RedisStore::builder(client.clone()).prefix("keyward")?.build().await?;
+/// let connection = redis::aio::ConnectionManager::new(client.clone()).await?;
+/// let store = RedisStore::new(connection).with_prefix("keyward")?;
 /// let keys = CachedStore::builder(store)
 ///     .invalidation(RedisInvalidation::new(client, "keyward:invalidate"))
 ///     .build();
