@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use keyward::key::{KeyFormat, KeyGenerator, KeyId};
-use keyward::limit::{Limiter, MemoryLimiter, Policy, RatePolicy};
+use keyward::limit::{CreditPolicy, Limiter, Limits, MemoryLimiter, RatePolicy};
 
 fn ids(n: usize) -> Vec<KeyId> {
     let generator = KeyGenerator::new(KeyFormat::new("sk_live").unwrap());
@@ -21,7 +21,8 @@ fn ids(n: usize) -> Vec<KeyId> {
 
 fn bench(c: &mut Criterion) {
     // Quotas no benchmark can exhaust: every check is an allowed one.
-    let policy = Policy::from(RatePolicy::new("burst", u32::MAX, Duration::from_secs(1)).unwrap());
+    let burst = RatePolicy::new("burst", u32::MAX, Duration::from_secs(1)).unwrap();
+    let policy = Limits::new([burst.clone().into()]).unwrap();
     let quota = Quota::per_second(NonZeroU32::MAX);
 
     let mut group = c.benchmark_group("limit");
@@ -53,6 +54,22 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // A key with three policies (two rates and a balance), decided at once.
+    let three = Limits::new([
+        burst.into(),
+        RatePolicy::new("daily", u32::MAX, Duration::from_secs(86_400))
+            .unwrap()
+            .into(),
+        CreditPolicy::new("prepaid", CreditPolicy::MAX_CAPACITY)
+            .unwrap()
+            .into(),
+    ])
+    .unwrap();
+    let ids = ids(1);
+    let ours = MemoryLimiter::new();
+    group.bench_function("keyward_memory_three_policies/1", |b| {
+        b.iter(|| black_box(ours.check_immediate(&ids[0], &three, 1)))
+    });
     let direct = RateLimiter::direct(quota);
     group.bench_function("governor_direct/1", |b| {
         b.iter(|| black_box(direct.check()))

@@ -27,7 +27,7 @@ use tower::ServiceBuilder;
 /// Counts what it is given and lets it go.
 struct Discard;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl UsageExporter for Discard {
     async fn export(&mut self, batch: Vec<UsageEvent>) {
         drop(batch);

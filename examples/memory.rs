@@ -57,7 +57,6 @@ fn main() {
         .into()])
     .unwrap();
     let scopes: keyward::scope::ScopeSet = "pets:read".parse().unwrap();
-    let policy = limits.policies()[0].clone();
     let created = SystemTime::now();
 
     let before = resident();
@@ -72,8 +71,8 @@ fn main() {
 
     let limiter = MemoryLimiter::new().with_max_keys(n);
     for (id, _) in &keys {
-        let verdict = limiter.check_immediate(id, &policy, 1).unwrap().unwrap();
-        assert!(verdict.is_allowed());
+        let decision = limiter.check_immediate(id, &limits, 1).unwrap().unwrap();
+        assert!(decision.is_allowed());
     }
     let after_limiter = resident();
     assert_eq!(store.len(), n);

@@ -51,7 +51,7 @@ async fn inner(_: Request<String>) -> Result<Response<String>, Infallible> {
 /// Counts what it is given, and drops it.
 struct Count(Arc<AtomicU64>);
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl UsageExporter for Count {
     async fn export(&mut self, batch: Vec<UsageEvent>) {
         self.0.fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -52,7 +52,7 @@ async fn inner(_: Request<String>) -> Result<Response<String>, Infallible> {
 
 struct Discard;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl UsageExporter for Discard {
     async fn export(&mut self, batch: Vec<UsageEvent>) {
         black_box(batch);

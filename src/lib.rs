@@ -37,6 +37,18 @@
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
+//! # Implementing keyward's traits
+//!
+//! The backends are traits: [`KeyStore`], [`Limiter`](limit::Limiter),
+//! [`UsageSink`](usage::UsageSink) and `usage::UsageExporter` (feature
+//! `tokio`). Their async
+//! methods are declared with [`async_trait`](macro@async_trait), which keyward re-exports: put
+//! `#[keyward::async_trait]` on your `impl` and write the methods as
+//! `async fn`, with no `async-trait` dependency of your own. Without the
+//! attribute, an `async fn` in the impl fails with E0195 ("lifetime
+//! parameters or bounds on method do not match the trait declaration");
+//! each trait's docs have an example.
+//!
 //! # Feature flags
 //!
 //! - `axum`: [`Principal`] implements axum's `FromRequestParts`.
@@ -67,6 +79,12 @@ pub mod scope;
 pub mod store;
 pub mod usage;
 
+/// The attribute keyward's async traits are declared with
+/// ([`KeyStore`], [`Limiter`](limit::Limiter), [`UsageSink`](usage::UsageSink),
+/// `usage::UsageExporter`): put `#[keyward::async_trait]`
+/// on your `impl` of them, and you need no `async-trait` dependency of your
+/// own. A plain `async fn` in such an impl, without it, fails with E0195.
+pub use async_trait::async_trait;
 pub use auth::{AuthLayer, Principal};
 pub use authorize::RequireScopes;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};

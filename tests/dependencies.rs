@@ -15,7 +15,7 @@ use axum::Router;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
-use keyward::limit::{LimitError, Limiter, Limits, MemoryLimiter, Policy, RatePolicy, Verdict};
+use keyward::limit::{Decision, LimitError, Limiter, Limits, MemoryLimiter, RatePolicy};
 use keyward::record::KeyRecord;
 use keyward::reject::{RejectReason, Rejection};
 use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
@@ -32,7 +32,7 @@ struct Refused;
 #[derive(Debug)]
 struct DownStore;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl KeyStore for DownStore {
     async fn find(&self, _: &KeyId) -> Lookup {
         Err(StoreError::backend(Refused))
@@ -55,9 +55,9 @@ impl KeyStore for DownStore {
 #[derive(Debug)]
 struct DownLimiter;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl Limiter for DownLimiter {
-    async fn check(&self, _: &KeyId, _: &Policy, _: u32) -> Result<Verdict, LimitError> {
+    async fn check(&self, _: &KeyId, _: &Limits, _: u32) -> Result<Decision, LimitError> {
         Err(LimitError::backend(Refused))
     }
 }

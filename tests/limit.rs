@@ -14,8 +14,8 @@ use keyward::auth::{AuthLayer, FailureThrottle};
 use keyward::clock::{Clock, FakeClock};
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
 use keyward::limit::{
-    Cost, CreditPolicy, LimitError, Limiter, Limits, MemoryLimiter, Policy, RateLimitLayer,
-    RatePolicy, Verdict,
+    Cost, CreditPolicy, Decision, LimitError, Limiter, Limits, MemoryLimiter, Policy,
+    RateLimitLayer, RatePolicy, Verdict,
 };
 use keyward::record::KeyRecord;
 use keyward::reject::{RejectReason, Rejection};
@@ -354,12 +354,12 @@ struct Down;
 
 #[async_trait]
 impl Limiter for Remote {
-    async fn check(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
+    async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
         tokio::task::yield_now().await;
         if self.fail {
             return Err(LimitError::backend(Down));
         }
-        self.inner.check(id, policy, cost).await
+        self.inner.check(id, limits, cost).await
     }
 }
 
@@ -408,12 +408,12 @@ async fn a_million_distinct_keys_stay_under_the_bound() {
     let limiter = MemoryLimiter::new()
         .with_clock(clock.clone())
         .with_max_keys(10_000);
-    let policy = rate("burst", 5, 1);
+    let limits = Limits::new([rate("burst", 5, 1)]).unwrap();
     let mut peak = 0;
     for i in 0..1_000_000u32 {
         let id: KeyId = format!("{i:012}").parse().unwrap();
-        let verdict = limiter.check_immediate(&id, &policy, 1).unwrap().unwrap();
-        assert!(verdict.is_allowed());
+        let decision = limiter.check_immediate(&id, &limits, 1).unwrap().unwrap();
+        assert!(decision.is_allowed());
         if i % 1000 == 0 {
             peak = peak.max(limiter.tracked_keys());
             clock.advance(Duration::from_millis(1));
@@ -430,16 +430,16 @@ async fn idle_state_is_dropped() {
     let limiter = MemoryLimiter::new()
         .with_clock(clock.clone())
         .with_max_keys(100);
-    let policy = rate("burst", 5, 1);
+    let limits = Limits::new([rate("burst", 5, 1)]).unwrap();
     for i in 0..100u32 {
         let id: KeyId = format!("{i:012}").parse().unwrap();
-        limiter.check(&id, &policy, 1).await.unwrap();
+        limiter.check(&id, &limits, 1).await.unwrap();
     }
     assert_eq!(limiter.tracked_keys(), 100);
     // A second later every key is full again; the next new key sweeps.
     clock.advance(Duration::from_secs(1));
     let id: KeyId = "newkey000000".parse().unwrap();
-    limiter.check(&id, &policy, 1).await.unwrap();
+    limiter.check(&id, &limits, 1).await.unwrap();
     assert_eq!(limiter.tracked_keys(), 1);
 }
 
@@ -531,13 +531,14 @@ async fn windows_beyond_a_hundred_years_are_refused_and_a_century_still_limits()
     }
     let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
     let id: KeyId = "abcdefghijkl".parse().unwrap();
-    let century: Policy = RatePolicy::new("lifetime", 10, RatePolicy::MAX_WINDOW)
+    let century = Limits::new([RatePolicy::new("lifetime", 10, RatePolicy::MAX_WINDOW)
         .unwrap()
-        .into();
+        .into()])
+    .unwrap();
     let allowed = (0..1000)
         .filter(|_| {
-            let verdict = limiter.check_immediate(&id, &century, 1).unwrap().unwrap();
-            verdict.is_allowed()
+            let decision = limiter.check_immediate(&id, &century, 1).unwrap().unwrap();
+            decision.is_allowed()
         })
         .count();
     assert_eq!(allowed, 10);
@@ -562,10 +563,8 @@ async fn more_than_eight_policies_are_refused() {
     let id: KeyId = "abcdefghijkl".parse().unwrap();
     let allowed = (0..100)
         .filter(|_| {
-            limits.policies().iter().all(|policy| {
-                let verdict = limiter.check_immediate(&id, policy, 1).unwrap().unwrap();
-                verdict.is_allowed()
-            })
+            let decision = limiter.check_immediate(&id, &limits, 1).unwrap().unwrap();
+            decision.is_allowed()
         })
         .count();
     assert_eq!(allowed, 1);
@@ -577,8 +576,8 @@ struct Boastful(Verdict);
 
 #[async_trait]
 impl Limiter for Boastful {
-    async fn check(&self, _: &KeyId, _: &Policy, _: u32) -> Result<Verdict, LimitError> {
-        Ok(self.0)
+    async fn check(&self, _: &KeyId, limits: &Limits, _: u32) -> Result<Decision, LimitError> {
+        Ok(limits.policies().iter().map(|_| self.0).collect())
     }
 }
 
@@ -603,3 +602,182 @@ async fn ratelimit_numbers_never_exceed_fifteen_digits() {
 
 #[allow(dead_code)]
 fn _unused(_: SystemTime) {}
+
+/// All of a key's policies in one decision: a request that one policy
+/// refuses spends nothing on the others, and the answer lists every
+/// policy, the refusing ones as violated.
+#[tokio::test]
+async fn a_request_refused_by_one_policy_spends_nothing_on_the_others() {
+    let f = Fixture::new();
+    let limits = Limits::new([
+        rate("burst", 2, 1),
+        rate("hourly", 100, 3_600),
+        CreditPolicy::new("prepaid", 3).unwrap().into(),
+    ])
+    .unwrap();
+    let key = f.key(limits).await;
+    let mut service = stack(f.auth(), RateLimitLayer::new(f.limiter()));
+    for _ in 0..2 {
+        let ok = send(&mut service, with_key(&key)).await;
+        assert_eq!(ok.status(), StatusCode::OK);
+    }
+    for _ in 0..5 {
+        let refused = send(&mut service, with_key(&key)).await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(reason(&refused), Some(RejectReason::RateLimited));
+        // Every policy, the others unspent: 98 of the hour, 1 credit.
+        assert_eq!(
+            header(&refused, "ratelimit"),
+            r#""burst";r=0;t=1, "hourly";r=98;t=72, "prepaid";r=1"#
+        );
+        let body: serde_json::Value = serde_json::from_slice(refused.body()).unwrap();
+        assert_eq!(body["violated-policies"], serde_json::json!(["burst"]));
+    }
+    // A cost the balance cannot pay is refused by it alone: the rates
+    // are not spent either.
+    f.clock.advance(Duration::from_secs(1));
+    let mut request = with_key(&key);
+    request.extensions_mut().insert(Cost(2));
+    let refused = send(&mut service, request).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reason(&refused), Some(RejectReason::QuotaExhausted));
+    assert!(
+        refused.headers().get("retry-after").is_none(),
+        "never refills"
+    );
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        r#""burst";r=2;t=0, "hourly";r=98;t=72, "prepaid";r=1"#
+    );
+    let ok = send(&mut service, with_key(&key)).await;
+    assert_eq!(
+        header(&ok, "ratelimit"),
+        r#""burst";r=1;t=1, "hourly";r=97;t=108, "prepaid";r=0"#
+    );
+}
+
+/// Several policies refusing at once are all named; `Retry-After` is the
+/// longest of their waits, and the reason that of the longest.
+#[tokio::test]
+async fn every_refusing_policy_is_named_and_the_longest_wait_is_the_retry() {
+    let f = Fixture::new();
+    let limits = Limits::new([
+        rate("burst", 1, 1),
+        rate("minute", 1, 60),
+        CreditPolicy::new("hourly", 1)
+            .unwrap()
+            .with_refill(1, Duration::from_secs(3_600))
+            .unwrap()
+            .into(),
+    ])
+    .unwrap();
+    let key = f.key(limits).await;
+    let mut service = stack(f.auth(), RateLimitLayer::new(f.limiter()));
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK
+    );
+    let refused = send(&mut service, with_key(&key)).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reason(&refused), Some(RejectReason::QuotaExhausted));
+    assert_eq!(header(&refused, "retry-after"), "3600");
+    let body: serde_json::Value = serde_json::from_slice(refused.body()).unwrap();
+    assert_eq!(
+        body["violated-policies"],
+        serde_json::json!(["burst", "minute", "hourly"])
+    );
+}
+
+/// Answers one verdict too few.
+#[derive(Debug)]
+struct Forgetful;
+
+#[async_trait]
+impl Limiter for Forgetful {
+    async fn check(&self, _: &KeyId, _: &Limits, _: u32) -> Result<Decision, LimitError> {
+        Ok([Verdict::allowed(1, Duration::ZERO)].into_iter().collect())
+    }
+}
+
+/// A limiter whose answer does not cover every policy is a failed
+/// limiter (fail closed), never an allowed request.
+#[tokio::test]
+async fn an_answer_missing_a_policy_fails_closed() {
+    let f = Fixture::new();
+    let key = f
+        .key(Limits::new([rate("burst", 1, 1), rate("daily", 1, 86_400)]).unwrap())
+        .await;
+    let mut service = stack(f.auth(), RateLimitLayer::new(Forgetful));
+    let response = send(&mut service, with_key(&key)).await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+}
+
+/// Issue 12: a limiter on another store, from the public parts only: the
+/// states it keeps, and `Limits::decide` (GCRA and the balance) inside
+/// its own transaction. Through the layer it answers as `MemoryLimiter`.
+#[derive(Debug)]
+struct Elsewhere {
+    clock: FakeClock,
+    states: std::sync::Mutex<std::collections::HashMap<(KeyId, u64), keyward::limit::PolicyState>>,
+}
+
+#[async_trait]
+impl Limiter for Elsewhere {
+    async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+        let now = self
+            .clock
+            .now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        let mut map = self.states.lock().unwrap();
+        let mut states: Vec<_> = limits
+            .policies()
+            .iter()
+            .map(|policy| map.get(&(*id, policy.fingerprint())).copied())
+            .collect();
+        let decision = limits.decide(&mut states, cost, now)?;
+        if decision.is_allowed() {
+            for (policy, state) in limits.policies().iter().zip(states) {
+                if let Some(state) = state {
+                    map.insert((*id, policy.fingerprint()), state);
+                }
+            }
+        }
+        Ok(decision)
+    }
+}
+
+#[tokio::test]
+async fn a_limiter_on_another_store_answers_as_the_memory_limiter() {
+    let f = Fixture::new();
+    let limits = Limits::new([
+        rate("burst", 3, 1),
+        CreditPolicy::new("monthly", 7)
+            .unwrap()
+            .with_refill(2, Duration::from_secs(5))
+            .unwrap()
+            .into(),
+    ])
+    .unwrap();
+    let key = f.key(limits).await;
+    let elsewhere = Elsewhere {
+        clock: f.clock.clone(),
+        states: Default::default(),
+    };
+    let mut theirs = stack(f.auth(), RateLimitLayer::new(elsewhere));
+    let mut ours = stack(f.auth(), RateLimitLayer::new(f.limiter()));
+    for step in 0..40u64 {
+        let cost = 1 + (step % 3) as u32;
+        let request = || {
+            let mut request = with_key(&key);
+            request.extensions_mut().insert(Cost(cost));
+            request
+        };
+        let a = send(&mut theirs, request()).await;
+        let b = send(&mut ours, request()).await;
+        assert_eq!(a.status(), b.status(), "step {step}");
+        assert_eq!(a.headers(), b.headers(), "step {step}");
+        f.clock.advance(Duration::from_millis(150 * (step % 4)));
+    }
+}

@@ -32,7 +32,7 @@ pub(crate) async fn inner(_: Request<String>) -> Result<Response<String>, Infall
 #[allow(dead_code)] // not every benchmark uses it
 pub(crate) struct Discard;
 
-#[async_trait::async_trait]
+#[keyward::async_trait]
 impl UsageExporter for Discard {
     async fn export(&mut self, batch: Vec<UsageEvent>) {
         black_box(batch);

@@ -18,6 +18,10 @@ use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
 
 /// Authenticates every request by its API key; see the [module docs](super).
+///
+/// The service it wraps must be `Clone` (put one that is not behind
+/// `tower::buffer::Buffer`): see [the inner service must be
+/// `Clone`](super#the-inner-service-must-be-clone).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct AuthLayer {

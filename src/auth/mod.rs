@@ -26,6 +26,66 @@
 //!
 //! [`Rejection`]: crate::reject::Rejection
 //!
+//! # The inner service must be `Clone`
+//!
+//! [`AuthService`] is a `Service` only when the service it wraps is `Clone`
+//! (otherwise calls such as `oneshot` fail with E0599, "trait bounds were
+//! not satisfied"). A store that cannot answer at once (a database, a cache
+//! miss: [`KeyStore::find_immediate`](crate::store::KeyStore::find_immediate)
+//! is `None`) is awaited before the inner service is called, so the ready
+//! inner service moves into the response future and `AuthService` keeps a
+//! fresh clone (tower's clone-and-swap). axum's `Router`, tonic's services
+//! and `tower::service_fn` are `Clone`. A service that is not goes behind
+//! [`tower::buffer::Buffer`](https://docs.rs/tower/latest/tower/buffer/struct.Buffer.html)
+//! (tower's feature `buffer`): one task owns the service, and the `Buffer`
+//! handles in front of it are `Clone`. `Buffer` needs a tokio runtime, and
+//! its errors are `tower::BoxError`. (`tower::util::BoxCloneService` is no
+//! way round: it boxes a service that is `Clone` already.)
+//!
+//! [`RateLimitLayer`](crate::limit::RateLimitLayer) asks the same, for its
+//! limiter; [`UsageLayer`](crate::usage::UsageLayer),
+//! [`RequireScopes`](crate::authorize::RequireScopes) and
+//! [`MethodScopesLayer`](crate::grpc::MethodScopesLayer) decide before
+//! calling the inner service and take any service, `Clone` or not.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::task::{Context, Poll};
+//! use http::{Request, Response};
+//! use keyward::{AuthLayer, KeyFormat, MemoryStore};
+//! use tower::buffer::BufferLayer;
+//! use tower::{Service, ServiceBuilder};
+//!
+//! /// A service that owns something it cannot share: not `Clone`.
+//! struct Ledger(Vec<String>);
+//!
+//! impl Service<Request<String>> for Ledger {
+//!     type Response = Response<String>;
+//!     type Error = Infallible;
+//!     type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+//!
+//!     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+//!         Poll::Ready(Ok(()))
+//!     }
+//!
+//!     fn call(&mut self, request: Request<String>) -> Self::Future {
+//!         self.0.push(request.uri().path().to_owned());
+//!         std::future::ready(Ok(Response::new(self.0.len().to_string())))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let format = KeyFormat::new("sk_live")?;
+//! let service = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(MemoryStore::new(), format))
+//!     .layer(BufferLayer::new(1024)) // makes `Ledger` Clone; needs a tokio runtime
+//!     .service(Ledger(Vec::new()));
+//! # let _ = service;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Example
 //!
 //! ```

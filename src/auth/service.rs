@@ -14,6 +14,9 @@ use crate::body::ResponseBody;
 use crate::reject::{RejectReason, Rejection};
 
 /// The service made by [`AuthLayer`](super::AuthLayer).
+///
+/// A `Service` when `S` is `Clone`: the inner service is called after an
+/// awaited look-up (see [the module docs](super#the-inner-service-must-be-clone)).
 #[derive(Debug, Clone)]
 pub struct AuthService<S> {
     inner: S,

@@ -155,7 +155,7 @@ impl FailureThrottle {
         };
         let block_until = match shared.gcra.check(&failures.tat, 1, now) {
             // The last allowed failure: wait for one to be forgiven.
-            GcraOutcome::Allowed { remaining } => {
+            GcraOutcome::Allowed { remaining, .. } => {
                 (remaining == 0).then(|| now.saturating_add(nanos(shared.period)))
             }
             GcraOutcome::Denied { wait } => Some(now.saturating_add(wait)),

@@ -8,6 +8,9 @@ use crate::reject::Responder;
 use crate::scope::{Scope, ScopeError, ScopeSet};
 
 /// Requires scopes of the authenticated key; see the [module docs](super).
+///
+/// It wraps any service, `Clone` or not: it decides before calling the
+/// inner service, without waiting.
 #[derive(Clone)]
 #[must_use]
 pub struct RequireScopes {

@@ -10,7 +10,9 @@ use crate::scope::ScopeSet;
 /// Requires scopes per gRPC method; see the [module docs](super).
 ///
 /// Put it inside [`AuthLayer`](crate::AuthLayer), which supplies the
-/// [`Principal`](crate::Principal) whose scopes it checks.
+/// [`Principal`](crate::Principal) whose scopes it checks. It wraps any
+/// service, `Clone` or not: it decides before calling the inner service,
+/// without waiting.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct MethodScopesLayer {

@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::policy::MAX_FIELD_INTEGER;
-use super::{LimitError, Limiter, Limits, Policy, Verdict};
+use super::{Decision, LimitError, Limiter, Limits, Policy};
 use crate::auth::Principal;
 use crate::body::ResponseBody;
 use crate::clock::whole_seconds;
@@ -34,6 +34,13 @@ pub struct Cost(pub u32);
 
 /// Limits each authenticated key by the policies on its record; see the
 /// [module docs](super). Stack it inside [`AuthLayer`](crate::AuthLayer).
+///
+/// The service it wraps must be `Clone`: a limiter that cannot answer at
+/// once (a remote backend) is awaited before the inner service is called,
+/// so the ready inner service moves into the response future and
+/// [`RateLimit`] keeps a fresh clone (tower's clone-and-swap). Put a
+/// service that is not `Clone` behind `tower::buffer::Buffer`, as for
+/// [`AuthLayer`](crate::auth#the-inner-service-must-be-clone).
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct RateLimitLayer {
@@ -96,6 +103,8 @@ impl<S> Layer<S> for RateLimitLayer {
 }
 
 /// The service made by [`RateLimitLayer`].
+///
+/// A `Service` when `S` is `Clone` (see [`RateLimitLayer`]).
 #[derive(Debug, Clone)]
 pub struct RateLimit<S> {
     inner: S,
@@ -147,56 +156,33 @@ where
             .extensions()
             .get::<Cost>()
             .map_or(config.cost, |cost| cost.0);
-        let mut tally = Tally::new(limits);
-        for (i, policy) in limits.policies().iter().enumerate() {
-            match config.limiter.check_immediate(&id, policy, cost) {
-                Some(result) => {
-                    if tally.add(policy, result, &id).is_break() {
-                        break;
-                    }
-                }
-                None => {
-                    // The limiter must wait (a remote backend): check the
-                    // rest in a future. The ready service goes with it.
-                    let clone = self.inner.clone();
-                    let inner = std::mem::replace(&mut self.inner, clone);
-                    let check =
-                        remote_check(Arc::clone(config), limits.clone(), i, id, cost, tally);
-                    let waiting = Waiting {
-                        config: Arc::clone(config),
-                        id,
-                        service: inner,
-                        request,
-                    };
-                    return ResponseFuture::checking(check, waiting);
-                }
-            }
-        }
-        match tally.finish(config, request.headers(), id) {
-            Decision::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
-            Decision::Refuse(response) => ResponseFuture::rejected(response),
+        let Some(result) = config.limiter.check_immediate(&id, limits, cost) else {
+            // The limiter must wait (a remote backend): decide in a
+            // future. The ready service goes with it.
+            let clone = self.inner.clone();
+            let inner = std::mem::replace(&mut self.inner, clone);
+            let check = remote_check(Arc::clone(config), limits.clone(), id, cost);
+            let waiting = Waiting {
+                config: Arc::clone(config),
+                id,
+                service: inner,
+                request,
+            };
+            return ResponseFuture::checking(check, waiting);
+        };
+        match answer(config, limits, result, request.headers(), id) {
+            Answer::Pass(headers) => ResponseFuture::inner(self.inner.call(request), headers),
+            Answer::Refuse(response) => ResponseFuture::rejected(response),
         }
     }
 }
 
-type BoxCheck = Pin<Box<dyn Future<Output = Tally> + Send>>;
+type BoxCheck = Pin<Box<dyn Future<Output = (Limits, Result<Decision, LimitError>)> + Send>>;
 
-fn remote_check(
-    config: Arc<LimitConfig>,
-    limits: Limits,
-    start: usize,
-    id: KeyId,
-    cost: u32,
-    mut tally: Tally,
-) -> BoxCheck {
+fn remote_check(config: Arc<LimitConfig>, limits: Limits, id: KeyId, cost: u32) -> BoxCheck {
     Box::pin(async move {
-        for policy in &limits.policies()[start..] {
-            let result = config.limiter.check(&id, policy, cost).await;
-            if tally.add(policy, result, &id).is_break() {
-                break;
-            }
-        }
-        tally
+        let result = config.limiter.check(&id, &limits, cost).await;
+        (limits, result)
     })
 }
 
@@ -215,22 +201,6 @@ impl LimitHeaders {
             headers.insert(RATELIMIT.clone(), state);
         }
     }
-}
-
-/// The verdicts so far, and the `RateLimit` field they make.
-struct Tally {
-    policy_header: Option<HeaderValue>,
-    field: FieldBuf,
-    refusal: Option<Refusal>,
-}
-
-enum Refusal {
-    Denied {
-        reason: RejectReason,
-        policy: Arc<str>,
-        retry_after: Option<Duration>,
-    },
-    Failed(LimitError),
 }
 
 /// Room on the stack for the `RateLimit` field of most keys (a member is
@@ -312,127 +282,167 @@ impl FieldBuf {
     }
 }
 
-impl Tally {
-    fn new(limits: &Limits) -> Self {
-        Self {
-            // A reference count: the value was rendered once, on `Limits`.
-            policy_header: limits.policy_header().cloned(),
-            field: FieldBuf::new(),
-            refusal: None,
+/// A limiter answered something other than one verdict per policy.
+#[derive(Debug, thiserror::Error)]
+#[error("the limiter answered {answered} verdicts for {policies} policies")]
+struct WrongVerdicts {
+    answered: usize,
+    policies: usize,
+}
+
+/// The reason a refusal gives: the kind of the refusing policy with the
+/// longest wait (a balance that never refills is the longest).
+fn refusal_reason(policies: &[Policy], decision: &Decision) -> RejectReason {
+    let mut longest: Option<(Duration, &Policy)> = None;
+    for (policy, verdict) in policies.iter().zip(decision.verdicts()) {
+        if !verdict.is_allowed() && longest.is_none_or(|(wait, _)| verdict.reset() > wait) {
+            longest = Some((verdict.reset(), policy));
         }
     }
-
-    fn add(
-        &mut self,
-        policy: &Policy,
-        result: Result<Verdict, LimitError>,
-        id: &KeyId,
-    ) -> std::ops::ControlFlow<()> {
-        let reason = match policy {
-            Policy::Credits(_) => RejectReason::QuotaExhausted,
-            _ => RejectReason::RateLimited,
-        };
-        let verdict = match result {
-            Ok(verdict) => verdict,
-            Err(LimitError::CostTooHigh { policy: name, cost }) => {
-                tracing::warn!(
-                    target: "keyward::limit", key_id = %id, policy = %name, cost,
-                    "request costs more than the policy can ever allow"
-                );
-                self.refusal = Some(Refusal::Denied {
-                    reason,
-                    policy: Arc::clone(policy.shared_name()),
-                    retry_after: None,
-                });
-                return std::ops::ControlFlow::Break(());
-            }
-            Err(error) => {
-                self.refusal = Some(Refusal::Failed(error));
-                return std::ops::ControlFlow::Break(());
-            }
-        };
-        // Pushed by hand: `write!` costs more than the rest of the check.
-        if !self.field.is_empty() {
-            self.field.push(b", ");
-        }
-        self.field.push(b"\"");
-        self.field.push(policy.name().as_bytes());
-        self.field.push(b"\";r=");
-        // Clamped: a structured-field integer has at most 15 digits, and a
-        // `Limiter` may answer anything.
-        self.field
-            .push_decimal(verdict.remaining().min(MAX_FIELD_INTEGER));
-        // A balance that never refills has no time to announce.
-        if verdict.reset() != Duration::MAX {
-            self.field.push(b";t=");
-            self.field
-                .push_decimal(whole_seconds(verdict.reset()).min(MAX_FIELD_INTEGER));
-        }
-        if verdict.is_allowed() {
-            return std::ops::ControlFlow::Continue(());
-        }
-        self.refusal = Some(Refusal::Denied {
-            reason,
-            policy: Arc::clone(policy.shared_name()),
-            retry_after: (verdict.reset() != Duration::MAX).then_some(verdict.reset()),
-        });
-        std::ops::ControlFlow::Break(())
-    }
-
-    /// The headers for an allowed request, or the refusal.
-    fn finish(
-        self,
-        config: &LimitConfig,
-        request_headers: &http::HeaderMap,
-        id: KeyId,
-    ) -> Decision {
-        let headers = self.policy_header.map(|policy| LimitHeaders {
-            policy,
-            // Names, digits and punctuation: always a valid value.
-            state: HeaderValue::from_bytes(self.field.as_bytes()).ok(),
-        });
-        let rejection = match self.refusal {
-            None => return Decision::Pass(headers),
-            Some(Refusal::Failed(error)) => {
-                tracing::error!(
-                    target: "keyward::limit", key_id = %id,
-                    error = &error as &dyn std::error::Error,
-                    fail_open = config.fail_open,
-                    "limiter failed"
-                );
-                if config.fail_open {
-                    return Decision::Pass(None);
-                }
-                Rejection::new(RejectReason::LimiterUnavailable).with_key_id(id)
-            }
-            Some(Refusal::Denied {
-                reason,
-                policy,
-                retry_after,
-            }) => {
-                tracing::info!(
-                    target: "keyward::limit", key_id = %id, %reason, policy = %policy,
-                    "request refused: limit reached"
-                );
-                let rejection = Rejection::new(reason)
-                    .with_key_id(id)
-                    .with_violated_policy(policy);
-                match retry_after {
-                    Some(wait) => rejection.with_retry_after(wait),
-                    None => rejection,
-                }
-            }
-        };
-        let mut response = config.responder.refuse(request_headers, rejection);
-        if let Some(headers) = headers {
-            headers.apply(&mut response);
-        }
-        Decision::Refuse(response)
+    match longest {
+        Some((_, Policy::Credits(_))) => RejectReason::QuotaExhausted,
+        _ => RejectReason::RateLimited,
     }
 }
 
-/// What a tally decided: pass with these headers, or this refusal.
-enum Decision {
+/// Writes the `RateLimit` field of a decision: one member per policy.
+fn ratelimit_field(policies: &[Policy], decision: &Decision) -> Option<HeaderValue> {
+    let mut field = FieldBuf::new();
+    for (policy, verdict) in policies.iter().zip(decision.verdicts()) {
+        // Pushed by hand: `write!` costs more than the rest of the check.
+        if !field.is_empty() {
+            field.push(b", ");
+        }
+        field.push(b"\"");
+        field.push(policy.name().as_bytes());
+        field.push(b"\";r=");
+        // Clamped: a structured-field integer has at most 15 digits, and a
+        // `Limiter` may answer anything.
+        field.push_decimal(verdict.remaining().min(MAX_FIELD_INTEGER));
+        // A balance that never refills has no time to announce.
+        if verdict.reset() != Duration::MAX {
+            field.push(b";t=");
+            field.push_decimal(whole_seconds(verdict.reset()).min(MAX_FIELD_INTEGER));
+        }
+    }
+    // Names, digits and punctuation: always a valid value.
+    HeaderValue::from_bytes(field.as_bytes()).ok()
+}
+
+/// The headers for an allowed request, or the refusal.
+fn answer(
+    config: &LimitConfig,
+    limits: &Limits,
+    result: Result<Decision, LimitError>,
+    request_headers: &http::HeaderMap,
+    id: KeyId,
+) -> Answer {
+    let policies = limits.policies();
+    let decision = match result {
+        Ok(decision) if decision.len() == policies.len() => decision,
+        Ok(decision) => {
+            let error = LimitError::backend(WrongVerdicts {
+                answered: decision.len(),
+                policies: policies.len(),
+            });
+            return failed(config, error, request_headers, id);
+        }
+        Err(LimitError::CostTooHigh { policy: name, cost }) => {
+            return too_high(config, limits, &name, cost, request_headers, id)
+        }
+        Err(error) => return failed(config, error, request_headers, id),
+    };
+    let headers = limits.policy_header().map(|policy| LimitHeaders {
+        // A reference count: the value was rendered once, on `Limits`.
+        policy: policy.clone(),
+        state: ratelimit_field(policies, &decision),
+    });
+    if decision.is_allowed() {
+        return Answer::Pass(headers);
+    }
+    let reason = refusal_reason(policies, &decision);
+    let mut rejection = Rejection::new(reason).with_key_id(id);
+    for (policy, verdict) in policies.iter().zip(decision.verdicts()) {
+        if !verdict.is_allowed() {
+            tracing::info!(
+                target: "keyward::limit", key_id = %id, %reason, policy = %policy.name(),
+                "request refused: limit reached"
+            );
+            rejection = rejection.with_violated_policy(Arc::clone(policy.shared_name()));
+        }
+    }
+    if let Some(wait) = decision.retry_after() {
+        rejection = rejection.with_retry_after(wait);
+    }
+    let mut response = config.responder.refuse(request_headers, rejection);
+    if let Some(headers) = headers {
+        headers.apply(&mut response);
+    }
+    Answer::Refuse(response)
+}
+
+/// The limiter failed: `503`, unless the layer fails open.
+#[cold]
+fn failed(
+    config: &LimitConfig,
+    error: LimitError,
+    request_headers: &http::HeaderMap,
+    id: KeyId,
+) -> Answer {
+    tracing::error!(
+        target: "keyward::limit", key_id = %id,
+        error = &error as &dyn std::error::Error,
+        fail_open = config.fail_open,
+        "limiter failed"
+    );
+    if config.fail_open {
+        return Answer::Pass(None);
+    }
+    let rejection = Rejection::new(RejectReason::LimiterUnavailable).with_key_id(id);
+    Answer::Refuse(config.responder.refuse(request_headers, rejection))
+}
+
+/// A cost that a policy can never allow at once: `429` without a time to
+/// retry, naming the policy.
+#[cold]
+fn too_high(
+    config: &LimitConfig,
+    limits: &Limits,
+    name: &str,
+    cost: u32,
+    request_headers: &http::HeaderMap,
+    id: KeyId,
+) -> Answer {
+    tracing::warn!(
+        target: "keyward::limit", key_id = %id, policy = %name, cost,
+        "request costs more than the policy can ever allow"
+    );
+    let policy = limits
+        .policies()
+        .iter()
+        .find(|policy| policy.name() == name);
+    let reason = match policy {
+        Some(Policy::Credits(_)) => RejectReason::QuotaExhausted,
+        _ => RejectReason::RateLimited,
+    };
+    let name = policy.map_or_else(
+        || Arc::from(name),
+        |policy| Arc::clone(policy.shared_name()),
+    );
+    let rejection = Rejection::new(reason)
+        .with_key_id(id)
+        .with_violated_policy(name);
+    let mut response = config.responder.refuse(request_headers, rejection);
+    if let Some(policy) = limits.policy_header() {
+        response
+            .headers_mut()
+            .insert(RATELIMIT_POLICY.clone(), policy.clone());
+    }
+    Answer::Refuse(response)
+}
+
+/// What a decision came to: pass with these headers, or this refusal.
+enum Answer {
     Pass(Option<LimitHeaders>),
     Refuse(Response<Bytes>),
 }
@@ -515,7 +525,7 @@ where
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
                 StateProj::Checking { check, waiting } => {
-                    let tally = ready!(check.as_mut().poll(cx));
+                    let (limits, result) = ready!(check.as_mut().poll(cx));
                     let Waiting {
                         config,
                         id,
@@ -524,12 +534,12 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match tally.finish(&config, request.headers(), id) {
-                        Decision::Pass(headers) => State::Inner {
+                    let next = match answer(&config, &limits, result, request.headers(), id) {
+                        Answer::Pass(headers) => State::Inner {
                             future: service.call(request),
                             headers,
                         },
-                        Decision::Refuse(response) => State::Rejected {
+                        Answer::Refuse(response) => State::Rejected {
                             response: Some(response),
                         },
                     };

@@ -1,48 +1,66 @@
-//! The [`Limiter`] trait: where limit state lives.
+//! The [`Limiter`] trait: where limit state lives, and how one request is
+//! decided against all of a key's policies at once.
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::Policy;
+use super::Limits;
 use crate::key::KeyId;
 
 /// What a limiter answered for one policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// In a [`Decision`] that allows the request, each verdict says what is
+/// left after it. In one that refuses it, nothing was spent: a policy that
+/// would have allowed the request says what is left now, and one that
+/// refused says when it could allow it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
-    allowed: bool,
     remaining: u64,
-    reset: Duration,
+    // A `Duration` in two words, so that the flag fits beside them: eight
+    // verdicts make a `Decision`, which the request path moves.
+    reset_secs: u64,
+    reset_nanos: u32,
+    allowed: bool,
 }
 
 impl Verdict {
-    /// The request may pass; `remaining` units are left, and the policy is
-    /// fully restored after `reset`.
+    const EMPTY: Verdict = Verdict {
+        remaining: 0,
+        reset_secs: 0,
+        reset_nanos: 0,
+        allowed: false,
+    };
+
+    /// The policy allows the request; `remaining` units are left, and the
+    /// policy is fully restored after `reset` (`Duration::MAX`: never, for
+    /// a balance that does not refill).
     pub fn allowed(remaining: u64, reset: Duration) -> Self {
         Self {
-            allowed: true,
             remaining,
-            reset,
+            reset_secs: reset.as_secs(),
+            reset_nanos: reset.subsec_nanos(),
+            allowed: true,
         }
     }
 
-    /// The request must wait `retry_after` before the policy can allow it.
+    /// The policy refuses the request, which could pass after
+    /// `retry_after` (`Duration::MAX`: never); `remaining` units are left.
     pub fn denied(remaining: u64, retry_after: Duration) -> Self {
         Self {
             allowed: false,
-            remaining,
-            reset: retry_after,
+            ..Self::allowed(remaining, retry_after)
         }
     }
 
-    /// Whether the request may pass.
+    /// Whether this policy allows the request.
     pub fn is_allowed(&self) -> bool {
         self.allowed
     }
 
-    /// The units left after this request.
+    /// The units left (after the request, if the decision allowed it).
     pub fn remaining(&self) -> u64 {
         self.remaining
     }
@@ -50,18 +68,140 @@ impl Verdict {
     /// When allowed: the time until the policy is fully restored. When
     /// denied: the time until it can allow this request (the `t` of the
     /// `RateLimit` field, and never later than `Retry-After`).
+    /// `Duration::MAX` for never.
     pub fn reset(&self) -> Duration {
-        self.reset
+        Duration::new(self.reset_secs, self.reset_nanos)
     }
 }
 
-/// A limiter backend failed. Requests are refused (fail closed) unless the
-/// layer was told otherwise.
+impl Debug for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verdict")
+            .field("allowed", &self.allowed)
+            .field("remaining", &self.remaining)
+            .field("reset", &self.reset())
+            .finish()
+    }
+}
+
+/// A limiter's answer for one request: one [`Verdict`] per policy of the
+/// key's [`Limits`], in their order.
+///
+/// The request passes if every policy allows it, and then every policy
+/// has been spent; if any refuses, none has (all or nothing). No
+/// allocation: it holds up to [`Limits::MAX_POLICIES`] verdicts inline.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyward::limit::{Decision, Verdict};
+///
+/// let decision: Decision = [
+///     Verdict::allowed(4, Duration::from_secs(1)),
+///     Verdict::denied(0, Duration::from_secs(30)),
+/// ]
+/// .into_iter()
+/// .collect();
+/// assert!(!decision.is_allowed());
+/// assert_eq!(decision.retry_after(), Some(Duration::from_secs(30)));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// How many verdicts were pushed; one more than the room means too
+    /// many (the layer then refuses the answer as a backend failure).
+    len: u8,
+    verdicts: [Verdict; Limits::MAX_POLICIES],
+}
+
+impl Decision {
+    /// A decision on no policy yet (allowed).
+    pub const fn new() -> Self {
+        Self {
+            len: 0,
+            verdicts: [Verdict::EMPTY; Limits::MAX_POLICIES],
+        }
+    }
+
+    /// Adds the verdict of the next policy. A decision holds at most
+    /// [`Limits::MAX_POLICIES`]; past that, it is marked as holding too
+    /// many, and [`RateLimitLayer`](super::RateLimitLayer) treats it as a
+    /// failed limiter (never as an allowed request).
+    pub fn push(&mut self, verdict: Verdict) {
+        let len = usize::from(self.len);
+        if let Some(slot) = self.verdicts.get_mut(len) {
+            *slot = verdict;
+        }
+        self.len = self
+            .len
+            .saturating_add(1)
+            .min(Limits::MAX_POLICIES as u8 + 1);
+    }
+
+    /// The verdicts, in the order of the key's policies.
+    pub fn verdicts(&self) -> &[Verdict] {
+        &self.verdicts[..usize::from(self.len).min(Limits::MAX_POLICIES)]
+    }
+
+    /// How many verdicts were pushed (more than [`Limits::MAX_POLICIES`]
+    /// if too many were).
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether no verdict was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether every policy allows the request.
+    pub fn is_allowed(&self) -> bool {
+        self.verdicts().iter().all(Verdict::is_allowed)
+    }
+
+    /// When a refused request could pass: the longest wait of the policies
+    /// that refused it. `None` if it is allowed, or if a policy that
+    /// refused never recovers (a balance that does not refill).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let mut longest = None;
+        for verdict in self.verdicts().iter().filter(|v| !v.is_allowed()) {
+            let wait = verdict.reset();
+            if wait == Duration::MAX {
+                return None;
+            }
+            longest = Some(longest.map_or(wait, |l: Duration| l.max(wait)));
+        }
+        longest
+    }
+}
+
+impl Default for Decision {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FromIterator<Verdict> for Decision {
+    fn from_iter<I: IntoIterator<Item = Verdict>>(verdicts: I) -> Self {
+        let mut decision = Decision::new();
+        for verdict in verdicts {
+            decision.push(verdict);
+        }
+        decision
+    }
+}
+
+impl Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.verdicts()).finish()
+    }
+}
+
+/// A limiter backend failed, or a request can never be allowed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LimitError {
     /// A cost that the policy can never allow at once (more than its burst
-    /// or capacity).
+    /// or capacity). [`RateLimitLayer`](super::RateLimitLayer) answers
+    /// `429` without `Retry-After`.
     #[error("cost {cost} exceeds what policy {policy:?} can ever allow at once")]
     CostTooHigh {
         /// The policy's name.
@@ -69,7 +209,8 @@ pub enum LimitError {
         /// The request's cost.
         cost: u32,
     },
-    /// The backend (a remote store) failed.
+    /// The backend (a remote store) failed or timed out. The layer refuses
+    /// the request (`503`, fail closed) unless told otherwise.
     #[error("limiter backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -81,43 +222,146 @@ impl LimitError {
     }
 }
 
-/// Keeps the state of every key's limits and decides each request.
+/// Keeps the state of every key's limits and decides each request against
+/// all of its key's policies at once.
 ///
-/// [`MemoryLimiter`](super::MemoryLimiter) keeps it in this process; a
-/// shared backend (Redis) implements the same trait. Only keys that
-/// authenticated are ever checked, so state is never made for strangers.
+/// One call decides every policy of [`Limits`] for one request, and is
+/// atomic: either every policy allows the request and all are spent, or
+/// nothing is spent and the [`Decision`] says which policies refused and
+/// when to retry. [`MemoryLimiter`](super::MemoryLimiter) keeps the state
+/// in this process; `RedisLimiter` (feature `redis`) shares it between
+/// processes. Only keys that authenticated are ever checked, so state is
+/// never made for strangers.
+///
+/// # Implementing it
+///
+/// The trait is an `async_trait` (so that it can be used as
+/// `Arc<dyn Limiter>`): put `#[keyward::async_trait]` (or
+/// `#[async_trait::async_trait]`) on the `impl` block; a plain `async fn`
+/// fails with E0195. The arithmetic is public: [`Limits::decide`] runs
+/// every policy's step (GCRA for rates, [`Gcra`](super::Gcra); the refill
+/// for credits) on the states a backend loaded, all or nothing, and tells
+/// which states to store. A backend only keeps those
+/// [`PolicyState`](super::PolicyState)s, keyed by the key id and the
+/// policy's [`fingerprint`](super::Policy::fingerprint), and runs
+/// `decide` inside one transaction (a lock, a Lua script, a
+/// serializable transaction). A toy backend on a mutex:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use std::time::SystemTime;
+/// use keyward::key::KeyId;
+/// use keyward::limit::{Decision, LimitError, Limiter, Limits, PolicyState};
+///
+/// #[derive(Debug, Default)]
+/// struct Toy(Mutex<HashMap<(KeyId, u64), PolicyState>>);
+///
+/// #[async_trait::async_trait]
+/// impl Limiter for Toy {
+///     async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+///         let now = SystemTime::now()
+///             .duration_since(SystemTime::UNIX_EPOCH)
+///             .map_or(0, |since| since.as_nanos() as u64);
+///         let mut map = self.0.lock().unwrap(); // the "transaction"
+///         let slot = |policy: &keyward::limit::Policy| (*id, policy.fingerprint());
+///         let mut states: Vec<Option<PolicyState>> =
+///             limits.policies().iter().map(|p| map.get(&slot(p)).copied()).collect();
+///         let decision = limits.decide(&mut states, cost, now)?;
+///         if decision.is_allowed() {
+///             for (policy, state) in limits.policies().iter().zip(states) {
+///                 map.insert(slot(policy), state.expect("decide fills every state it allows"));
+///             }
+///         }
+///         Ok(decision)
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::time::Duration;
+/// use keyward::limit::RatePolicy;
+/// let limits = Limits::new([RatePolicy::new("burst", 2, Duration::from_secs(60))?.into()])?;
+/// let id: KeyId = "abcdefghijkl".parse()?;
+/// let toy = Toy::default();
+/// assert!(toy.check(&id, &limits, 1).await?.is_allowed());
+/// assert!(toy.check(&id, &limits, 1).await?.is_allowed());
+/// assert!(!toy.check(&id, &limits, 1).await?.is_allowed());
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait Limiter: Debug + Send + Sync + 'static {
-    /// Spends `cost` units of `policy` for the key `id`, if the policy
-    /// allows it; a denied request spends nothing.
-    async fn check(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError>;
+    /// Spends `cost` units of every policy of `limits` for the key `id`,
+    /// if every policy allows it; otherwise spends nothing. The decision
+    /// holds one verdict per policy, in the order of
+    /// [`Limits::policies`]. A cost of 0 reads the state and spends (and
+    /// makes) nothing.
+    async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError>;
 
     /// The same decision, when the limiter can make it without waiting
-    /// (in memory); `None` sends the layer to [`check`](Self::check).
-    /// Lets the request path skip boxing a future.
+    /// (in memory, or from a local cache); `None` sends the layer to
+    /// [`check`](Self::check). Lets the request path skip boxing a future.
     fn check_immediate(
         &self,
         id: &KeyId,
-        policy: &Policy,
+        limits: &Limits,
         cost: u32,
-    ) -> Option<Result<Verdict, LimitError>> {
-        let _ = (id, policy, cost);
+    ) -> Option<Result<Decision, LimitError>> {
+        let _ = (id, limits, cost);
         None
     }
 }
 
 #[async_trait]
 impl<T: Limiter + ?Sized> Limiter for Arc<T> {
-    async fn check(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
-        (**self).check(id, policy, cost).await
+    async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+        (**self).check(id, limits, cost).await
     }
 
     fn check_immediate(
         &self,
         id: &KeyId,
-        policy: &Policy,
+        limits: &Limits,
         cost: u32,
-    ) -> Option<Result<Verdict, LimitError>> {
-        (**self).check_immediate(id, policy, cost)
+    ) -> Option<Result<Decision, LimitError>> {
+        (**self).check_immediate(id, limits, cost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_decision_is_small_enough_to_move() {
+        assert_eq!(std::mem::size_of::<Verdict>(), 24);
+        assert!(std::mem::size_of::<Decision>() <= 200);
+    }
+
+    #[test]
+    fn too_many_verdicts_are_marked() {
+        let mut decision = Decision::new();
+        for _ in 0..Limits::MAX_POLICIES + 3 {
+            decision.push(Verdict::allowed(1, Duration::ZERO));
+        }
+        assert_eq!(decision.len(), Limits::MAX_POLICIES + 1);
+        assert_eq!(decision.verdicts().len(), Limits::MAX_POLICIES);
+    }
+
+    #[test]
+    fn retry_after_is_the_longest_wait_or_never() {
+        let mut decision: Decision = [
+            Verdict::denied(0, Duration::from_secs(2)),
+            Verdict::allowed(3, Duration::from_secs(9)),
+            Verdict::denied(1, Duration::from_secs(5)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(decision.retry_after(), Some(Duration::from_secs(5)));
+        decision.push(Verdict::denied(0, Duration::MAX));
+        assert_eq!(decision.retry_after(), None);
+        assert_eq!(Decision::new().retry_after(), None);
+        assert!(Decision::new().is_allowed());
     }
 }

@@ -4,21 +4,31 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use papaya::{Compute, Operation};
 
 use super::bounded::{BoundedMap, Expiring};
-use super::gcra::Outcome;
-use super::{CreditPolicy, LimitError, Limiter, Policy, RatePolicy, Verdict};
+use super::decide::{self, rate_verdict, unspent_rate};
+use super::gcra::{load_unlocked, lock_word};
+use super::{
+    CreditPolicy, Decision, LimitError, Limiter, Limits, Policy, PolicyState, RatePolicy, Verdict,
+};
 use crate::clock::{epoch_nanos, saturating_nanos as nanos, Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 
 /// Limits in this process's memory: for each key that authenticated and
 /// each of its policies, a GCRA cell (governor's algorithm) with that
 /// key's own quota, and a balance for its credits.
+///
+/// Each request is decided against all of its key's policies at once
+/// (see [`Limiter`]): a request that one policy refuses spends nothing on
+/// the others, even under concurrent requests of the same key. A key with
+/// one rate policy (the common case) is decided by one compare-and-swap
+/// on its state; a key with several takes its states' words for the few
+/// nanoseconds the arithmetic lasts, always in the same order.
 ///
 /// State is bounded: at most [`max_keys`](Self::with_max_keys) keys are
 /// tracked (one million by default); a key's state is dropped once it has
@@ -33,23 +43,28 @@ use crate::key::{KeyId, KeyIdBuildHasher};
 /// use std::time::Duration;
 /// use keyward::clock::FakeClock;
 /// use keyward::key::KeyId;
-/// use keyward::limit::{Limiter, MemoryLimiter, Policy, RatePolicy};
+/// use keyward::limit::{CreditPolicy, Limiter, Limits, MemoryLimiter, RatePolicy};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let clock = FakeClock::default();
 /// let limiter = MemoryLimiter::new().with_clock(clock.clone());
-/// let policy = Policy::from(RatePolicy::new("burst", 2, Duration::from_secs(1))?);
+/// let limits = Limits::new([
+///     RatePolicy::new("burst", 2, Duration::from_secs(1))?.into(),
+///     CreditPolicy::new("prepaid", 100)?.into(),
+/// ])?;
 /// let id: KeyId = "abcdefghijkl".parse()?;
 ///
-/// assert!(limiter.check(&id, &policy, 1).await?.is_allowed());
-/// assert!(limiter.check(&id, &policy, 1).await?.is_allowed());
-/// let third = limiter.check(&id, &policy, 1).await?;
+/// assert!(limiter.check(&id, &limits, 1).await?.is_allowed());
+/// assert!(limiter.check(&id, &limits, 1).await?.is_allowed());
+/// let third = limiter.check(&id, &limits, 1).await?;
 /// assert!(!third.is_allowed());
-/// assert_eq!(third.reset(), Duration::from_millis(500));
+/// assert_eq!(third.retry_after(), Some(Duration::from_millis(500)));
+/// // Refused by the rate: no credit was spent.
+/// assert_eq!(third.verdicts()[1].remaining(), 98);
 ///
 /// clock.advance(Duration::from_millis(500));
-/// assert!(limiter.check(&id, &policy, 1).await?.is_allowed());
+/// assert!(limiter.check(&id, &limits, 1).await?.is_allowed());
 /// # Ok(())
 /// # }
 /// ```
@@ -92,7 +107,8 @@ struct RateState {
     name: u64,
     /// GCRA's theoretical arrival time, nanoseconds since the epoch; the
     /// policy is full again (and the state forgettable) once it has passed.
-    /// 0 until the first spend.
+    /// 0 until the first spend; [`LOCKED`](super::gcra::LOCKED) while a
+    /// check of several policies holds it.
     tat: AtomicU64,
 }
 
@@ -175,7 +191,18 @@ impl MemoryLimiter {
         self.shared.states.map().pin().remove(id);
     }
 
-    fn decide(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
+    fn decide(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+        let mut decision = Decision::new();
+        match limits.policies() {
+            [] => {}
+            [policy] => decision.push(self.decide_one(id, policy, cost)?),
+            _ => return self.decide_many(id, limits, cost),
+        }
+        Ok(decision)
+    }
+
+    /// A key with one policy: its state alone, without taking it.
+    fn decide_one(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
         let shared = &*self.shared;
         let now = epoch_nanos(shared.clock.now());
         let fingerprint = policy.fingerprint();
@@ -187,45 +214,169 @@ impl MemoryLimiter {
         }
         if cost == 0 {
             // Nothing to spend: what a fresh state would say, making none.
-            return Ok(fresh_verdict(policy));
+            return Ok(decide::step(policy, None, 0, now)?.0);
         }
         if state.is_none() {
             shared.states.make_room(now);
         }
-        let added = Slot::new(policy, fingerprint, now);
+        let added = [Slot::new(policy, fingerprint, now)];
+        let slots = self.add_slots(&map, id, &added, now);
+        let slot = slots
+            .as_ref()
+            .and_then(|state| state.find(fingerprint))
+            .unwrap_or_else(|| added[0].as_ref());
+        slot.decide(policy, cost, now)
+    }
+
+    /// Adds `added` (states of policies the key had none for) to the
+    /// key's list, unless another request of the key added them
+    /// meanwhile, and returns the key's list.
+    fn add_slots<'g>(
+        &self,
+        map: &'g papaya::HashMapRef<'_, KeyId, KeyState, KeyIdBuildHasher, impl papaya::Guard>,
+        id: &KeyId,
+        added: &[Slot],
+        now: u64,
+    ) -> Option<&'g KeyState> {
         let outcome = map.compute(*id, |entry| match entry {
-            Some((_, state)) => match state.find(fingerprint) {
-                // Another request of this key added it meanwhile.
-                Some(slot) => Operation::Abort(slot),
-                None => Operation::Insert(state.with(added.clone(), now)),
-            },
-            None => Operation::Insert(KeyState::from_slots(vec![added.clone()])),
+            Some((_, state)) => {
+                let missing: Vec<Slot> = added
+                    .iter()
+                    .filter(|slot| state.find(slot.fingerprint()).is_none())
+                    .cloned()
+                    .collect();
+                if missing.is_empty() {
+                    // Another request of this key added them meanwhile.
+                    Operation::Abort(())
+                } else {
+                    Operation::Insert(state.with(missing, now))
+                }
+            }
+            None => Operation::Insert(KeyState::from_slots(added.to_vec())),
         });
-        let slot = match outcome {
-            Compute::Aborted(slot) => slot,
+        match outcome {
             Compute::Inserted(_, state)
             | Compute::Updated {
                 new: (_, state), ..
-            } => {
-                // `with` always keeps the slot it is given.
-                state.find(fingerprint).unwrap_or_else(|| added.as_ref())
+            } => Some(state),
+            Compute::Aborted(()) | Compute::Removed(..) => map.get(id),
+        }
+    }
+
+    /// A key with several policies: their states, taken in the order of
+    /// the policies' fingerprints (the same for every request, so none
+    /// waits for another in a cycle), decided together, then let go.
+    fn decide_many(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+        let shared = &*self.shared;
+        let now = epoch_nanos(shared.clock.now());
+        let policies = limits.policies();
+        let map = shared.states.map().pin();
+        let mut state = map.get(id);
+        fn find<'a>(state: Option<&'a KeyState>, policy: &Policy) -> Option<SlotRef<'a>> {
+            state.and_then(|state| state.find(policy.fingerprint()))
+        }
+        let added: Vec<Slot>;
+        if cost > 0 && policies.iter().any(|policy| find(state, policy).is_none()) {
+            if state.is_none() {
+                shared.states.make_room(now);
             }
-            // Never asked for.
-            Compute::Removed(..) => added.as_ref(),
-        };
-        slot.decide(policy, cost, now)
+            added = policies
+                .iter()
+                .filter(|policy| find(state, policy).is_none())
+                .map(|policy| Slot::new(policy, policy.fingerprint(), now))
+                .collect();
+            state = self.add_slots(&map, id, &added, now);
+        } else {
+            added = Vec::new();
+        }
+        let mut slots: [Option<SlotRef<'_>>; Limits::MAX_POLICIES] = [None; Limits::MAX_POLICIES];
+        for (slot, policy) in slots.iter_mut().zip(policies) {
+            let fingerprint = policy.fingerprint();
+            *slot = find(state, policy).or_else(|| {
+                added
+                    .iter()
+                    .find(|slot| slot.fingerprint() == fingerprint)
+                    .map(Slot::as_ref)
+            });
+        }
+        let slots = &slots[..policies.len()];
+        let mut states = [None; Limits::MAX_POLICIES];
+        let states = &mut states[..policies.len()];
+        if cost == 0 {
+            // Read only: each state as it is now, none made.
+            for (state, slot) in states.iter_mut().zip(slots) {
+                *state = slot.map(SlotRef::read);
+            }
+            return limits.decide(states, 0, now);
+        }
+        // Two policies sharing a state (a fingerprint collision) would
+        // wait for themselves: refused instead.
+        let order = limits.lock_order();
+        if order.windows(2).any(|pair| {
+            policies[usize::from(pair[0])].fingerprint()
+                == policies[usize::from(pair[1])].fingerprint()
+        }) {
+            return Err(LimitError::backend(KindMismatch));
+        }
+        let mut credits: Option<(usize, MutexGuard<'_, Balance>)> = None;
+        for &i in order {
+            let i = usize::from(i);
+            states[i] = match slots[i] {
+                Some(SlotRef::Rate(rate)) => Some(PolicyState::Rate {
+                    tat: lock_word(&rate.tat),
+                }),
+                Some(SlotRef::Credits(state)) => {
+                    let balance = state.balance();
+                    let read = PolicyState::Credits {
+                        credits: balance.credits,
+                        refilled_at: balance.refilled_at,
+                    };
+                    credits = Some((i, balance));
+                    Some(read)
+                }
+                // Every state was found or made above.
+                None => None,
+            };
+        }
+        // Replaces the states with their spent successors only if the
+        // request passes; either way they are what to let go with.
+        let decision = limits.decide(states, cost, now);
+        for (slot, state) in slots.iter().zip(states.iter()) {
+            if let (Some(SlotRef::Rate(rate)), Some(PolicyState::Rate { tat })) = (slot, state) {
+                rate.tat.store(*tat, Ordering::Release);
+            }
+        }
+        if let (Some((i, mut balance)), Ok(decision)) = (credits, &decision) {
+            if let (
+                true,
+                Some(PolicyState::Credits {
+                    credits,
+                    refilled_at,
+                }),
+            ) = (decision.is_allowed(), states[i])
+            {
+                balance.credits = credits;
+                balance.refilled_at = refilled_at;
+                balance.restored_at = balance
+                    .restored_at
+                    .max(restored_at(decision.verdicts()[i].reset(), now));
+            }
+        }
+        decision
     }
 }
 
-/// The verdict of a check of cost 0 on a policy the key has no state for.
-fn fresh_verdict(policy: &Policy) -> Verdict {
-    match policy {
-        Policy::Rate(rate) => Verdict::allowed(u64::from(rate.burst()), Duration::ZERO),
-        Policy::Credits(credits) => Verdict::allowed(credits.capacity(), Duration::ZERO),
+/// When a balance whose verdict says `reset` is full again.
+fn restored_at(reset: Duration, now: u64) -> u64 {
+    if reset == Duration::MAX {
+        u64::MAX
+    } else {
+        now.saturating_add(nanos(reset))
     }
 }
 
 /// A borrowed slot, whichever way the key holds it.
+#[derive(Clone, Copy)]
 enum SlotRef<'a> {
     Rate(&'a RateState),
     Credits(&'a CreditState),
@@ -244,34 +395,37 @@ impl KeyState {
         }
     }
 
-    /// This key's states with `added` (of a policy it has none for) after
-    /// them. Idle states that have been used are left out: forgetting them
-    /// changes nothing. (A check that borrowed one just then spends on a
-    /// state no longer kept: it costs that check's spend, at most once per
-    /// request in flight, only when a key back from idle meets a new
-    /// policy. Never-used ones stay: the request that made one is about
-    /// to spend on it.) Past [`MAX_SLOTS`], states go in the order it
-    /// gives; the others are shared, not copied.
-    fn with(&self, added: Slot, now: u64) -> KeyState {
+    /// This key's states with `added` (of policies it has none for, with
+    /// distinct names) after them. Idle states that have been used are
+    /// left out: forgetting them changes nothing. (A check that borrowed
+    /// one just then spends on a state no longer kept: it costs that
+    /// check's spend, at most once per request in flight, only when a key
+    /// back from idle meets a new policy. Never-used ones stay: the
+    /// request that made one is about to spend on it.) Past
+    /// [`MAX_SLOTS`], states go in the order it gives; the others are
+    /// shared, not copied.
+    fn with(&self, added: Vec<Slot>, now: u64) -> KeyState {
         let mut slots: Vec<Slot> = match self {
             KeyState::OneRate(rate) => vec![Slot::Rate(Arc::clone(rate))],
             KeyState::Many(slots) => slots.to_vec(),
         };
         slots.retain(|slot| !(slot.is_used() && slot.is_idle(now)));
-        if slots.len() >= MAX_SLOTS {
-            slots.retain(|slot| slot.name() != added.name());
-        }
-        if slots.len() >= MAX_SLOTS {
-            slots.retain(|slot| !slot.is_idle(now));
-        }
-        while slots.len() >= MAX_SLOTS {
-            match slots.iter().position(|slot| matches!(slot, Slot::Rate(_))) {
-                Some(oldest) => drop(slots.remove(oldest)),
-                // Only balances: kept, whatever their number.
-                None => break,
+        for added in added {
+            if slots.len() >= MAX_SLOTS {
+                slots.retain(|slot| slot.name() != added.name());
             }
+            if slots.len() >= MAX_SLOTS {
+                slots.retain(|slot| !slot.is_idle(now));
+            }
+            while slots.len() >= MAX_SLOTS {
+                match slots.iter().position(|slot| matches!(slot, Slot::Rate(_))) {
+                    Some(oldest) => drop(slots.remove(oldest)),
+                    // Only balances: kept, whatever their number.
+                    None => break,
+                }
+            }
+            slots.push(added);
         }
-        slots.push(added);
         KeyState::from_slots(slots)
     }
 
@@ -352,17 +506,34 @@ fn name_hash(name: &str) -> u64 {
 
 impl RateState {
     fn is_idle(&self, now: u64) -> bool {
+        // A held word (`LOCKED`) is later than any now: never idle.
         self.tat.load(Ordering::Relaxed) <= now
     }
 }
 
 impl CreditState {
-    fn balance(&self) -> std::sync::MutexGuard<'_, Balance> {
+    fn balance(&self) -> MutexGuard<'_, Balance> {
         self.balance.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl SlotRef<'_> {
+    /// The state as it is now (waiting for a check that holds it).
+    fn read(self) -> PolicyState {
+        match self {
+            SlotRef::Rate(rate) => PolicyState::Rate {
+                tat: load_unlocked(&rate.tat),
+            },
+            SlotRef::Credits(credits) => {
+                let balance = credits.balance();
+                PolicyState::Credits {
+                    credits: balance.credits,
+                    refilled_at: balance.refilled_at,
+                }
+            }
+        }
+    }
+
     fn decide(self, policy: &Policy, cost: u32, now: u64) -> Result<Verdict, LimitError> {
         match (self, policy) {
             (SlotRef::Rate(state), Policy::Rate(rate)) => decide_rate(state, rate, cost, now),
@@ -382,102 +553,46 @@ impl SlotRef<'_> {
 #[error("limit state of the wrong kind for this policy")]
 struct KindMismatch;
 
+/// One rate alone: one compare-and-swap on its word.
 fn decide_rate(
     state: &RateState,
     rate: &RatePolicy,
     cost: u32,
     now: u64,
 ) -> Result<Verdict, LimitError> {
-    let gcra = rate.gcra();
     if cost == 0 {
-        // Nothing to spend: what one unit would find, without spending it
-        // (GCRA's own arithmetic, on a copy of the state).
-        let probe = AtomicU64::new(state.tat.load(Ordering::Acquire));
-        let remaining = match gcra.check(&probe, 1, now) {
-            Outcome::Allowed { remaining } => remaining.saturating_add(1),
-            Outcome::Denied { .. } | Outcome::TooHigh => 0,
-        };
-        let spent = rate.burst().saturating_sub(remaining);
-        return Ok(Verdict::allowed(
-            u64::from(remaining),
-            gcra.period().saturating_mul(spent),
-        ));
+        return Ok(unspent_rate(rate, load_unlocked(&state.tat), now));
     }
-    match gcra.check(&state.tat, cost, now) {
-        Outcome::Allowed { remaining } => {
-            let spent = rate.burst().saturating_sub(remaining);
-            Ok(Verdict::allowed(
-                u64::from(remaining),
-                gcra.period().saturating_mul(spent),
-            ))
-        }
-        Outcome::Denied { wait } => Ok(Verdict::denied(0, Duration::from_nanos(wait))),
-        Outcome::TooHigh => Err(LimitError::CostTooHigh {
-            policy: rate.name().to_owned(),
-            cost,
-        }),
-    }
+    let gcra = rate.gcra();
+    let outcome = gcra.check(&state.tat, cost, now);
+    rate_verdict(
+        rate,
+        outcome,
+        || gcra.remaining(load_unlocked(&state.tat), now),
+        cost,
+    )
 }
 
+/// One balance alone, under its mutex.
 fn decide_credits(
     state: &CreditState,
     credits: &CreditPolicy,
     cost: u32,
     now: u64,
 ) -> Result<Verdict, LimitError> {
-    let cost = u64::from(cost);
-    if cost > credits.capacity() {
-        return Err(LimitError::CostTooHigh {
-            policy: credits.name().to_owned(),
-            cost: u32::try_from(cost).unwrap_or(u32::MAX),
-        });
-    }
     let mut balance = state.balance();
-    let refill = credits
-        .refill()
-        .map(|(amount, every)| (amount, nanos(every).max(1)));
-    if let Some((amount, every)) = refill {
-        let steps = now.saturating_sub(balance.refilled_at) / every;
-        if steps > 0 {
-            balance.credits = balance
-                .credits
-                .saturating_add(amount.saturating_mul(steps))
-                .min(credits.capacity());
-            balance.refilled_at = balance
-                .refilled_at
-                .saturating_add(steps.saturating_mul(every));
-        }
+    let (verdict, spent) =
+        decide::credit_step(credits, balance.credits, balance.refilled_at, cost, now)?;
+    if let Some(PolicyState::Credits {
+        credits,
+        refilled_at,
+    }) = spent
+    {
+        balance.credits = credits;
+        balance.refilled_at = refilled_at;
+        balance.restored_at = balance.restored_at.max(restored_at(verdict.reset(), now));
     }
-    // Time until `needed` more credits have come back.
-    let refilled_at = balance.refilled_at;
-    let wait_for = |needed: u64| -> Duration {
-        match refill {
-            Some((amount, every)) => {
-                let steps = needed.div_ceil(amount);
-                let next = refilled_at.saturating_add(steps.saturating_mul(every));
-                Duration::from_nanos(next.saturating_sub(now))
-            }
-            None => Duration::MAX,
-        }
-    };
-    if balance.credits < cost {
-        let wait = wait_for(cost - balance.credits);
-        return Ok(Verdict::denied(balance.credits, wait));
-    }
-    balance.credits -= cost;
-    let missing = credits.capacity() - balance.credits;
-    let reset = if missing == 0 {
-        Duration::ZERO
-    } else {
-        wait_for(missing)
-    };
-    let restored_at = if reset == Duration::MAX {
-        u64::MAX
-    } else {
-        now.saturating_add(nanos(reset))
-    };
-    balance.restored_at = balance.restored_at.max(restored_at);
-    Ok(Verdict::allowed(balance.credits, reset))
+    Ok(verdict)
 }
 
 impl Default for MemoryLimiter {
@@ -497,17 +612,17 @@ impl fmt::Debug for MemoryLimiter {
 
 #[async_trait]
 impl Limiter for MemoryLimiter {
-    async fn check(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
-        self.decide(id, policy, cost)
+    async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
+        self.decide(id, limits, cost)
     }
 
     fn check_immediate(
         &self,
         id: &KeyId,
-        policy: &Policy,
+        limits: &Limits,
         cost: u32,
-    ) -> Option<Result<Verdict, LimitError>> {
-        Some(self.decide(id, policy, cost))
+    ) -> Option<Result<Decision, LimitError>> {
+        Some(self.decide(id, limits, cost))
     }
 }
 
@@ -537,7 +652,7 @@ mod tests {
             Policy::from(RatePolicy::new(name, quota, Duration::from_secs(60)).unwrap())
         };
         let credits = Policy::from(CreditPolicy::new("prepaid", 10).unwrap());
-        let check = |policy: &Policy| limiter.check_immediate(&id, policy, 1).unwrap().unwrap();
+        let check = |policy: &Policy| one(&limiter, &id, policy, 1);
 
         assert_eq!(check(&rate("burst", 2)).remaining(), 1);
         assert_eq!(check(&rate("daily", 5)).remaining(), 4);
@@ -565,18 +680,21 @@ mod tests {
         "abcdefghijkl".parse().unwrap()
     }
 
+    /// One policy checked alone (as a key whose `Limits` hold only it).
+    fn one(limiter: &MemoryLimiter, id: &KeyId, policy: &Policy, cost: u32) -> Verdict {
+        let limits = Limits::new([policy.clone()]).unwrap();
+        let decision = limiter.check_immediate(id, &limits, cost).unwrap().unwrap();
+        decision.verdicts()[0]
+    }
+
     fn rate(name: &str, quota: u32, window_secs: u64) -> Policy {
         Policy::from(RatePolicy::new(name, quota, Duration::from_secs(window_secs)).unwrap())
     }
 
     fn allowed(limiter: &MemoryLimiter, policies: &[Policy]) -> bool {
-        policies.iter().all(|policy| {
-            limiter
-                .check_immediate(&id(), policy, 1)
-                .unwrap()
-                .unwrap()
-                .is_allowed()
-        })
+        policies
+            .iter()
+            .all(|policy| one(limiter, &id(), policy, 1).is_allowed())
     }
 
     fn slot_count(limiter: &MemoryLimiter) -> usize {
@@ -653,6 +771,103 @@ mod tests {
         }
     }
 
+    /// All of a key's policies at once, under contention: exactly the
+    /// burst passes, and every policy is spent exactly by what passed.
+    #[test]
+    fn concurrent_requests_spend_every_policy_or_none() {
+        let limits = Limits::new([
+            rate("burst", 10, 60),
+            rate("daily", 100_000, 86_400),
+            CreditPolicy::new("prepaid", 1_000_000).unwrap().into(),
+        ])
+        .unwrap();
+        let threads = 8;
+        for round in 0..40u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(threads);
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        for _ in 0..4 {
+                            let decision = limiter.check_immediate(&id(), &limits, 1);
+                            if decision.unwrap().unwrap().is_allowed() {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(allowed.load(Ordering::Relaxed), 10, "round {round}");
+            let peek = limiter.check_immediate(&id(), &limits, 0).unwrap().unwrap();
+            let left: Vec<u64> = peek.verdicts().iter().map(Verdict::remaining).collect();
+            assert_eq!(left, [0, 99_990, 999_990], "round {round}");
+        }
+    }
+
+    /// Costs of 1 to 3 against a balance of 25 and a rate that allows
+    /// them all: the balance is never overspent, and the rate is spent by
+    /// exactly what the balance let through.
+    #[test]
+    fn a_refused_request_spends_nothing_under_contention() {
+        let limits = Limits::new([
+            rate("burst", 1_000, 3_600),
+            CreditPolicy::new("prepaid", 25).unwrap().into(),
+        ])
+        .unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let spent = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for thread in 0..6u32 {
+                let (limiter, limits, spent) = (&limiter, &limits, &spent);
+                scope.spawn(move || {
+                    for i in 0..40u32 {
+                        let cost = 1 + (thread + i) % 3;
+                        let decision = limiter.check_immediate(&id(), limits, cost);
+                        if decision.unwrap().unwrap().is_allowed() {
+                            spent.fetch_add(cost as usize, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        let spent = spent.load(Ordering::Relaxed) as u64;
+        assert!((23..=25).contains(&spent), "spent {spent}");
+        let peek = limiter.check_immediate(&id(), &limits, 0).unwrap().unwrap();
+        assert_eq!(peek.verdicts()[0].remaining(), 1_000 - spent);
+        assert_eq!(peek.verdicts()[1].remaining(), 25 - spent);
+    }
+
+    /// Requests of one key with one policy (lock-free) and with several
+    /// (holding the states) at once, as during a tier change: one budget.
+    #[test]
+    fn one_policy_and_several_share_one_state() {
+        let alone = Limits::new([rate("burst", 20, 60)]).unwrap();
+        let together = Limits::new([rate("burst", 20, 60), rate("daily", 1_000, 86_400)]).unwrap();
+        for round in 0..40u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(4);
+            std::thread::scope(|scope| {
+                for thread in 0..4 {
+                    let limits = if thread % 2 == 0 { &alone } else { &together };
+                    let (limiter, allowed, barrier) = (&limiter, &allowed, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        for _ in 0..10 {
+                            let decision = limiter.check_immediate(&id(), limits, 1);
+                            if decision.unwrap().unwrap().is_allowed() {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(allowed.load(Ordering::Relaxed), 20, "round {round}");
+        }
+    }
+
     #[test]
     fn a_tier_change_at_the_cap_keeps_the_other_policies() {
         let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
@@ -703,7 +918,7 @@ mod tests {
         let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
         let (a, b) = (rate("a", 5, 1), rate("b", 5, 1));
         let credits = Policy::from(CreditPolicy::new("prepaid", 10).unwrap());
-        let peek = |policy: &Policy| limiter.check_immediate(&id(), policy, 0).unwrap().unwrap();
+        let peek = |policy: &Policy| one(&limiter, &id(), policy, 0);
         for policy in [&a, &credits] {
             let verdict = peek(policy);
             assert!(verdict.is_allowed());

@@ -8,25 +8,31 @@
 //! tier; each key still has its own budget.
 //!
 //! [`RateLimitLayer`] goes inside [`AuthLayer`](crate::AuthLayer). For each
-//! authenticated request it asks the [`Limiter`] about every policy of the
-//! key, rates first and credits last (so credits are spent only on requests
-//! every rate allows), and answers:
+//! authenticated request it asks the [`Limiter`] for one [`Decision`] on
+//! all of the key's policies at once, all or nothing: either every policy
+//! allows the request and each is spent, or none is (a request refused by
+//! the hourly rate spends no credit and nothing of the per-second rate).
+//! It answers:
 //!
 //! - on every response, `RateLimit-Policy: "burst";q=5;w=1` and
 //!   `RateLimit: "burst";r=4;t=1` (draft-ietf-httpapi-ratelimit-headers-10;
-//!   `r` what remains, `t` the seconds until the policy is full again, or,
-//!   on a denial, until it can allow the request; the key is never sent);
-//! - on a denial, `429` with `Retry-After` equal to that `t`, rounded up,
-//!   and a problem body of type
+//!   one member per policy; `r` what remains, `t` the seconds until the
+//!   policy is full again, or, for a policy that refused, until it can
+//!   allow the request; the key is never sent);
+//! - on a denial, `429` with `Retry-After` equal to the longest `t` of the
+//!   refusing policies, rounded up, and a problem body of type
 //!   `https://iana.org/assignments/http-problem-types#quota-exceeded`
-//!   naming the `violated-policies`;
+//!   naming each of them in `violated-policies`;
 //! - if the limiter fails, `503` with reason
 //!   [`LimiterUnavailable`](crate::RejectReason::LimiterUnavailable) (fail
 //!   closed), unless you opted into
 //!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
 //!
 //! [`MemoryLimiter`] keeps the state in this process with GCRA (governor's
-//! algorithm), bounded in size; a shared backend implements the same [`Limiter`] trait.
+//! algorithm), bounded in size. A shared backend implements the same
+//! [`Limiter`] trait; the arithmetic is public ([`Gcra`],
+//! [`Limits::decide`], [`PolicyState`]), so that a backend only stores
+//! states and runs the decision in its own transaction.
 //!
 //! # Example
 //!
@@ -76,6 +82,7 @@
 //! ```
 
 mod bounded;
+mod decide;
 mod gcra;
 mod layer;
 mod limiter;
@@ -83,8 +90,9 @@ mod memory;
 mod policy;
 
 pub(crate) use bounded::{BoundedMap, Expiring};
-pub(crate) use gcra::{Gcra, Outcome as GcraOutcome};
+pub use decide::PolicyState;
+pub use gcra::{Gcra, GcraOutcome};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
-pub use limiter::{LimitError, Limiter, Verdict};
+pub use limiter::{Decision, LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};

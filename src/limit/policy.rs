@@ -196,8 +196,9 @@ impl RatePolicy {
         }
     }
 
-    /// The policy's GCRA parameters.
-    pub(crate) fn gcra(&self) -> Gcra {
+    /// The policy's GCRA parameters (worked out once, when the policy is
+    /// made), for a limiter backend: see [`Gcra::step`].
+    pub fn gcra(&self) -> Gcra {
         self.gcra
     }
 
@@ -378,7 +379,13 @@ impl Policy {
     /// credit policy, share one state; between a rate and a credit policy,
     /// the limiter would find a state of the wrong kind and fail the check
     /// with a backend error (`503`, unless `insecure_fail_open`).
-    pub(crate) fn fingerprint(&self) -> u64 {
+    ///
+    /// A limiter backend names a key's state for this policy by it (with
+    /// the key id): a tier change then starts the changed policy full and
+    /// keeps the others. It is stable within a release of keyward; a
+    /// release that changes it says so, and states named by the old one
+    /// restart full.
+    pub fn fingerprint(&self) -> u64 {
         match self {
             Policy::Rate(rate) => rate.fingerprint,
             Policy::Credits(credits) => credits.fingerprint,
@@ -491,6 +498,10 @@ pub struct Limits(Option<Arc<LimitsInner>>);
 struct LimitsInner {
     policies: Box<[Policy]>,
     policy_header: HeaderValue,
+    /// The policies' indices by fingerprint: the order in which a limiter
+    /// takes their states when it decides several at once, the same for
+    /// every `Limits`, so that two requests never wait for each other.
+    lock_order: [u8; Limits::MAX_POLICIES],
 }
 
 impl Limits {
@@ -543,15 +554,27 @@ impl Limits {
         }
         // Names, numbers and punctuation only: always a valid header value.
         let policy_header = HeaderValue::try_from(header).map_err(|_| PolicyError::InvalidName)?;
+        let mut order: Vec<u8> = (0..policies.len() as u8).collect();
+        order.sort_by_key(|&i| policies[usize::from(i)].fingerprint());
+        let mut lock_order = [0; Limits::MAX_POLICIES];
+        lock_order[..order.len()].copy_from_slice(&order);
         Ok(Self(Some(Arc::new(LimitsInner {
             policies: policies.into_boxed_slice(),
             policy_header,
+            lock_order,
         }))))
     }
 
     /// The policies, rates first.
     pub fn policies(&self) -> &[Policy] {
         self.0.as_ref().map_or(&[], |inner| &inner.policies)
+    }
+
+    /// The policies' indices in the order a limiter takes their states.
+    pub(crate) fn lock_order(&self) -> &[u8] {
+        self.0
+            .as_ref()
+            .map_or(&[], |inner| &inner.lock_order[..inner.policies.len()])
     }
 
     /// Whether there are no policies.

@@ -164,6 +164,78 @@ pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// Implementations are shared as `Arc<dyn KeyStore>`. Records come back as
 /// `Arc<KeyRecord>` so that a store holding them in memory hands them out
 /// without copying.
+///
+/// # Implementing this trait
+///
+/// The trait is declared with [`async_trait`](macro@crate::async_trait): put
+/// `#[keyward::async_trait]` on your `impl` too (keyward re-exports it, so
+/// you need no `async-trait` dependency of your own) and write the methods
+/// as `async fn`. Without the attribute they fail to compile with E0195
+/// ("lifetime parameters or bounds on method do not match the trait
+/// declaration"): the attribute turned the trait's `async fn`s into plain
+/// functions, with lifetimes of their own, that return a boxed `Send`
+/// future, and an `async fn` in the impl has another signature until the
+/// same attribute rewrites it.
+///
+/// What the request path and [`KeyManager`](crate::KeyManager) rely on:
+///
+/// - wrap your backend's errors with [`StoreError::backend`] (the request
+///   is then refused with `503`, reason
+///   [`StoreUnavailable`](crate::RejectReason::StoreUnavailable); the error
+///   is logged, never sent);
+/// - answer `NotFound`, `AlreadyExists` and `Revoked` as each method says,
+///   and make [`update`](KeyStore::update)'s check and write one atomic
+///   step;
+/// - implement [`find_immediate`](KeyStore::find_immediate) only if you
+///   can answer from memory (a cache);
+/// - run [`conformance::run`] (feature `test-util`) in your tests: it
+///   checks all of the above.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::SystemTime;
+/// use keyward::key::KeyId;
+/// use keyward::record::KeyRecord;
+/// use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
+///
+/// /// Counts the look-ups of the store behind it (your database client
+/// /// would stand where the `MemoryStore` is).
+/// #[derive(Debug, Default)]
+/// struct Counted {
+///     backend: MemoryStore,
+///     lookups: AtomicU64,
+/// }
+///
+/// #[keyward::async_trait]
+/// impl KeyStore for Counted {
+///     async fn find(&self, id: &KeyId) -> Lookup {
+///         self.lookups.fetch_add(1, Ordering::Relaxed);
+///         self.backend.find(id).await
+///     }
+///     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+///         self.backend.insert(record).await
+///     }
+///     async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+///         self.backend.update(record).await
+///     }
+///     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
+///         self.backend.revoke(id, at).await
+///     }
+///     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+///         self.backend.list_by_owner(owner).await
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = Counted::default();
+/// keyward::store::conformance::run(&store).await; // every store's promises
+/// assert!(store.lookups.load(Ordering::Relaxed) > 0);
+/// let shared: Arc<dyn KeyStore> = Arc::new(store); // what AuthLayer and KeyManager take
+/// # let _ = shared;
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait KeyStore: Debug + Send + Sync + 'static {
     /// Finds the record with this id; `Ok(None)` when there is none.

@@ -286,7 +286,7 @@ impl AggregatingSink {
 }
 
 /// Whether a request event belongs to a key whose record exists.
-fn known_key(event: &UsageEvent) -> Option<KeyId> {
+pub(crate) fn known_key(event: &UsageEvent) -> Option<KeyId> {
     let id = event.key_id()?;
     let record_found = event.authenticated()
         || matches!(

@@ -20,6 +20,17 @@ use super::{stripe, UsageEvent, UsageSink};
 /// stuck exporter costs events, never requests. Deal with your own errors
 /// (retry, log) inside `export`.
 ///
+/// # Implementing this trait
+///
+/// The trait is declared with [`async_trait`](macro@crate::async_trait): put
+/// `#[keyward::async_trait]` on your `impl` (keyward re-exports it, so you
+/// need no `async-trait` dependency of your own) and write `export` as an
+/// `async fn`. Without the attribute it fails to compile with E0195
+/// ("lifetime parameters or bounds on method do not match the trait
+/// declaration"): the attribute turned the trait's `export` into a function
+/// returning a boxed `Send` future, with lifetimes of its own, and only the
+/// same attribute gives the impl's `async fn` that signature.
+///
 /// ```
 /// use std::io::Write;
 /// use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,7 +39,7 @@ use super::{stripe, UsageEvent, UsageSink};
 /// /// One JSON object a line.
 /// struct JsonLines<W>(W);
 ///
-/// #[async_trait::async_trait]
+/// #[keyward::async_trait]
 /// impl<W: Write + Send + 'static> UsageExporter for JsonLines<W> {
 ///     async fn export(&mut self, batch: Vec<UsageEvent>) {
 ///         for event in &batch {

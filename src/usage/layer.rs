@@ -33,6 +33,9 @@ pub const DEFAULT_FIRST_USED_CAPACITY: usize = 100_000;
 /// threads do not contend on one reference count. Layer a service once and
 /// clone the service (clones share the copies), rather than calling
 /// `layer` per connection.
+///
+/// It wraps any service, `Clone` or not: it calls the inner service at
+/// once and waits only for its answer.
 #[must_use]
 pub struct UsageLayer<K> {
     sink: Arc<K>,

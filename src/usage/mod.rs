@@ -24,8 +24,16 @@
 //!   background task hands in batches to your [`UsageExporter`]; drops (and
 //!   counts) events rather than slow a request; drains on flush and
 //!   shutdown;
+//! - [`RollupSink`]: per-key, per-minute counts in memory, that answer
+//!   queries by key, owner and time range ([`UsageSource`]);
 //! - [`TracingSink`]: one log line an event;
 //! - `()`, which discards, [`sink_fn`] for a closure, and `(A, B)` for two.
+//!
+//! Across processes, behind a `BatchingSink`: `PgUsage` (feature
+//! `postgres`) exports raw events and per-minute rollups into PostgreSQL
+//! and answers [`UsageSource`] queries over every process's usage;
+//! `RedisUsage` (feature `redis`) keeps per-minute and per-day counters in
+//! Redis that any process reads.
 //!
 //! # Example
 //!
@@ -75,18 +83,38 @@
 mod aggregate;
 #[cfg(feature = "tokio")]
 mod batch;
+#[cfg(feature = "test-util")]
+pub mod conformance;
 mod event;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod export;
 mod future;
 mod layer;
 mod log;
+#[cfg(feature = "postgres")]
+mod postgres;
+mod query;
+#[cfg(feature = "redis")]
+mod redis;
+mod rollup;
 mod sink;
 mod stripe;
 
+#[cfg(feature = "postgres")]
+pub use self::postgres::{PgUsage, PgUsageExporter};
+#[cfg(feature = "redis")]
+pub use self::redis::{InvalidRedisPrefix, RedisSnapshot, RedisUsage};
 pub use aggregate::{AggregatingSink, KeyUsage, StatusClasses};
 #[cfg(feature = "tokio")]
 pub use batch::{BatchWorker, BatchingSink, BatchingSinkBuilder, UsageExporter};
 pub use event::{EventKind, Lifecycle, Outcome, UsageEvent, UsageTags};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub use export::ExportStats;
 pub use future::ResponseFuture;
 pub use layer::{UsageLayer, UsageService, DEFAULT_FIRST_USED_CAPACITY};
 pub use log::TracingSink;
+pub use query::{
+    Step, TimeRange, UsageCounts, UsageQuery, UsageQueryError, UsageRow, UsageScope, UsageSource,
+};
+pub use rollup::RollupSink;
 pub use sink::{sink_fn, SinkFn, UsageSink};

@@ -13,6 +13,57 @@ use super::UsageEvent;
 /// Implemented by `()` (discards everything), [`SinkFn`] (a closure, see
 /// [`sink_fn`]), a pair `(A, B)` (both get every event), `Arc<S>` and
 /// `Arc<dyn UsageSink>`, and this module's sinks.
+///
+/// # Implementing this trait
+///
+/// The trait is declared with [`async_trait`](macro@crate::async_trait): put
+/// `#[keyward::async_trait]` on your `impl` (keyward re-exports it, so you
+/// need no `async-trait` dependency of your own). Only `flush` is async, and
+/// only an `impl` that writes its own `flush` needs the attribute; written
+/// as a plain `async fn` without it, `flush` fails to compile with E0195
+/// ("lifetime parameters or bounds on method do not match the trait
+/// declaration"), because the attribute turned the trait's `flush` into a
+/// function returning a boxed `Send` future, with lifetimes of its own.
+///
+/// `record` runs on the request path: hand the event over and return (a
+/// channel, counters, a briefly held lock); do the I/O in `flush` or on a
+/// task of your own, or use [`BatchingSink`](super::BatchingSink) with a
+/// [`UsageExporter`](super::UsageExporter), which does the batching for you.
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use std::time::SystemTime;
+/// use keyward::usage::{Lifecycle, UsageEvent, UsageLayer, UsageSink};
+///
+/// /// Keeps events until `flush` delivers them.
+/// #[derive(Debug, Default)]
+/// struct Buffered {
+///     pending: Mutex<Vec<UsageEvent>>,
+///     delivered: tokio::sync::Mutex<Vec<UsageEvent>>, // your destination
+/// }
+///
+/// #[keyward::async_trait]
+/// impl UsageSink for Buffered {
+///     fn record(&self, event: UsageEvent) {
+///         self.pending.lock().unwrap().push(event);
+///     }
+///
+///     async fn flush(&self) {
+///         let batch = std::mem::take(&mut *self.pending.lock().unwrap());
+///         self.delivered.lock().await.extend(batch); // the I/O goes here
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let sink = Arc::new(Buffered::default());
+/// let _layer = UsageLayer::new(Arc::clone(&sink)); // one event per request
+/// sink.record(UsageEvent::lifecycle(Lifecycle::Issued, "abcdefABCDEF".parse()?, "acme", SystemTime::now()));
+/// sink.flush().await;
+/// assert_eq!(sink.delivered.lock().await.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait::async_trait]
 pub trait UsageSink: fmt::Debug + Send + Sync + 'static {
     /// Takes one event, without blocking.

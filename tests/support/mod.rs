@@ -39,5 +39,8 @@ impl Write for CapturedLogs {
     }
 }
 
+pub(crate) mod burst;
+pub(crate) mod children;
+pub(crate) mod limit_model;
 pub(crate) mod proxy;
 pub(crate) mod services;
