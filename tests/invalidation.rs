@@ -1,6 +1,7 @@
 //! Invalidation over the real servers (DATABASE_URL, REDIS_URL): the
 //! conformance suite, and a subscription that loses its connection (cut
 //! through a test-owned proxy) says Lost, then Connected once it is back.
+#![cfg(all(feature = "postgres", feature = "redis"))]
 
 mod support;
 

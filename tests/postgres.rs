@@ -1,6 +1,7 @@
 //! PgStore against the server in DATABASE_URL (skipped, saying so, without
 //! it): the conformance suite, alone and behind a CachedStore; migrations
 //! from several processes at once; hostile input.
+#![cfg(feature = "postgres")]
 
 mod support;
 

@@ -1,6 +1,7 @@
 //! RedisStore against the server in REDIS_URL (skipped, saying so, without
 //! it): the conformance suite, alone and behind a CachedStore; hostile
 //! input; key names that hold no secret and no raw owner.
+#![cfg(feature = "redis")]
 
 mod support;
 
