@@ -35,6 +35,8 @@
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
+//! - `scanning` (feature `secret-scanning`): GitHub's secret-scanning
+//!   webhook, revoking keys pushed to public repositories.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -56,6 +58,8 @@
 //! - `test-util`: [`store::conformance`], the suite every store runs.
 //! - `tokio`: [`usage::BatchingSink`], usage exported in batches from a task;
 //!   [`store::CachedStore`] and [`store::invalidation`].
+//! - `secret-scanning`: `scanning::SecretScanning`, the endpoint for GitHub's
+//!   secret-scanning partner program (enables `axum`; adds p256 and serde_json).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -75,6 +79,9 @@ pub mod record;
 pub mod reject;
 #[cfg(feature = "serde")]
 mod rfc3339;
+#[cfg(feature = "secret-scanning")]
+#[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
+pub mod scanning;
 pub mod scope;
 pub mod store;
 pub mod usage;

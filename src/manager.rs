@@ -304,6 +304,15 @@ impl KeyManager {
         }
     }
 
+    /// Hands `event` to the sink set with [`with_events`](Self::with_events),
+    /// if any: for lifecycle events other modules record about a key.
+    #[cfg(feature = "secret-scanning")]
+    pub(crate) fn record_event(&self, event: UsageEvent) {
+        if let Some(events) = &self.events {
+            events.record(event);
+        }
+    }
+
     /// Uses `clock` for creation, expiry and revocation times.
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
@@ -327,6 +336,12 @@ impl KeyManager {
     /// The clock.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The hasher of new keys' secrets (the one the store's hashes were
+    /// made with).
+    pub fn hasher(&self) -> &KeyHasher {
+        &self.hasher
     }
 
     /// The format of the keys this manager mints.

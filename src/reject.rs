@@ -309,13 +309,38 @@ impl Responder {
     /// Your own response for every rejection. Keyward still puts the
     /// [`Rejection`] into the response's extensions afterwards.
     ///
+    /// The body is anything that converts into [`Bytes`]: a `String`, a
+    /// `Vec<u8>`, a `&'static str`, or `Bytes` itself (re-exported as
+    /// [`keyward::body::Bytes`](crate::body::Bytes)), so no dependency on
+    /// `bytes` is needed. It is converted once per refusal, without copying
+    /// (`String` and `Vec<u8>` hand over their buffer).
+    ///
     /// It answers HTTP requests; gRPC requests get keyward's gRPC status
     /// (see [`Responder::refuse`]).
-    pub fn custom<F>(respond: F) -> Self
+    ///
+    /// ```
+    /// use http::{Response, StatusCode};
+    /// use keyward::reject::{RejectReason, Rejection, Responder};
+    ///
+    /// let responder = Responder::custom(|rejection: &Rejection| {
+    ///     Response::builder()
+    ///         .status(rejection.status())
+    ///         .header("content-type", "text/plain")
+    ///         .body(format!("refused: {}", rejection.status().as_u16()))
+    ///         .unwrap()
+    /// });
+    /// let response = responder.respond(&Rejection::new(RejectReason::Expired));
+    /// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    /// assert_eq!(response.body(), "refused: 401");
+    /// ```
+    pub fn custom<F, B>(respond: F) -> Self
     where
-        F: Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+        F: Fn(&Rejection) -> Response<B> + Send + Sync + 'static,
+        B: Into<Bytes>,
     {
-        Self(Arc::new(respond))
+        Self(Arc::new(move |rejection| {
+            respond(rejection).map(Into::into)
+        }))
     }
 
     /// The response for `rejection`.

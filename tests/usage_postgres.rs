@@ -229,6 +229,52 @@ async fn with_the_database_cut_requests_are_served_and_drops_are_counted() {
 }
 
 #[tokio::test]
+async fn with_the_database_hanging_attempts_time_out_and_requests_never_wait() {
+    let Some(url) = service_url(
+        "DATABASE_URL",
+        "with_the_database_hanging_attempts_time_out_and_requests_never_wait",
+    ) else {
+        return;
+    };
+    let (admin, schema, _) = fresh(&url).await;
+    let proxy = FaultProxy::for_url(&url).await;
+    let usage = PgUsage::new(pool(&proxy.url(&url)).await, &schema).unwrap();
+    let exporter = usage
+        .exporter()
+        .retries(1)
+        .backoff(Duration::from_millis(10))
+        .timeout(Duration::from_millis(200));
+    let sink = BatchingSink::builder(exporter.clone())
+        .max_batch(10)
+        .capacity(20)
+        .spawn();
+    let burst = Burst::new("acme");
+
+    proxy.stall();
+    let started = tokio::time::Instant::now();
+    let (allowed, denied) = burst.run(sink.clone(), 50).await;
+    assert_eq!(
+        (allowed, denied),
+        (40, 10),
+        "every request answered as usual"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "no request waited on the database"
+    );
+    sink.flush().await;
+    let stats = exporter.stats();
+    assert_eq!(
+        (stats.events, stats.dropped + sink.dropped()),
+        (0, 50),
+        "each attempt gave up at its timeout; every event counted: {stats:?}"
+    );
+    proxy.restore();
+    drop(proxy);
+    drop_schema(&admin, &schema).await;
+}
+
+#[tokio::test]
 async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
     let Some(url) = service_url(
         "DATABASE_URL",
@@ -286,6 +332,45 @@ async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
         .await
         .unwrap();
     assert_eq!((owner.requests, owner.allowed, owner.denied), (10, 8, 2));
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
+async fn prune_deletes_what_is_older_than_asked() {
+    let Some(url) = service_url("DATABASE_URL", "prune_deletes_what_is_older_than_asked") else {
+        return;
+    };
+    let (pool, schema, usage) = fresh(&url).await;
+    let burst = Burst::new("acme");
+    let exporter = usage.exporter();
+    let sink = BatchingSink::new(exporter.clone());
+    burst.run(sink.clone(), 10).await;
+    sink.shutdown().await;
+    let minute = TimeRange::new(burst.at, burst.at + Duration::from_secs(1));
+    // Events before the burst: nothing to delete.
+    let before = burst.at - Duration::from_secs(60);
+    assert_eq!(usage.prune(before, before).await.unwrap(), (0, 0));
+    // Raw events up to a second after it, rollups kept.
+    let after = burst.at + Duration::from_secs(1);
+    assert_eq!(usage.prune(after, before).await.unwrap(), (10, 0));
+    assert_eq!(
+        usage
+            .total(&UsageQuery::all(minute))
+            .await
+            .unwrap()
+            .requests,
+        10
+    );
+    // Then the rollups (one a key).
+    assert_eq!(usage.prune(after, after).await.unwrap(), (0, 2));
+    assert_eq!(
+        usage
+            .total(&UsageQuery::all(minute))
+            .await
+            .unwrap()
+            .requests,
+        0
+    );
     drop_schema(&pool, &schema).await;
 }
 

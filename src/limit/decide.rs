@@ -138,18 +138,18 @@ fn rate_step(
 }
 
 /// What a rate with this TAT has now, spending nothing.
+#[inline]
 pub(crate) fn unspent_rate(rate: &RatePolicy, tat: u64, now: u64) -> Verdict {
     let remaining = rate.gcra().remaining(tat, now);
     let spent = rate.burst().saturating_sub(remaining);
-    Verdict::allowed(
-        u64::from(remaining),
-        rate.gcra().period().saturating_mul(spent),
-    )
+    let full_in = rate.gcra().period_nanos().saturating_mul(u64::from(spent));
+    Verdict::from_nanos(true, u64::from(remaining), full_in)
 }
 
 /// The verdict of a GCRA step: allowed with what is left and the time
 /// until the policy is full; denied with what is left now (`remaining`,
 /// asked only then) and the wait.
+#[inline]
 pub(crate) fn rate_verdict(
     rate: &RatePolicy,
     outcome: GcraOutcome,
@@ -159,15 +159,12 @@ pub(crate) fn rate_verdict(
     match outcome {
         GcraOutcome::Allowed { remaining, .. } => {
             let spent = rate.burst().saturating_sub(remaining);
-            Ok(Verdict::allowed(
-                u64::from(remaining),
-                rate.gcra().period().saturating_mul(spent),
-            ))
+            let full_in = rate.gcra().period_nanos().saturating_mul(u64::from(spent));
+            Ok(Verdict::from_nanos(true, u64::from(remaining), full_in))
         }
-        GcraOutcome::Denied { wait } => Ok(Verdict::denied(
-            u64::from(remaining()),
-            Duration::from_nanos(wait),
-        )),
+        GcraOutcome::Denied { wait } => {
+            Ok(Verdict::from_nanos(false, u64::from(remaining()), wait))
+        }
         GcraOutcome::TooHigh => Err(LimitError::CostTooHigh {
             policy: rate.name().to_owned(),
             cost,

@@ -114,6 +114,7 @@ impl Gcra {
 
     /// One step: spends `cost` units (at least 1) at `now` on a policy
     /// whose TAT is `tat` (0 for a key never seen), if they fit.
+    #[inline]
     pub fn step(&self, tat: u64, cost: u32, now: u64) -> GcraOutcome {
         const NEVER: GcraOutcome = GcraOutcome::Denied { wait: u64::MAX };
         let Self { t, tau } = *self;
@@ -152,6 +153,7 @@ impl Gcra {
     }
 
     /// The units that could pass at once now, spending nothing.
+    #[inline]
     pub fn remaining(&self, tat: u64, now: u64) -> u32 {
         match self.step(tat, 1, now) {
             GcraOutcome::Allowed { remaining, .. } => remaining.saturating_add(1),
@@ -161,6 +163,7 @@ impl Gcra {
 
     /// [`step`](Self::step) on an atomic TAT, retried until it lands;
     /// waits while another check holds the word ([`LOCKED`]).
+    #[inline]
     pub(crate) fn check(&self, tat: &AtomicU64, cost: u32, now: u64) -> GcraOutcome {
         let mut current = load_unlocked(tat);
         loop {

@@ -156,7 +156,9 @@ where
             .extensions()
             .get::<Cost>()
             .map_or(config.cost, |cost| cost.0);
-        let Some(result) = config.limiter.check_immediate(&id, limits, cost) else {
+        // Matched in place: a decision is worth no copy.
+        let immediate = config.limiter.check_immediate(&id, limits, cost);
+        let Some(result) = &immediate else {
             // The limiter must wait (a remote backend): decide in a
             // future. The ready service goes with it.
             let clone = self.inner.clone();
@@ -333,7 +335,8 @@ fn ratelimit_field(policies: &[Policy], decision: &Decision) -> Option<HeaderVal
 fn answer(
     config: &LimitConfig,
     limits: &Limits,
-    result: Result<Decision, LimitError>,
+    // By reference: a decision is a few hundred bytes, not worth a copy.
+    result: &Result<Decision, LimitError>,
     request_headers: &http::HeaderMap,
     id: KeyId,
 ) -> Answer {
@@ -345,22 +348,22 @@ fn answer(
                 answered: decision.len(),
                 policies: policies.len(),
             });
-            return failed(config, error, request_headers, id);
+            return failed(config, &error, request_headers, id);
         }
         Err(LimitError::CostTooHigh { policy: name, cost }) => {
-            return too_high(config, limits, &name, cost, request_headers, id)
+            return too_high(config, limits, name, *cost, request_headers, id)
         }
         Err(error) => return failed(config, error, request_headers, id),
     };
     let headers = limits.policy_header().map(|policy| LimitHeaders {
         // A reference count: the value was rendered once, on `Limits`.
         policy: policy.clone(),
-        state: ratelimit_field(policies, &decision),
+        state: ratelimit_field(policies, decision),
     });
     if decision.is_allowed() {
         return Answer::Pass(headers);
     }
-    let reason = refusal_reason(policies, &decision);
+    let reason = refusal_reason(policies, decision);
     let mut rejection = Rejection::new(reason).with_key_id(id);
     for (policy, verdict) in policies.iter().zip(decision.verdicts()) {
         if !verdict.is_allowed() {
@@ -385,13 +388,13 @@ fn answer(
 #[cold]
 fn failed(
     config: &LimitConfig,
-    error: LimitError,
+    error: &LimitError,
     request_headers: &http::HeaderMap,
     id: KeyId,
 ) -> Answer {
     tracing::error!(
         target: "keyward::limit", key_id = %id,
-        error = &error as &dyn std::error::Error,
+        error = error as &dyn std::error::Error,
         fail_open = config.fail_open,
         "limiter failed"
     );
@@ -534,7 +537,7 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match answer(&config, &limits, result, request.headers(), id) {
+                    let next = match answer(&config, &limits, &result, request.headers(), id) {
                         Answer::Pass(headers) => State::Inner {
                             future: service.call(request),
                             headers,

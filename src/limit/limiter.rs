@@ -18,67 +18,91 @@ use crate::key::KeyId;
 /// refused says when it could allow it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
+    /// The units left, and in the top bit whether the policy allows:
+    /// 16 bytes a verdict, since eight make a `Decision`, which the
+    /// request path builds and moves.
     remaining: u64,
-    // A `Duration` in two words, so that the flag fits beside them: eight
-    // verdicts make a `Decision`, which the request path moves.
-    reset_secs: u64,
-    reset_nanos: u32,
-    allowed: bool,
+    /// Nanoseconds; `u64::MAX` for never.
+    reset: u64,
 }
+
+/// The top bit of [`Verdict::remaining`].
+const ALLOWED: u64 = 1 << 63;
 
 impl Verdict {
     const EMPTY: Verdict = Verdict {
         remaining: 0,
-        reset_secs: 0,
-        reset_nanos: 0,
-        allowed: false,
+        reset: 0,
     };
 
-    /// The policy allows the request; `remaining` units are left, and the
-    /// policy is fully restored after `reset` (`Duration::MAX`: never, for
-    /// a balance that does not refill).
+    /// The policy allows the request; `remaining` units are left (at most
+    /// `2^63 - 1` are told), and the policy is fully restored after
+    /// `reset` (`Duration::MAX`: never, for a balance that does not
+    /// refill; other times are kept to the nanosecond up to 584 years).
+    #[inline]
     pub fn allowed(remaining: u64, reset: Duration) -> Self {
         Self {
-            remaining,
-            reset_secs: reset.as_secs(),
-            reset_nanos: reset.subsec_nanos(),
-            allowed: true,
+            remaining: remaining.min(ALLOWED - 1) | ALLOWED,
+            reset: if reset == Duration::MAX {
+                u64::MAX
+            } else {
+                u64::try_from(reset.as_nanos()).map_or(u64::MAX - 1, |n| n.min(u64::MAX - 1))
+            },
+        }
+    }
+
+    /// A verdict from times the limiter keeps in nanoseconds (never
+    /// "never": `u64::MAX` is kept as 584 years).
+    #[inline]
+    pub(crate) fn from_nanos(allowed: bool, remaining: u64, reset: u64) -> Self {
+        Self {
+            remaining: remaining.min(ALLOWED - 1) | if allowed { ALLOWED } else { 0 },
+            reset: reset.min(u64::MAX - 1),
         }
     }
 
     /// The policy refuses the request, which could pass after
     /// `retry_after` (`Duration::MAX`: never); `remaining` units are left.
+    #[inline]
     pub fn denied(remaining: u64, retry_after: Duration) -> Self {
+        let allowed = Self::allowed(remaining, retry_after);
         Self {
-            allowed: false,
-            ..Self::allowed(remaining, retry_after)
+            remaining: allowed.remaining & !ALLOWED,
+            ..allowed
         }
     }
 
     /// Whether this policy allows the request.
+    #[inline]
     pub fn is_allowed(&self) -> bool {
-        self.allowed
+        self.remaining & ALLOWED != 0
     }
 
     /// The units left (after the request, if the decision allowed it).
+    #[inline]
     pub fn remaining(&self) -> u64 {
-        self.remaining
+        self.remaining & !ALLOWED
     }
 
     /// When allowed: the time until the policy is fully restored. When
     /// denied: the time until it can allow this request (the `t` of the
     /// `RateLimit` field, and never later than `Retry-After`).
     /// `Duration::MAX` for never.
+    #[inline]
     pub fn reset(&self) -> Duration {
-        Duration::new(self.reset_secs, self.reset_nanos)
+        if self.reset == u64::MAX {
+            Duration::MAX
+        } else {
+            Duration::from_nanos(self.reset)
+        }
     }
 }
 
 impl Debug for Verdict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verdict")
-            .field("allowed", &self.allowed)
-            .field("remaining", &self.remaining)
+            .field("allowed", &self.is_allowed())
+            .field("remaining", &self.remaining())
             .field("reset", &self.reset())
             .finish()
     }
@@ -121,10 +145,19 @@ impl Decision {
         }
     }
 
+    /// A decision on one policy.
+    #[inline]
+    pub(crate) fn one(verdict: Verdict) -> Self {
+        let mut verdicts = [Verdict::EMPTY; Limits::MAX_POLICIES];
+        verdicts[0] = verdict;
+        Self { len: 1, verdicts }
+    }
+
     /// Adds the verdict of the next policy. A decision holds at most
     /// [`Limits::MAX_POLICIES`]; past that, it is marked as holding too
     /// many, and [`RateLimitLayer`](super::RateLimitLayer) treats it as a
     /// failed limiter (never as an allowed request).
+    #[inline]
     pub fn push(&mut self, verdict: Verdict) {
         let len = usize::from(self.len);
         if let Some(slot) = self.verdicts.get_mut(len) {
@@ -236,9 +269,11 @@ impl LimitError {
 /// # Implementing it
 ///
 /// The trait is an `async_trait` (so that it can be used as
-/// `Arc<dyn Limiter>`): put `#[keyward::async_trait]` (or
-/// `#[async_trait::async_trait]`) on the `impl` block; a plain `async fn`
-/// fails with E0195. The arithmetic is public: [`Limits::decide`] runs
+/// `Arc<dyn Limiter>`): put `#[keyward::async_trait]` (keyward re-exports
+/// the attribute) on the `impl` block and write `check` as an `async fn`;
+/// without the attribute it fails with E0195. `check_immediate` is
+/// optional: implement it when some answers need no waiting (a local
+/// cache), so that the layer does not box a future for them. The arithmetic is public: [`Limits::decide`] runs
 /// every policy's step (GCRA for rates, [`Gcra`](super::Gcra); the refill
 /// for credits) on the states a backend loaded, all or nothing, and tells
 /// which states to store. A backend only keeps those
@@ -257,7 +292,7 @@ impl LimitError {
 /// #[derive(Debug, Default)]
 /// struct Toy(Mutex<HashMap<(KeyId, u64), PolicyState>>);
 ///
-/// #[async_trait::async_trait]
+/// #[keyward::async_trait]
 /// impl Limiter for Toy {
 ///     async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
 ///         let now = SystemTime::now()
@@ -335,8 +370,8 @@ mod tests {
 
     #[test]
     fn a_decision_is_small_enough_to_move() {
-        assert_eq!(std::mem::size_of::<Verdict>(), 24);
-        assert!(std::mem::size_of::<Decision>() <= 200);
+        assert_eq!(std::mem::size_of::<Verdict>(), 16);
+        assert!(std::mem::size_of::<Decision>() <= 136);
     }
 
     #[test]

@@ -192,16 +192,15 @@ impl MemoryLimiter {
     }
 
     fn decide(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
-        let mut decision = Decision::new();
         match limits.policies() {
-            [] => {}
-            [policy] => decision.push(self.decide_one(id, policy, cost)?),
-            _ => return self.decide_many(id, limits, cost),
+            [policy] => Ok(Decision::one(self.decide_one(id, policy, cost)?)),
+            [] => Ok(Decision::new()),
+            _ => self.decide_many(id, limits, cost),
         }
-        Ok(decision)
     }
 
     /// A key with one policy: its state alone, without taking it.
+    #[inline]
     fn decide_one(&self, id: &KeyId, policy: &Policy, cost: u32) -> Result<Verdict, LimitError> {
         let shared = &*self.shared;
         let now = epoch_nanos(shared.clock.now());
@@ -534,6 +533,7 @@ impl SlotRef<'_> {
         }
     }
 
+    #[inline]
     fn decide(self, policy: &Policy, cost: u32, now: u64) -> Result<Verdict, LimitError> {
         match (self, policy) {
             (SlotRef::Rate(state), Policy::Rate(rate)) => decide_rate(state, rate, cost, now),
@@ -554,6 +554,7 @@ impl SlotRef<'_> {
 struct KindMismatch;
 
 /// One rate alone: one compare-and-swap on its word.
+#[inline]
 fn decide_rate(
     state: &RateState,
     rate: &RatePolicy,

@@ -29,7 +29,9 @@
 //!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
 //!
 //! [`MemoryLimiter`] keeps the state in this process with GCRA (governor's
-//! algorithm), bounded in size. A shared backend implements the same
+//! algorithm), bounded in size. `RedisLimiter` (feature `redis`) shares
+//! it between processes: one atomic round trip per request, on the Redis
+//! server's clock. Any other backend implements the same
 //! [`Limiter`] trait; the arithmetic is public ([`Gcra`],
 //! [`Limits::decide`], [`PolicyState`]), so that a backend only stores
 //! states and runs the decision in its own transaction.
@@ -88,6 +90,8 @@ mod layer;
 mod limiter;
 mod memory;
 mod policy;
+#[cfg(feature = "redis")]
+mod redis;
 
 pub(crate) use bounded::{BoundedMap, Expiring};
 pub use decide::PolicyState;
@@ -96,3 +100,6 @@ pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATE
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{InvalidPrefix, RedisLimiter};

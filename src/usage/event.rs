@@ -95,6 +95,12 @@ pub enum Lifecycle {
     FirstUsed,
     /// The key was presented after its expiry.
     ExpiredOnUse,
+    /// The key was reported leaked (by GitHub's secret scanning: module
+    /// `scanning`, feature `secret-scanning`); the event's [tags](UsageEvent::tags)
+    /// say where (`url`, `source`), as what (`token_type`) and what was
+    /// done (`action`). A revocation or disabling it caused is its own
+    /// event besides.
+    LeakReported,
 }
 
 impl Lifecycle {
@@ -114,6 +120,7 @@ impl Lifecycle {
             Lifecycle::NotBeforeChanged => "not_before_changed",
             Lifecycle::FirstUsed => "first_used",
             Lifecycle::ExpiredOnUse => "expired_on_use",
+            Lifecycle::LeakReported => "leak_reported",
         }
     }
 }
@@ -371,6 +378,25 @@ impl UsageEvent {
             at,
             Outcome::Allowed,
         )
+    }
+
+    /// Attaches `tags` (replacing any): for lifecycle events that carry
+    /// details, such as where a leaked key was found.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use keyward::usage::{Lifecycle, UsageEvent, UsageTags};
+    ///
+    /// let id = "abcdefABCDEF".parse()?;
+    /// let event = UsageEvent::lifecycle(Lifecycle::LeakReported, id, "acme", SystemTime::now())
+    ///     .with_tags(UsageTags::new().with("source", "commit"));
+    /// assert_eq!(event.tags().get("source"), Some("commit"));
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn with_tags(mut self, tags: UsageTags) -> Self {
+        self.tags = (!tags.is_empty()).then(|| Box::new(tags));
+        self
     }
 
     pub(crate) fn first_used(principal: &Principal, at: SystemTime) -> Self {
