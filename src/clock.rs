@@ -95,9 +95,11 @@ pub(crate) fn saturating_nanos(d: Duration) -> u64 {
 }
 
 /// Whole seconds, rounded up: headers that count seconds must never
-/// announce a wait shorter than the real one.
+/// announce a wait shorter than the real one. Saturating: a `Limiter` may
+/// answer a wait of nearly `Duration::MAX`, which rounded up by adding
+/// would overflow (and wrap to `0`, "retry now", without overflow checks).
 pub(crate) fn whole_seconds(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 #[cfg(test)]

@@ -375,6 +375,47 @@ async fn prune_deletes_what_is_older_than_asked() {
 }
 
 #[tokio::test]
+async fn hostile_routes_and_tags_are_stored_as_they_are() {
+    let Some(url) = service_url(
+        "DATABASE_URL",
+        "hostile_routes_and_tags_are_stored_as_they_are",
+    ) else {
+        return;
+    };
+    let (pool, schema, usage) = fresh(&url).await;
+    let route = "/pets/o'wner%25_%C3%A9\\x";
+    let tag = "it's\t100%\n\u{e9}\\ \"quoted\" '); DROP TABLE x; --";
+    for copy in [false, true] {
+        let exporter = usage.exporter().copy_events(copy);
+        let sink = BatchingSink::new(exporter.clone());
+        let service = tower::ServiceBuilder::new()
+            .layer(keyward::usage::UsageLayer::new(sink.clone()))
+            .service(tower::service_fn(|_: http::Request<String>| async {
+                let mut response = http::Response::new(String::new());
+                response
+                    .extensions_mut()
+                    .insert(keyward::usage::UsageTags::new().with("note", tag));
+                Ok::<_, std::convert::Infallible>(response)
+            }));
+        let request = http::Request::get(route).body(String::new()).unwrap();
+        tower::ServiceExt::oneshot(service, request).await.unwrap();
+        sink.shutdown().await;
+        assert_eq!(exporter.stats().events, 1, "copy: {copy}");
+    }
+    let stored: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT route, tags->>'note' FROM \"{schema}\".keyward_usage_events"
+    ))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored.len(), 2);
+    for (r, t) in stored {
+        assert_eq!((r.as_str(), t.as_str()), (route, tag));
+    }
+    drop_schema(&pool, &schema).await;
+}
+
+#[tokio::test]
 async fn bad_schema_names_are_refused_before_any_sql() {
     let Some(url) = service_url(
         "DATABASE_URL",

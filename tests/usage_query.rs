@@ -136,3 +136,50 @@ async fn old_minutes_are_let_go_after_the_retention() {
         "the first request is older than an hour before the last"
     );
 }
+
+#[tokio::test]
+async fn rows_serialize_for_an_admin_api() {
+    let sink = RollupSink::new();
+    let format = KeyFormat::new("sk_test").unwrap();
+    let key = KeyGenerator::new(format.clone()).generate().unwrap();
+    let clock = FakeClock::default(); // 2025-01-01T00:00:00Z
+    let store = MemoryStore::new();
+    let record = KeyRecord::new(
+        key.id(),
+        KeyHasher::sha256().hash(key.secret()),
+        "a\"c'me",
+        clock.now(),
+    )
+    .with_status(KeyStatus::Disabled);
+    store.insert(record).await.unwrap();
+    let service = ServiceBuilder::new()
+        .layer(UsageLayer::new(sink.clone()).clock(clock.clone()))
+        .layer(AuthLayer::new(store, format).clock(clock.clone()))
+        .service(service_fn(|_: Request<String>| async {
+            Ok::<_, Infallible>(Response::new(String::new()))
+        }));
+    let request = Request::get("/")
+        .header("x-api-key", key.expose_secret())
+        .body(String::new())
+        .unwrap();
+    service.oneshot(request).await.unwrap();
+    let hour = TimeRange::new(clock.now(), clock.now() + Duration::from_secs(3600));
+    let rows = sink
+        .query(&UsageQuery::key(key.id(), hour).step(Step::MINUTE))
+        .await
+        .unwrap();
+    let json = serde_json::to_value(&rows).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{
+            "key_id": key.id().to_string(),
+            "owner": null,
+            "period": {"start": "2025-01-01T00:00:00Z", "end": "2025-01-01T00:01:00Z"},
+            "counts": {
+                "requests": 1, "allowed": 0, "denied": 1, "unanswered": 0,
+                "denied_by_reason": {"disabled": 1},
+                "total_latency_us": rows[0].counts.total_latency.as_micros() as u64,
+            },
+        }])
+    );
+}

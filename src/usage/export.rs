@@ -12,6 +12,7 @@ use std::time::Duration;
 /// while the exporter was retrying) are in
 /// [`BatchingSink::dropped`](super::BatchingSink::dropped) instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct ExportStats {
     /// Batches written.

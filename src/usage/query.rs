@@ -98,10 +98,14 @@ impl UsageQueryError {
     }
 }
 
-/// A span of time, `[start, end)`.
+/// A span of time, `[start, end)`. With the `serde` feature it serializes
+/// as `{"start": "<RFC 3339>", "end": "<RFC 3339>"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct TimeRange {
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     start: SystemTime,
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     end: SystemTime,
 }
 
@@ -270,8 +274,10 @@ impl UsageQuery {
     }
 }
 
-/// The usage of one key over one period.
+/// The usage of one key over one period. With the `serde` feature it
+/// serializes as `{"key_id", "owner", "period": {"start", "end"}, "counts"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct UsageRow {
     /// The key.
@@ -286,7 +292,12 @@ pub struct UsageRow {
 }
 
 /// Requests counted over a period.
+///
+/// With the `serde` feature it serializes as `{"requests", "allowed",
+/// "denied", "unanswered", "denied_by_reason": {"<reason>": n, ...},
+/// "total_latency_us"}`, reasons named by [`RejectReason::as_str`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct UsageCounts {
     /// Requests recorded: `allowed + denied + unanswered`.
@@ -299,9 +310,38 @@ pub struct UsageCounts {
     pub unanswered: u64,
     /// The refusals by reason, in [`RejectReason::ALL`]'s order; reasons
     /// with none are left out.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "serde_impl::reasons"))]
     pub denied_by_reason: Vec<(RejectReason, u64)>,
     /// The sum of the requests' latencies (to the microsecond).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "total_latency_us", serialize_with = "serde_impl::micros")
+    )]
     pub total_latency: Duration,
+}
+
+#[cfg(feature = "serde")]
+mod serde_impl {
+    use std::time::Duration;
+
+    use serde::ser::{SerializeMap, Serializer};
+
+    use crate::reject::RejectReason;
+
+    pub(super) fn reasons<S: Serializer>(
+        reasons: &[(RejectReason, u64)],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(reasons.len()))?;
+        for (reason, n) in reasons {
+            map.serialize_entry(reason.as_str(), n)?;
+        }
+        map.end()
+    }
+
+    pub(super) fn micros<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+    }
 }
 
 impl UsageCounts {

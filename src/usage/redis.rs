@@ -95,15 +95,18 @@ pub struct InvalidRedisPrefix;
 /// One key's counters now, read from Redis by
 /// [`RedisUsage::snapshot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RedisSnapshot {
     /// The current minute (UTC, by the [`Clock`]).
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     pub minute_start: SystemTime,
     /// The key's counts in the current minute.
     pub minute: UsageCounts,
     /// The previous minute's counts (a complete minute, for rates).
     pub previous_minute: UsageCounts,
     /// The current day (UTC).
+    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     pub day_start: SystemTime,
     /// The key's counts today.
     pub day: UsageCounts,
