@@ -179,7 +179,14 @@ fn main() {
             let (done, refused, stop) = (done.clone(), refused.clone(), stop.clone());
             tasks.push(tokio::spawn(async move {
                 let mut i = task;
+                let mut sent = 0u32;
                 while !stop.load(Ordering::Relaxed) {
+                    // A stack that never waits (memory) would never give
+                    // the runtime back: yield now and then, in every mode.
+                    sent += 1;
+                    if sent.is_multiple_of(16) {
+                        tokio::task::yield_now().await;
+                    }
                     i = (i + 7) % headers.len();
                     let request = Request::get("/pets")
                         .header("authorization", &headers[i])

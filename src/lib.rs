@@ -37,6 +37,9 @@
 //! - [`usage`]: usage records and the audit trail ([`UsageLayer`](usage::UsageLayer)).
 //! - `scanning` (feature `secret-scanning`): GitHub's secret-scanning
 //!   webhook, revoking keys pushed to public repositories.
+//! - `signature` and `content_digest` (feature `signatures`): requests
+//!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
+//!   bodies checked against `Content-Digest` (RFC 9530).
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -60,6 +63,9 @@
 //!   [`store::CachedStore`] and [`store::invalidation`].
 //! - `secret-scanning`: `scanning::SecretScanning`, the endpoint for GitHub's
 //!   secret-scanning partner program (enables `axum`; adds p256 and serde_json).
+//! - `signatures`: `signature` (verify and sign requests: Ed25519 and
+//!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
+//!   base64ct).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -67,6 +73,9 @@ pub mod auth;
 pub mod authorize;
 pub mod body;
 pub mod clock;
+#[cfg(feature = "signatures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+pub mod content_digest;
 mod future;
 pub mod grpc;
 pub mod key;
@@ -83,6 +92,9 @@ mod rfc3339;
 #[cfg_attr(docsrs, doc(cfg(feature = "secret-scanning")))]
 pub mod scanning;
 pub mod scope;
+#[cfg(feature = "signatures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+pub mod signature;
 pub mod store;
 pub mod usage;
 

@@ -73,7 +73,9 @@ use std::time::{Duration, SystemTime};
 use ipnet::IpNet;
 
 use crate::clock::{Clock, SystemClock};
-use crate::key::{ApiKey, GenerateError, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use crate::key::{
+    ApiKey, GenerateError, InvalidVerificationKey, KeyFormat, KeyGenerator, KeyHasher, KeyId,
+};
 use crate::limit::Limits;
 use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
@@ -121,6 +123,14 @@ pub enum ManagerError {
     /// The operating system's random number generator failed.
     #[error("could not generate a key")]
     Generate(#[from] GenerateError),
+    /// The key signs requests (it holds a verification key): rotating it
+    /// would hand its public key to a bearer key. Register or issue a new
+    /// signing key, then revoke this one.
+    #[error("key {0} signs requests and is not rotated")]
+    SigningKey(KeyId),
+    /// The public key to register is not a usable key.
+    #[error("invalid verification key")]
+    InvalidVerificationKey(#[from] InvalidVerificationKey),
 }
 
 impl From<StoreError> for ManagerError {
@@ -243,12 +253,61 @@ impl IssueOptions {
     }
 }
 
+impl IssueOptions {
+    /// The expiry these options ask for, from `now`.
+    fn expiry_from(&self, now: SystemTime) -> Result<Option<SystemTime>, ManagerError> {
+        match self.expiry {
+            None => Ok(None),
+            Some(Expiry::At(at)) => Ok(Some(at)),
+            Some(Expiry::In(after)) => now
+                .checked_add(after)
+                .map(Some)
+                .ok_or(ManagerError::ExpiryOutOfRange),
+        }
+    }
+
+    /// The record these options describe.
+    fn record(
+        &self,
+        id: KeyId,
+        hash: crate::key::KeyHash,
+        now: SystemTime,
+        expires_at: Option<SystemTime>,
+    ) -> KeyRecord {
+        let mut record = KeyRecord::new(id, hash, self.owner.clone(), now)
+            .with_name(self.name.clone())
+            .with_scopes(self.scopes.clone())
+            .with_allowed_networks(self.allowed_networks.iter().copied());
+        record.expires_at = expires_at;
+        record.not_before = self.not_before;
+        record.metadata = self.metadata.clone();
+        record.environment = self.environment;
+        record.limits = self.limits.clone();
+        record
+    }
+}
+
 /// A freshly issued key: the plaintext, once, and its stored record.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IssuedKey {
     /// The plaintext key, for its owner. It is not stored anywhere.
     pub key: ApiKey,
+    /// The record as stored.
+    pub record: KeyRecord,
+}
+
+/// A freshly issued signing key (feature `signatures`): the private key
+/// (or shared secret), once, and the stored record, whose
+/// [`id`](KeyRecord::id) is the signatures' `keyid`.
+#[cfg(feature = "signatures")]
+#[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IssuedSigningKey {
+    /// The private key, for its owner. It is not stored anywhere (for
+    /// HMAC, the store keeps the same secret). `Debug` redacts it.
+    pub signing_key: crate::signature::SigningKey,
     /// The record as stored.
     pub record: KeyRecord,
 }
@@ -353,30 +412,85 @@ impl KeyManager {
     /// once and kept nowhere.
     pub async fn issue(&self, options: IssueOptions) -> Result<IssuedKey, ManagerError> {
         let now = self.clock.now();
-        let expires_at = match options.expiry {
-            None => None,
-            Some(Expiry::At(at)) => Some(at),
-            Some(Expiry::In(after)) => Some(
-                now.checked_add(after)
-                    .ok_or(ManagerError::ExpiryOutOfRange)?,
-            ),
-        };
-        self.insert_fresh(|id, hash| {
-            let mut record = KeyRecord::new(id, hash, options.owner.clone(), now)
-                .with_name(options.name.clone())
-                .with_scopes(options.scopes.clone())
-                .with_allowed_networks(options.allowed_networks.iter().copied());
-            record.expires_at = expires_at;
-            record.not_before = options.not_before;
-            record.metadata = options.metadata.clone();
-            record.environment = options.environment;
-            record.limits = options.limits.clone();
-            record
+        let expires_at = options.expiry_from(now)?;
+        self.insert_fresh(|id, hash| options.record(id, hash, now, expires_at))
+            .await
+            .map(|(key, record)| {
+                self.audit(Lifecycle::Issued, &record);
+                IssuedKey { key, record }
+            })
+    }
+
+    /// Stores a record for a key that signs requests (HTTP Message
+    /// Signatures; see [`signature`](crate::signature)) with the public key
+    /// the client generated: the private key never reaches the server.
+    /// The record gets a fresh id (the signatures' `keyid`) and a hash of a
+    /// secret nobody holds, so it is no bearer key. Returns the record.
+    ///
+    /// An Ed25519 key must be a point of the curve and not of small order
+    /// ([`InvalidVerificationKey::NotAPoint`]). An HMAC secret the client
+    /// chose is accepted too; it is not public, and the store keeps it
+    /// readable (see [`VerificationKey`](crate::key::VerificationKey)).
+    #[cfg(feature = "signatures")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+    pub async fn register_public_key(
+        &self,
+        key: crate::key::VerificationKey,
+        options: IssueOptions,
+    ) -> Result<KeyRecord, ManagerError> {
+        if let crate::key::VerificationKey::Ed25519(public) = &key {
+            crate::signature::ed25519_public_key(public)?;
+        }
+        let now = self.clock.now();
+        let expires_at = options.expiry_from(now)?;
+        let (_, record) = self
+            .insert_fresh(|id, hash| {
+                options
+                    .record(id, hash, now, expires_at)
+                    .with_verification_key(key.clone())
+            })
+            .await?;
+        self.audit(Lifecycle::Issued, &record);
+        Ok(record)
+    }
+
+    /// Generates an Ed25519 key pair, stores a record with its public half
+    /// (as [`register_public_key`](Self::register_public_key) does) and
+    /// returns the private key, once: it is kept nowhere. Prefer letting
+    /// the client generate the pair and registering its public key.
+    #[cfg(feature = "signatures")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+    pub async fn issue_key_pair(
+        &self,
+        options: IssueOptions,
+    ) -> Result<IssuedSigningKey, ManagerError> {
+        let signing_key = crate::signature::SigningKey::generate_ed25519()?;
+        let record = self
+            .register_public_key(signing_key.verification_key(), options)
+            .await?;
+        Ok(IssuedSigningKey {
+            signing_key,
+            record,
         })
-        .await
-        .map(|(key, record)| {
-            self.audit(Lifecycle::Issued, &record);
-            IssuedKey { key, record }
+    }
+
+    /// Generates a 32-byte HMAC-SHA-256 secret, stores it in a record and
+    /// returns it, once, for the client. The store keeps the secret
+    /// readable (HMAC needs it to verify): prefer
+    /// [`issue_key_pair`](Self::issue_key_pair).
+    #[cfg(feature = "signatures")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
+    pub async fn issue_shared_secret(
+        &self,
+        options: IssueOptions,
+    ) -> Result<IssuedSigningKey, ManagerError> {
+        let signing_key = crate::signature::SigningKey::generate_hmac_sha256()?;
+        let record = self
+            .register_public_key(signing_key.verification_key(), options)
+            .await?;
+        Ok(IssuedSigningKey {
+            signing_key,
+            record,
         })
     }
 
@@ -390,6 +504,9 @@ impl KeyManager {
     /// rotated.
     pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<Rotated, ManagerError> {
         let old = self.load(id).await?;
+        if old.verification_key.is_some() {
+            return Err(ManagerError::SigningKey(*id));
+        }
         let now = self.clock.now();
         if old.expires_at.is_some_and(|at| at <= now) {
             return Err(ManagerError::Expired(*id));

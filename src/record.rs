@@ -26,7 +26,7 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
-use crate::key::{KeyHash, KeyId};
+use crate::key::{KeyHash, KeyId, VerificationKey};
 use crate::limit::Limits;
 use crate::scope::ScopeSet;
 
@@ -92,6 +92,9 @@ impl fmt::Display for KeyStatus {
 /// - Times are RFC 3339 in UTC, with fractional seconds only when not
 ///   zero; any offset (`+02:00`) is accepted on input. Years 0000 to 9999.
 /// - The hash names its algorithm (see [`KeyHash`]).
+/// - A key that signs requests also has `"verification_key":
+///   "ed25519:<hex>"` (or `"hmac-sha256:<hex>"`, a secret: see
+///   [`VerificationKey`]); API keys have no such field.
 /// - Durations are integers with their unit in the name (`window_ms`,
 ///   `interval_ms`).
 /// - Deserialization goes through the same checks as the constructors
@@ -166,6 +169,15 @@ pub struct KeyRecord {
     /// Free-form labels, handed to the service in the `Principal`.
     #[cfg_attr(feature = "serde", serde(default))]
     pub metadata: BTreeMap<String, String>,
+    /// For a key that signs requests (HTTP Message Signatures, feature
+    /// `signatures`): the public key (or shared secret) its signatures are
+    /// checked with. Such a record's [`hash`](Self::hash) is of a secret
+    /// nobody holds, so it is never a bearer key. `None` for API keys.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Option::is_none")
+    )]
+    pub verification_key: Option<VerificationKey>,
 }
 
 impl KeyRecord {
@@ -186,6 +198,7 @@ impl KeyRecord {
             limits: Limits::none(),
             allowed_networks: Vec::new(),
             environment: None,
+            verification_key: None,
         }
     }
 
@@ -250,6 +263,14 @@ impl KeyRecord {
     #[must_use]
     pub fn with_environment(mut self, environment: Environment) -> Self {
         self.environment = Some(environment);
+        self
+    }
+
+    /// Makes the record one of a key that signs requests, checked with
+    /// `key` (see [`verification_key`](Self::verification_key)).
+    #[must_use]
+    pub fn with_verification_key(mut self, key: VerificationKey) -> Self {
+        self.verification_key = Some(key);
         self
     }
 

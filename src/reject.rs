@@ -11,11 +11,13 @@
 //! |---|---|---|
 //! | missing key | 401 | `Bearer realm="api"` |
 //! | malformed request (key sent twice, two keys) | 400 | `error="invalid_request"` |
-//! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key | 401 | `error="invalid_token"` |
+//! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key; bad, stale or replayed signature | 401 | `error="invalid_token"` |
 //! | insufficient scope | 403 | `error="insufficient_scope", scope="..."` |
 //! | restricted (network, environment) | 403 | none |
 //! | rate limited, quota exhausted, too many failures | 429 + `Retry-After` | none |
 //! | key store unavailable, limiter unavailable | 503 | none |
+//! | body too large (a `Content-Digest` check's maximum) | 413 | none |
+//! | misconfigured (layers stacked wrongly for a credential) | 500 | none |
 //!
 //! Bodies are RFC 9457 `application/problem+json`. Replace them with
 //! [`Responder::custom`].
@@ -97,12 +99,26 @@ pub enum RejectReason {
     /// open). Its own reason, so that dashboards tell a limiter outage
     /// from a key-store outage.
     LimiterUnavailable,
+    /// A signed request (HTTP Message Signatures) whose signature is
+    /// malformed, does not cover what it must, or does not verify.
+    BadSignature,
+    /// A signature created too long ago or too far ahead (outside the
+    /// verifier's window), or past its `expires`.
+    StaleSignature,
+    /// A signature already seen: a captured request sent again.
+    ReplayedSignature,
+    /// The request body is larger than the configured maximum.
+    BodyTooLarge,
+    /// The server's layers are stacked wrongly for this credential (for
+    /// example, signed requests without
+    /// `content_digest::ContentDigestLayer`); refused, fail closed.
+    Misconfigured,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (`reason as usize` indexes it):
     /// for counters and dashboards that keep one slot a reason.
-    pub const ALL: [RejectReason; 16] = [
+    pub const ALL: [RejectReason; 21] = [
         RejectReason::MissingKey,
         RejectReason::InvalidRequest,
         RejectReason::MalformedKey,
@@ -119,6 +135,11 @@ impl RejectReason {
         RejectReason::TooManyFailures,
         RejectReason::StoreUnavailable,
         RejectReason::LimiterUnavailable,
+        RejectReason::BadSignature,
+        RejectReason::StaleSignature,
+        RejectReason::ReplayedSignature,
+        RejectReason::BodyTooLarge,
+        RejectReason::Misconfigured,
     ];
 
     /// A stable `snake_case` name, for logs and usage records.
@@ -140,6 +161,11 @@ impl RejectReason {
             RejectReason::TooManyFailures => "too_many_failures",
             RejectReason::StoreUnavailable => "store_unavailable",
             RejectReason::LimiterUnavailable => "limiter_unavailable",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::StaleSignature => "stale_signature",
+            RejectReason::ReplayedSignature => "replayed_signature",
+            RejectReason::BodyTooLarge => "body_too_large",
+            RejectReason::Misconfigured => "misconfigured",
         }
     }
 
@@ -155,6 +181,9 @@ impl RejectReason {
                 | RejectReason::NotYetValid
                 | RejectReason::Disabled
                 | RejectReason::Revoked
+                | RejectReason::BadSignature
+                | RejectReason::StaleSignature
+                | RejectReason::ReplayedSignature
         )
     }
 
@@ -169,6 +198,8 @@ impl RejectReason {
             RejectReason::StoreUnavailable | RejectReason::LimiterUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            RejectReason::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RejectReason::Misconfigured => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -476,6 +507,8 @@ pub(crate) fn client_message(reason: RejectReason) -> &'static str {
         RejectReason::TooManyFailures => "Too many requests with invalid API keys; retry later.",
         RejectReason::StoreUnavailable => "API keys cannot be checked right now; retry later.",
         RejectReason::LimiterUnavailable => "Rate limits cannot be checked right now; retry later.",
+        RejectReason::BodyTooLarge => "The request body is larger than this API accepts.",
+        RejectReason::Misconfigured => "These credentials cannot be checked by this server.",
         _ => "The API key is invalid, expired or revoked.",
     }
 }
@@ -554,6 +587,9 @@ mod tests {
             RejectReason::NotYetValid,
             RejectReason::Disabled,
             RejectReason::Revoked,
+            RejectReason::BadSignature,
+            RejectReason::StaleSignature,
+            RejectReason::ReplayedSignature,
         ];
         let first = responder.respond(&Rejection::new(reasons[0]));
         for reason in reasons {

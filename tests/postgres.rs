@@ -237,3 +237,20 @@ async fn an_edited_row_is_an_error_never_a_record() {
     let _ = MigrateError::Changed { version: 1 }.to_string();
     cleanup(&store).await;
 }
+
+#[tokio::test]
+async fn signing_keys_keep_their_verification_key() {
+    let Some(url) = service_url("DATABASE_URL", "signing_keys_keep_their_verification_key") else {
+        return;
+    };
+    let store = store(&url).await;
+    for key in [
+        keyward::key::VerificationKey::ed25519([7; 32]),
+        keyward::key::VerificationKey::hmac_sha256(vec![9; 32]).unwrap(),
+    ] {
+        let record = record("acme").with_verification_key(key);
+        store.insert(record.clone()).await.unwrap();
+        assert_eq!(*store.find(&record.id).await.unwrap().unwrap(), record);
+    }
+    cleanup(&store).await;
+}

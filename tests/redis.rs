@@ -180,3 +180,19 @@ async fn prefixes_are_checked() {
     }
     fixture.cleanup().await;
 }
+
+#[tokio::test]
+async fn signing_keys_keep_their_verification_key() {
+    let Some(url) = service_url("REDIS_URL", "signing_keys_keep_their_verification_key") else {
+        return;
+    };
+    let fixture = fixture(&url).await;
+    let record =
+        record("acme").with_verification_key(keyward::key::VerificationKey::ed25519([7; 32]));
+    fixture.store.insert(record.clone()).await.unwrap();
+    assert_eq!(
+        *fixture.store.find(&record.id).await.unwrap().unwrap(),
+        record
+    );
+    fixture.cleanup().await;
+}

@@ -93,9 +93,11 @@ fn ends_media_type(rest: &[u8]) -> bool {
 ///
 /// | reason | code |
 /// |---|---|
-/// | missing key, malformed request, any bad key | `UNAUTHENTICATED` (16) |
+/// | missing key, malformed request, any bad key or signature | `UNAUTHENTICATED` (16) |
 /// | insufficient scope, restricted | `PERMISSION_DENIED` (7) |
 /// | rate limited, quota exhausted, too many failures | `RESOURCE_EXHAUSTED` (8) |
+/// | body too large | `RESOURCE_EXHAUSTED` (8) |
+/// | misconfigured (layers stacked wrongly) | `INTERNAL` (13) |
 /// | key store unavailable, limiter unavailable | `UNAVAILABLE` (14) |
 ///
 /// A malformed request (the key sent twice, two different keys) is
@@ -109,6 +111,8 @@ pub enum GrpcCode {
     PermissionDenied,
     /// `RESOURCE_EXHAUSTED` (8).
     ResourceExhausted,
+    /// `INTERNAL` (13).
+    Internal,
     /// `UNAVAILABLE` (14).
     Unavailable,
     /// `UNAUTHENTICATED` (16).
@@ -128,6 +132,8 @@ impl GrpcCode {
             RejectReason::StoreUnavailable | RejectReason::LimiterUnavailable => {
                 GrpcCode::Unavailable
             }
+            RejectReason::BodyTooLarge => GrpcCode::ResourceExhausted,
+            RejectReason::Misconfigured => GrpcCode::Internal,
             _ => GrpcCode::Unauthenticated,
         }
     }
@@ -137,6 +143,7 @@ impl GrpcCode {
         match self {
             GrpcCode::PermissionDenied => 7,
             GrpcCode::ResourceExhausted => 8,
+            GrpcCode::Internal => 13,
             GrpcCode::Unavailable => 14,
             GrpcCode::Unauthenticated => 16,
         }
@@ -147,6 +154,7 @@ impl GrpcCode {
         match self {
             GrpcCode::PermissionDenied => "PERMISSION_DENIED",
             GrpcCode::ResourceExhausted => "RESOURCE_EXHAUSTED",
+            GrpcCode::Internal => "INTERNAL",
             GrpcCode::Unavailable => "UNAVAILABLE",
             GrpcCode::Unauthenticated => "UNAUTHENTICATED",
         }
@@ -156,6 +164,7 @@ impl GrpcCode {
         HeaderValue::from_static(match self {
             GrpcCode::PermissionDenied => "7",
             GrpcCode::ResourceExhausted => "8",
+            GrpcCode::Internal => "13",
             GrpcCode::Unavailable => "14",
             GrpcCode::Unauthenticated => "16",
         })

@@ -54,6 +54,13 @@ impl KeyGenerator {
     }
 }
 
+/// Fills `out` with bytes from the operating system's random number
+/// generator (for key pairs and shared secrets).
+#[cfg(feature = "signatures")]
+pub(crate) fn random_bytes(out: &mut [u8]) -> Result<(), GenerateError> {
+    SysRng.try_fill_bytes(out).map_err(GenerateError)
+}
+
 /// Fills `out` with uniformly random base62 characters.
 fn fill_base62(out: &mut [u8]) -> Result<(), GenerateError> {
     // Rejection sampling: bytes of 248 or more would bias the `% 62`.

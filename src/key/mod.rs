@@ -1,5 +1,6 @@
 //! Key material: the plaintext [`ApiKey`], its public [`KeyId`], the wire
-//! [`KeyFormat`], the [`KeyGenerator`] and the [`KeyHasher`].
+//! [`KeyFormat`], the [`KeyGenerator`] and the [`KeyHasher`]; and the
+//! [`VerificationKey`] of keys that sign requests instead.
 //!
 //! A key is `<prefix>_<id><secret><checksum>` (see [`KeyFormat`]). The id is
 //! public and finds the record; only a hash of the secret is stored; the
@@ -31,6 +32,7 @@
 mod format;
 mod generator;
 mod hash;
+mod verification;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -43,11 +45,14 @@ pub use format::{
     FormatError, KeyFormat, ParseError, ParsedKey, CHECKSUM_LEN, DEFAULT_SECRET_BITS, KEY_ID_LEN,
     MAX_PREFIX_LEN, MAX_SECRET_BITS, MIN_SECRET_BITS,
 };
+#[cfg(feature = "signatures")]
+pub(crate) use generator::random_bytes;
 pub use generator::{GenerateError, KeyGenerator};
 pub use hash::{
     DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
     KeyHash, KeyHasher, PepperId, UnknownPepper,
 };
+pub use verification::{InvalidVerificationKey, SharedSecret, VerificationKey};
 
 /// The public id of a key: 12 base62 characters, stored inline (`Copy`).
 ///

@@ -36,6 +36,7 @@ CREATE TABLE {{table}} (
     expires_at timestamptz,
     not_before timestamptz,
     revoked_at timestamptz,
+    verification_key text,
     last_used_at timestamptz,
     version bigint NOT NULL DEFAULT 1,
     updated_at timestamptz NOT NULL DEFAULT now()
@@ -54,7 +55,8 @@ const COLUMNS: &str = "id, hash, hash_algorithm, owner, name, status, environmen
     (extract(epoch FROM created_at) * 1000000)::bigint, \
     (extract(epoch FROM expires_at) * 1000000)::bigint, \
     (extract(epoch FROM not_before) * 1000000)::bigint, \
-    (extract(epoch FROM revoked_at) * 1000000)::bigint";
+    (extract(epoch FROM revoked_at) * 1000000)::bigint, \
+    verification_key";
 
 /// A time parameter: microseconds since the epoch, or NULL.
 fn time(param: usize) -> String {
@@ -74,7 +76,7 @@ struct Queries {
 impl Queries {
     fn new(table: &QualifiedName) -> Self {
         let values = format!(
-            "$2, $3, $4, $5, $6, $7, $8, $9::text[]::inet[], $10::jsonb, $11::jsonb, {}, {}, {}, {}",
+            "$2, $3, $4, $5, $6, $7, $8, $9::text[]::inet[], $10::jsonb, $11::jsonb, {}, {}, {}, {}, $16",
             time(12),
             time(13),
             time(14),
@@ -85,7 +87,7 @@ impl Queries {
             insert: format!(
                 "INSERT INTO {table} (id, hash, hash_algorithm, owner, name, status, environment, \
                  scopes, allowed_networks, limits, metadata, created_at, expires_at, not_before, \
-                 revoked_at) VALUES ($1, {values}) ON CONFLICT (id) DO NOTHING"
+                 revoked_at, verification_key) VALUES ($1, {values}) ON CONFLICT (id) DO NOTHING"
             ),
             // One statement: the row is updated only if it is not revoked
             // (PostgreSQL re-checks the condition on the row it locks), and
@@ -93,7 +95,7 @@ impl Queries {
             update: format!(
                 "WITH updated AS (UPDATE {table} SET (hash, hash_algorithm, owner, name, status, \
                  environment, scopes, allowed_networks, limits, metadata, created_at, expires_at, \
-                 not_before, revoked_at) = ROW({values}), version = version + 1, \
+                 not_before, revoked_at, verification_key) = ROW({values}), version = version + 1, \
                  updated_at = now() WHERE id = $1 AND status <> 'revoked' RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM updated), EXISTS (SELECT 1 FROM {table} WHERE id = $1)"
             ),
@@ -116,7 +118,8 @@ impl Queries {
 /// made by [`migrate`](Self::migrate): `id text` primary key, `hash bytea`
 /// with its `hash_algorithm`, `owner` (indexed with `created_at`),
 /// `status`, `environment`, `scopes text[]`, `allowed_networks inet[]`,
-/// `limits` and `metadata` as `jsonb`, times as `timestamptz` (`created_at`,
+/// `limits` and `metadata` as `jsonb`, `verification_key` (for keys that
+/// sign requests), times as `timestamptz` (`created_at`,
 /// `expires_at`, `not_before`, `revoked_at`, and `last_used_at`, which the
 /// usage exporter fills), and a `version` that every write increments.
 ///
@@ -263,7 +266,8 @@ impl PgStore {
             .bind(micros(record.created_at))
             .bind(record.expires_at.map(micros))
             .bind(record.not_before.map(micros))
-            .bind(record.revoked_at.map(micros)))
+            .bind(record.revoked_at.map(micros))
+            .bind(record.verification_key.as_ref().map(ToString::to_string)))
     }
 }
 
@@ -361,6 +365,11 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     record.expires_at = time(12)?;
     record.not_before = time(13)?;
     record.revoked_at = time(14)?;
+    let verification_key: Option<String> = row.try_get(15).map_err(StoreError::backend)?;
+    record.verification_key = verification_key
+        .map(|key| key.parse())
+        .transpose()
+        .map_err(|_| unreadable("verification_key"))?;
     Ok(record)
 }
 

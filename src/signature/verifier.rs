@@ -1,0 +1,374 @@
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Request};
+use sha2::{Digest, Sha256};
+
+use super::base::{BaseContext, SignatureBase};
+use super::input::{Fields, SIGNATURE, SIGNATURE_INPUT};
+use super::keys::{self, Algorithm};
+use super::replay::{Admission, ReplayCache};
+use super::SignatureError;
+use crate::auth::Principal;
+use crate::clock::{Clock, SystemClock};
+use crate::content_digest::DigestStatus;
+use crate::key::KeyId;
+use crate::record::Invalidity;
+use crate::reject::{RejectReason, Rejection};
+use crate::store::{KeyStore, Lookup};
+
+/// The default window around now a signature's `created` must fall in:
+/// five minutes either way.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+
+/// Verifies signed requests (HTTP Message Signatures, RFC 9421) against
+/// the keys of a [`KeyStore`]; see the [module docs](super).
+///
+/// A request is accepted when exactly one of its signatures names a key id
+/// of the store (`keyid`), and:
+///
+/// - it covers `@method`, `@authority` and `@path` (or the components set
+///   with [`require`](Self::require)), `@query` when the request has a
+///   query, and `content-digest` when it has a body;
+/// - its `created` lies within the window around now (default ±5 min, on
+///   the injected clock) and its `expires`, if any, has not passed;
+/// - [`ContentDigestLayer`](crate::content_digest::ContentDigestLayer)
+///   runs outside, and checks the body against the covered
+///   `Content-Digest` (fail closed: a signed request without it is
+///   refused with `500`, reason
+///   [`Misconfigured`](RejectReason::Misconfigured));
+/// - the record holds a [`VerificationKey`](crate::key::VerificationKey),
+///   whose algorithm the signature's `alg` (if any) names, and the
+///   signature verifies;
+/// - the record is active and within its validity times;
+/// - the signature was not accepted before (see [`ReplayCache`]).
+///
+/// Cheap to clone: clones share the store, the clock and the replay cache.
+#[derive(Clone)]
+pub struct SignatureVerifier {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    clock: Arc<dyn Clock>,
+    window: Duration,
+    required: Vec<String>,
+    label: Option<String>,
+    context: BaseContext,
+    replay: ReplayCache,
+}
+
+/// A request whose signature parsed, is timely and covers enough; its
+/// key must still be fetched.
+pub(crate) struct Prepared {
+    pub(crate) id: KeyId,
+    base: SignatureBase,
+    signature: Vec<u8>,
+    alg: Option<String>,
+    now: SystemTime,
+    window_end: u64,
+}
+
+impl SignatureVerifier {
+    /// Verifies against the keys of `store`, with the defaults above and
+    /// the system clock.
+    pub fn new(store: impl KeyStore) -> Self {
+        Self::from_shared(Arc::new(store))
+    }
+
+    /// Verifies against a store shared as `Arc<dyn KeyStore>`.
+    pub fn from_shared(store: Arc<dyn KeyStore>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                clock: Arc::new(SystemClock),
+                window: DEFAULT_WINDOW,
+                required: ["@method", "@authority", "@path"]
+                    .map(str::to_owned)
+                    .to_vec(),
+                label: None,
+                context: BaseContext::new(),
+                replay: ReplayCache::default(),
+            }),
+        }
+    }
+
+    /// Uses `clock` for `created`, `expires` and the records' times.
+    #[must_use]
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        Arc::make_mut(&mut self.inner).clock = Arc::new(clock);
+        self
+    }
+
+    /// How far `created` may lie from now, either way (whole seconds;
+    /// default [`DEFAULT_WINDOW`]). A replay is refused for as long.
+    #[must_use]
+    pub fn window(mut self, window: Duration) -> Self {
+        Arc::make_mut(&mut self.inner).window = window;
+        self
+    }
+
+    /// The components every signature must cover, replacing the default
+    /// `@method`, `@authority`, `@path`. `@query` (when the request has a
+    /// query) and `content-digest` (when it has a body) are required
+    /// whatever this says.
+    #[must_use]
+    pub fn require<I, C>(mut self, components: I) -> Self
+    where
+        I: IntoIterator<Item = C>,
+        C: Into<String>,
+    {
+        Arc::make_mut(&mut self.inner).required = components.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Reads only the signature labelled `label` (by default, the one
+    /// signature whose `keyid` is a key id of this service).
+    #[must_use]
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        Arc::make_mut(&mut self.inner).label = Some(label.into());
+        self
+    }
+
+    /// How the request's scheme and authority are seen (see
+    /// [`BaseContext`]).
+    #[must_use]
+    pub fn context(mut self, context: BaseContext) -> Self {
+        Arc::make_mut(&mut self.inner).context = context;
+        self
+    }
+
+    /// Uses `cache` for replays (share one among the verifiers of a
+    /// process; default: a cache of [`ReplayCache::DEFAULT_CAPACITY`]).
+    #[must_use]
+    pub fn replay_cache(mut self, cache: ReplayCache) -> Self {
+        Arc::make_mut(&mut self.inner).replay = cache;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// The replay cache.
+    pub fn replay(&self) -> &ReplayCache {
+        &self.inner.replay
+    }
+
+    /// Whether the request carries a signature at all (`Signature-Input`
+    /// or `Signature`), by the headers' presence alone, without parsing.
+    pub fn recognises(headers: &HeaderMap) -> bool {
+        headers.contains_key(&SIGNATURE_INPUT) || headers.contains_key(&SIGNATURE)
+    }
+
+    /// Verifies a signed request. The future holds no borrow of the
+    /// request.
+    pub fn verify<B>(
+        &self,
+        request: &Request<B>,
+    ) -> impl Future<Output = Result<Principal, Rejection>> + Send + 'static {
+        let begun = self.begin(request);
+        let this = self.clone();
+        async move {
+            let prepared = begun?;
+            let lookup = match this.inner.store.find_immediate(&prepared.id) {
+                Some(lookup) => lookup,
+                None => this.inner.store.find(&prepared.id).await,
+            };
+            this.finish(prepared, lookup)
+        }
+    }
+
+    /// Everything that needs no key: parse, choose the signature, check
+    /// times and coverage, build the base.
+    pub(crate) fn begin<B>(&self, request: &Request<B>) -> Result<Prepared, Rejection> {
+        self.prepare(request)
+            .map_err(|(error, id)| refuse(error, id))
+    }
+
+    fn prepare<B>(
+        &self,
+        request: &Request<B>,
+    ) -> Result<Prepared, (SignatureError, Option<KeyId>)> {
+        let inner = &*self.inner;
+        let headers = request.headers();
+        let fields = Fields::parse(headers)
+            .and_then(|fields| fields.ok_or(SignatureError::MissingField))
+            .map_err(|e| (e, None))?;
+
+        let mut chosen = None;
+        for (label, keyid) in fields.key_ids() {
+            if inner.label.as_deref().is_some_and(|want| want != label) {
+                continue;
+            }
+            let Some(id) = keyid.and_then(|k| k.parse::<KeyId>().ok()) else {
+                continue;
+            };
+            if chosen.is_some() {
+                return Err((SignatureError::TwoSignatures, None));
+            }
+            chosen = Some((label, id));
+        }
+        let (label, id) = chosen.ok_or((SignatureError::NoSignature, None))?;
+        let fail = |error| (error, Some(id));
+        let signature = fields.signature(label).map_err(fail)?;
+        let params = signature.params();
+
+        let now = inner.clock.now();
+        let now_secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let created = params
+            .created
+            .ok_or(fail(SignatureError::MissingParameter("created")))?;
+        let window = inner.window.as_secs();
+        if created.saturating_add(window) < now_secs || created > now_secs.saturating_add(window) {
+            return Err(fail(SignatureError::Stale));
+        }
+        if params.expires.is_some_and(|expires| expires <= now_secs) {
+            return Err(fail(SignatureError::Expired));
+        }
+
+        for required in &inner.required {
+            if !signature.covers(required) {
+                return Err(fail(SignatureError::NotCovered(required.clone())));
+            }
+        }
+        if request.uri().query().is_some() && !signature.covers("@query") {
+            return Err(fail(SignatureError::NotCovered("@query".to_owned())));
+        }
+        let Some(digest) = request.extensions().get::<DigestStatus>() else {
+            return Err(fail(SignatureError::DigestUnchecked));
+        };
+        if digest.has_body() && !(signature.covers("content-digest") && digest.checks(headers)) {
+            return Err(fail(SignatureError::BodyNotCovered));
+        }
+
+        let base = signature.base(request, &inner.context).map_err(fail)?;
+        Ok(Prepared {
+            id,
+            base,
+            signature: signature.signature().to_vec(),
+            alg: params.alg.clone(),
+            now,
+            window_end: created.saturating_add(window),
+        })
+    }
+
+    /// Checks the key the look-up found, the signature, the record's state,
+    /// and replays.
+    pub(crate) fn finish(
+        &self,
+        prepared: Prepared,
+        lookup: Lookup,
+    ) -> Result<Principal, Rejection> {
+        let id = prepared.id;
+        let fail = |error| Err(refuse(error, Some(id)));
+        let record = match lookup {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
+                tracing::info!(target: "keyward::signature", key_id = %id, "signed request refused: unknown key");
+                return Err(Rejection::new(RejectReason::UnknownKey).with_key_id(id));
+            }
+            Err(error) => {
+                tracing::error!(
+                    target: "keyward::signature",
+                    key_id = %id,
+                    error = &error as &dyn std::error::Error,
+                    "key store failed; refusing (fail closed)"
+                );
+                return Err(Rejection::new(RejectReason::StoreUnavailable).with_key_id(id));
+            }
+        };
+        let Some(key) = &record.verification_key else {
+            keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
+            return fail(SignatureError::NotASigningKey);
+        };
+        // The algorithm comes from the key; `alg`, if sent, must agree.
+        let algorithm = Algorithm::of(key);
+        if let Some(alg) = &prepared.alg {
+            if algorithm.is_none_or(|a| a.as_str() != alg) {
+                return fail(SignatureError::AlgorithmMismatch);
+            }
+        }
+        if !keys::verify(key, prepared.base.as_bytes(), &prepared.signature) {
+            return fail(SignatureError::Invalid);
+        }
+        let refuse_record = |reason: RejectReason| {
+            tracing::info!(target: "keyward::signature", key_id = %id, %reason, "signed request refused");
+            Err(Rejection::new(reason).with_key_id(id))
+        };
+        match record.validity_at(prepared.now) {
+            Ok(()) => {}
+            Err(Invalidity::Expired) => return refuse_record(RejectReason::Expired),
+            Err(Invalidity::NotYetValid) => return refuse_record(RejectReason::NotYetValid),
+            Err(Invalidity::Disabled) => return refuse_record(RejectReason::Disabled),
+            Err(Invalidity::Revoked) => return refuse_record(RejectReason::Revoked),
+        }
+        let now_secs = prepared
+            .now
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        match self.inner.replay.admit(
+            fingerprint(&id, &prepared.signature),
+            prepared.window_end,
+            now_secs,
+        ) {
+            Admission::Fresh => Ok(Principal::new(record)),
+            Admission::Replayed => fail(SignatureError::Replayed),
+            Admission::Stale => fail(SignatureError::Stale),
+        }
+    }
+}
+
+/// What the replay cache remembers of a signature: a digest of the key id
+/// and the signature's bytes.
+fn fingerprint(id: &KeyId, signature: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(id.as_str().as_bytes());
+    hasher.update(signature);
+    hasher.finalize().into()
+}
+
+/// Logs a refusal and makes its rejection.
+fn refuse(error: SignatureError, id: Option<KeyId>) -> Rejection {
+    let reason = error.reason();
+    if reason == RejectReason::Misconfigured {
+        tracing::error!(
+            target: "keyward::signature",
+            %error,
+            "signed request refused: stack ContentDigestLayer outside the layer that verifies signatures"
+        );
+    } else {
+        match id {
+            Some(id) => {
+                tracing::info!(target: "keyward::signature", key_id = %id, %error, "signed request refused")
+            }
+            None => tracing::info!(target: "keyward::signature", %error, "signed request refused"),
+        }
+    }
+    let rejection = Rejection::new(reason);
+    match id {
+        Some(id) => rejection.with_key_id(id),
+        None => rejection,
+    }
+}
+
+impl fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("SignatureVerifier")
+            .field("store", &inner.store)
+            .field("clock", &inner.clock)
+            .field("window", &inner.window)
+            .field("required", &inner.required)
+            .field("label", &inner.label)
+            .field("context", &inner.context)
+            .field("replay", &inner.replay)
+            .finish()
+    }
+}
