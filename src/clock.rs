@@ -15,6 +15,7 @@
 //! assert_eq!(clock.now(), UNIX_EPOCH + Duration::from_secs(1_060));
 //! ```
 
+use std::any::Any;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub trait Clock: Debug + Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> SystemTime;
+}
+
+/// A shared clock is a clock: `Arc<dyn Clock>` (what
+/// [`Keyward::clock`](crate::Keyward::clock) hands out) can be given to
+/// any part that takes `impl Clock`. Parts that keep an `Arc<dyn Clock>`
+/// take such an `Arc` as it is, without wrapping it again.
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> SystemTime {
+        (**self).now()
+    }
+}
+
+/// `clock` as the `Arc<dyn Clock>` the parts keep: an `Arc<dyn Clock>` is
+/// shared as it is (a clone of the `Arc`), so that a clock handed from part
+/// to part is not wrapped once more each time, which would add a pointer
+/// chase and a virtual call to every reading.
+pub(crate) fn shared(clock: impl Clock) -> Arc<dyn Clock> {
+    match (&clock as &dyn Any).downcast_ref::<Arc<dyn Clock>>() {
+        Some(shared) => Arc::clone(shared),
+        None => Arc::new(clock),
+    }
 }
 
 /// The operating system's clock.
@@ -105,6 +127,14 @@ pub(crate) fn whole_seconds(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_clock_is_not_wrapped_again() {
+        let clock: Arc<dyn Clock> = Arc::new(FakeClock::default());
+        assert!(Arc::ptr_eq(&shared(Arc::clone(&clock)), &clock));
+        let fake = FakeClock::default();
+        assert_eq!(shared(fake.clone()).now(), fake.now());
+    }
 
     #[test]
     fn clones_share_time() {

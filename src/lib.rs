@@ -31,6 +31,9 @@
 //! - [`authorize`]: [`RequireScopes`], the per-route scope check;
 //! - [`manager`]: [`KeyManager`]: issue, rotate, revoke, disable keys;
 //! - [`reject`]: why a request was refused and how that is answered;
+//! - [`stack`]: [`Keyward`], one configuration (store, format, hasher,
+//!   clock, limiter, usage sink) that hands out every layer and a
+//!   [`KeyManager`] set up alike;
 //! - [`clock`]: injected time, for tests that do not sleep;
 //! - [`body`]: the response body type of the layers;
 //! - [`grpc`]: refusals as gRPC statuses, and scopes per gRPC method.
@@ -95,6 +98,7 @@ pub mod scope;
 #[cfg(feature = "signatures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
 pub mod signature;
+pub mod stack;
 pub mod store;
 pub mod usage;
 
@@ -113,4 +117,5 @@ pub use record::Environment;
 pub use record::{KeyRecord, KeyStatus};
 pub use reject::{RejectReason, Rejection};
 pub use scope::{Scope, ScopeSet};
+pub use stack::Keyward;
 pub use store::{KeyStore, MemoryStore};

@@ -328,7 +328,7 @@ impl KeyManager {
     /// Manages keys of `format` in `store`, hashed with plain SHA-256, timed
     /// by the system clock.
     pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
-        Self::from_shared(Arc::new(store), format)
+        Self::from_shared(crate::store::shared(store), format)
     }
 
     /// Manages keys in a store shared as `Arc<dyn KeyStore>`.
@@ -375,7 +375,7 @@ impl KeyManager {
     /// Uses `clock` for creation, expiry and revocation times.
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = crate::clock::shared(clock);
         self
     }
 

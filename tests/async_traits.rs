@@ -55,10 +55,13 @@ impl KeyStore for MapStore {
         }
     }
 
-    async fn revoke(&self, id: &KeyId, _at: SystemTime) -> Result<(), StoreError> {
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
         let mut records = self.records.write().unwrap();
-        let record = records.get_mut(id).ok_or(StoreError::NotFound(*id))?;
-        Arc::make_mut(record).status = KeyStatus::Revoked;
+        let record = Arc::make_mut(records.get_mut(id).ok_or(StoreError::NotFound(*id))?);
+        if record.status != KeyStatus::Revoked {
+            record.status = KeyStatus::Revoked;
+            record.revoked_at = Some(at);
+        }
         Ok(())
     }
 
@@ -166,6 +169,7 @@ async fn a_store_and_a_sink_written_with_keyward_async_trait_work_through_the_la
     // The store keeps the revocation final, as the trait asks.
     let record = store.find(&issued.record.id).await.unwrap().unwrap();
     assert_eq!(record.status, KeyStatus::Revoked);
+    assert!(record.revoked_at.is_some());
     let again = (*record).clone().with_status(KeyStatus::Active);
     assert!(matches!(
         store.update(again).await,

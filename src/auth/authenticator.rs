@@ -95,7 +95,7 @@ impl Authenticator {
     /// system clock.
     pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
         Self {
-            store: Arc::new(store),
+            store: crate::store::shared(store),
             format,
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
@@ -114,7 +114,7 @@ impl Authenticator {
     /// Uses `clock` for expiry and not-before checks.
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = crate::clock::shared(clock);
         self
     }
 

@@ -119,7 +119,12 @@ impl FailureThrottle {
     #[must_use]
     pub fn with_clock(self, clock: impl Clock) -> Self {
         let s = &self.shared;
-        Self::build(s.max_failures, s.window, s.clients.max(), Arc::new(clock))
+        Self::build(
+            s.max_failures,
+            s.window,
+            s.clients.max(),
+            crate::clock::shared(clock),
+        )
     }
 
     /// How many client addresses have state now.

@@ -60,7 +60,7 @@ impl RateLimitLayer {
     pub fn new(limiter: impl Limiter) -> Self {
         Self {
             config: Arc::new(LimitConfig {
-                limiter: Arc::new(limiter),
+                limiter: super::limiter::shared(limiter),
                 responder: Responder::default(),
                 cost: 1,
                 fail_open: false,

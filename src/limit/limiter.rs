@@ -348,6 +348,16 @@ pub trait Limiter: Debug + Send + Sync + 'static {
     }
 }
 
+/// `limiter` as the `Arc<dyn Limiter>` the layer keeps: an `Arc<dyn
+/// Limiter>` is shared as it is, not wrapped again (which would add a
+/// pointer chase and a virtual call to every check).
+pub(crate) fn shared(limiter: impl Limiter) -> Arc<dyn Limiter> {
+    match (&limiter as &dyn std::any::Any).downcast_ref::<Arc<dyn Limiter>>() {
+        Some(shared) => Arc::clone(shared),
+        None => Arc::new(limiter),
+    }
+}
+
 #[async_trait]
 impl<T: Limiter + ?Sized> Limiter for Arc<T> {
     async fn check(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
@@ -398,5 +408,11 @@ mod tests {
         assert_eq!(decision.retry_after(), None);
         assert_eq!(Decision::new().retry_after(), None);
         assert!(Decision::new().is_allowed());
+    }
+
+    #[test]
+    fn a_shared_limiter_is_not_wrapped_again() {
+        let limiter: Arc<dyn Limiter> = Arc::new(crate::limit::MemoryLimiter::new());
+        assert!(Arc::ptr_eq(&shared(Arc::clone(&limiter)), &limiter));
     }
 }

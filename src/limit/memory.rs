@@ -172,7 +172,7 @@ impl MemoryLimiter {
     /// Reads time from `clock` (a [`FakeClock`](crate::clock::FakeClock) in tests).
     #[must_use]
     pub fn with_clock(self, clock: impl Clock) -> Self {
-        Self::build(self.shared.states.max(), Arc::new(clock))
+        Self::build(self.shared.states.max(), crate::clock::shared(clock))
     }
 
     /// How many keys have state now.

@@ -97,6 +97,7 @@ pub(crate) use bounded::{BoundedMap, Expiring};
 pub use decide::PolicyState;
 pub use gcra::{Gcra, GcraOutcome};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
+pub(crate) use limiter::shared as shared_limiter;
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};

@@ -241,10 +241,20 @@ impl MessageSignature {
         request: &Request<B>,
         context: &BaseContext,
     ) -> Result<SignatureBase, SignatureError> {
+        self.base_of(request.method(), request.uri(), request.headers(), context)
+    }
+
+    pub(crate) fn base_of(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+        context: &BaseContext,
+    ) -> Result<SignatureBase, SignatureError> {
         base::build(
-            request.method(),
-            request.uri(),
-            request.headers(),
+            method,
+            uri,
+            headers,
             context,
             &self.components,
             &self.serialized,

@@ -3,7 +3,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, Request};
+use http::{Extensions, HeaderMap, Method, Request, Uri};
 use sha2::{Digest, Sha256};
 
 use super::base::{BaseContext, SignatureBase};
@@ -60,6 +60,26 @@ struct Inner {
     label: Option<String>,
     context: BaseContext,
     replay: ReplayCache,
+}
+
+/// The parts of a request the verifier reads (never the body).
+#[derive(Clone, Copy)]
+pub(crate) struct RequestParts<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) uri: &'a Uri,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) extensions: &'a Extensions,
+}
+
+impl<'a> RequestParts<'a> {
+    pub(crate) fn of<B>(request: &'a Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
 }
 
 /// A request whose signature parsed, is timely and covers enough; its
@@ -172,7 +192,7 @@ impl SignatureVerifier {
         &self,
         request: &Request<B>,
     ) -> impl Future<Output = Result<Principal, Rejection>> + Send + 'static {
-        let begun = self.begin(request);
+        let begun = self.begin(RequestParts::of(request));
         let this = self.clone();
         async move {
             let prepared = begun?;
@@ -186,17 +206,17 @@ impl SignatureVerifier {
 
     /// Everything that needs no key: parse, choose the signature, check
     /// times and coverage, build the base.
-    pub(crate) fn begin<B>(&self, request: &Request<B>) -> Result<Prepared, Rejection> {
+    pub(crate) fn begin(&self, request: RequestParts<'_>) -> Result<Prepared, Rejection> {
         self.prepare(request)
             .map_err(|(error, id)| refuse(error, id))
     }
 
-    fn prepare<B>(
+    fn prepare(
         &self,
-        request: &Request<B>,
+        request: RequestParts<'_>,
     ) -> Result<Prepared, (SignatureError, Option<KeyId>)> {
         let inner = &*self.inner;
-        let headers = request.headers();
+        let headers = request.headers;
         let fields = Fields::parse(headers)
             .and_then(|fields| fields.ok_or(SignatureError::MissingField))
             .map_err(|e| (e, None))?;
@@ -237,17 +257,19 @@ impl SignatureVerifier {
                 return Err(fail(SignatureError::NotCovered(required.clone())));
             }
         }
-        if request.uri().query().is_some() && !signature.covers("@query") {
+        if request.uri.query().is_some() && !signature.covers("@query") {
             return Err(fail(SignatureError::NotCovered("@query".to_owned())));
         }
-        let Some(digest) = request.extensions().get::<DigestStatus>() else {
+        let Some(digest) = request.extensions.get::<DigestStatus>() else {
             return Err(fail(SignatureError::DigestUnchecked));
         };
         if digest.has_body() && !(signature.covers("content-digest") && digest.checks(headers)) {
             return Err(fail(SignatureError::BodyNotCovered));
         }
 
-        let base = signature.base(request, &inner.context).map_err(fail)?;
+        let base = signature
+            .base_of(request.method, request.uri, headers, &inner.context)
+            .map_err(fail)?;
         Ok(Prepared {
             id,
             base,

@@ -286,7 +286,7 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
 
     /// Reads time (for the TTLs) from `clock`.
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = crate::clock::shared(clock);
         self.system_clock = false;
         self
     }

@@ -24,7 +24,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{KeyStore, StoreError};
-use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId, PepperId};
+use crate::key::{KeyFormat, KeyGenerator, KeyHasher, KeyId, PepperId, VerificationKey};
 use crate::limit::{CreditPolicy, Limits, RatePolicy};
 use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
@@ -89,7 +89,8 @@ async fn revoking_again_keeps_the_first_time<S: KeyStore + ?Sized>(store: &S) {
 
 /// Every field a record has comes back as it went in: a peppered hash with
 /// its algorithm, limits, times with fractions of a second (to the
-/// millisecond), and a record inserted already revoked (an import).
+/// millisecond), a record inserted already revoked (an import), and the
+/// verification keys of keys that sign requests.
 async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
     let limits = Limits::new([
         RatePolicy::new("burst", 5, Duration::from_millis(1500))
@@ -122,6 +123,14 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
         .with_metadata("source", "import");
     imported.revoked_at = Some(at(1_650_000_000, 999));
     records.push(imported);
+    // Keys that sign requests: a public key, and a shared secret the store
+    // must keep readable.
+    for key in [
+        VerificationKey::ed25519([0x3b; 32]),
+        VerificationKey::hmac_sha256(vec![0xc4; 48]).expect("a 48-byte secret"),
+    ] {
+        records.push(fresh_record(&fresh_owner(), epoch(1_700_000_000)).with_verification_key(key));
+    }
     for record in records {
         store.insert(record.clone()).await.expect("insert");
         let found = store.find(&record.id).await.expect("find").expect("found");
@@ -132,7 +141,7 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
         );
         assert_eq!(
             *found, record,
-            "every field (hash and algorithm, limits, times to the millisecond, revoked_at) must round-trip"
+            "every field (hash and algorithm, limits, times to the millisecond, revoked_at, verification key) must round-trip"
         );
         let listed = store.list_by_owner(&record.owner).await.expect("list");
         assert_eq!(listed.len(), 1);

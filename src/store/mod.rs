@@ -270,6 +270,16 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
 }
 
+/// `store` as the `Arc<dyn KeyStore>` the parts keep: an `Arc<dyn
+/// KeyStore>` is shared as it is, not wrapped again (which would add a
+/// pointer chase and a virtual call to every look-up).
+pub(crate) fn shared(store: impl KeyStore) -> Arc<dyn KeyStore> {
+    match (&store as &dyn std::any::Any).downcast_ref::<Arc<dyn KeyStore>>() {
+        Some(shared) => Arc::clone(shared),
+        None => Arc::new(store),
+    }
+}
+
 #[async_trait::async_trait]
 impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     async fn find(&self, id: &KeyId) -> Lookup {
@@ -294,5 +304,16 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         (**self).list_by_owner(owner).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_store_is_not_wrapped_again() {
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+        assert!(Arc::ptr_eq(&shared(Arc::clone(&store)), &store));
     }
 }

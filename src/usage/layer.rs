@@ -48,8 +48,15 @@ impl<K: UsageSink> UsageLayer<K> {
     /// Records into `sink`, with timestamps from the system clock and
     /// latencies from a monotonic [`Instant`].
     pub fn new(sink: K) -> Self {
+        Self::from_shared(Arc::new(sink))
+    }
+
+    /// Records into a sink that something else holds too (a
+    /// [`KeyManager`](crate::KeyManager)'s lifecycle events), without
+    /// wrapping it in a second `Arc`.
+    pub(crate) fn from_shared(sink: Arc<K>) -> Self {
         Self {
-            sink: Arc::new(sink),
+            sink,
             clock: Arc::new(SystemClock),
             monotonic: true,
             first_seen: Arc::new(FirstSeen::new(DEFAULT_FIRST_USED_CAPACITY)),
@@ -60,7 +67,7 @@ impl<K: UsageSink> UsageLayer<K> {
     /// test that moves a [`FakeClock`](crate::clock::FakeClock) during a
     /// request sees exactly that latency).
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = crate::clock::shared(clock);
         self.monotonic = false;
         self
     }

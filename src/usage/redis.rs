@@ -190,7 +190,7 @@ where
     /// and day it is now.
     #[must_use]
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.clock = crate::clock::shared(clock);
         self
     }
 
