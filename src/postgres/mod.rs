@@ -26,8 +26,6 @@
 //! # Ok::<(), keyward::postgres::InvalidIdentifier>(())
 //! ```
 
-// Used by PgStore and the usage exporter, which land on top of it.
-#[allow(dead_code)]
 pub(crate) mod migrate;
 
 use std::fmt;
@@ -74,7 +72,6 @@ impl Identifier {
 
     /// The name with `suffix` appended (`suffix` is of the same alphabet,
     /// so the result needs no new check beyond PostgreSQL's 63-byte limit).
-    #[allow(dead_code)] // used by `sibling`
     pub(crate) fn suffixed(&self, suffix: &'static str) -> Self {
         debug_assert!(suffix
             .bytes()
@@ -137,7 +134,6 @@ impl QualifiedName {
     }
 
     /// Another table in the same schema, named after this one.
-    #[allow(dead_code)] // used by the components' migrations tables
     pub(crate) fn sibling(&self, suffix: &'static str) -> Self {
         Self {
             schema: self.schema.clone(),

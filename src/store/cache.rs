@@ -16,7 +16,10 @@ use crate::record::{KeyRecord, KeyStatus};
 /// An in-process cache in front of any [`KeyStore`], itself a `KeyStore`.
 ///
 /// - **Hits** are answered by [`find_immediate`](KeyStore::find_immediate):
-///   no future, no lock, one read of a lock-free map and of the clock.
+///   no future, no lock, one read of a lock-free map and of the time (a
+///   copy of the system clock that a task refreshes every 10 ms, when the
+///   cache is built in a tokio runtime; an injected [`clock`](CachedStoreBuilder::clock)
+///   is read on every hit instead).
 /// - **Found** records are kept for [`ttl`](CachedStoreBuilder::ttl), ids
 ///   that were **not found** for the shorter
 ///   [`negative_ttl`](CachedStoreBuilder::negative_ttl). The cache holds ids
@@ -39,7 +42,8 @@ use crate::record::{KeyRecord, KeyStatus};
 ///   until it is back; on reconnecting it clears itself once, since
 ///   announcements may have been missed meanwhile.
 ///
-/// Clones share the same cache.
+/// Clones share the same cache. Misses and writes run on tokio's timer:
+/// call them within a tokio runtime (hits need none).
 ///
 /// # Example
 ///
@@ -88,8 +92,13 @@ pub struct CachedStoreBuilder<S> {
     backend: S,
     config: Config,
     clock: Arc<dyn Clock>,
+    /// Whether `clock` is the system's (hits may then read a coarse copy).
+    system_clock: bool,
     invalidation: Option<Arc<dyn Invalidation>>,
 }
+
+/// How often the coarse clock that hits read is refreshed.
+const TICK: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Clone, Copy)]
 struct Config {
@@ -152,6 +161,10 @@ struct Inner<S> {
     map: papaya::HashMap<KeyId, Slot, KeyIdBuildHasher>,
     config: Config,
     clock: Arc<dyn Clock>,
+    /// The system clock's time, refreshed every TICK by a task: what hits
+    /// read, instead of asking the operating system each time.
+    coarse_now: AtomicU64,
+    ticking: AtomicBool,
     invalidation: Option<Arc<dyn Invalidation>>,
     /// Whether the subscription is up (always, without an invalidation).
     trusted: AtomicBool,
@@ -204,6 +217,7 @@ impl<S: KeyStore> CachedStore<S> {
                 timeout: Duration::from_secs(1),
             },
             clock: Arc::new(SystemClock),
+            system_clock: true,
             invalidation: None,
         }
     }
@@ -273,6 +287,7 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
     /// Reads time (for the TTLs) from `clock`.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = crate::clock::shared(clock);
+        self.system_clock = false;
         self
     }
 
@@ -291,6 +306,8 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
             config: self.config,
+            coarse_now: AtomicU64::new(epoch_nanos(self.clock.now())),
+            ticking: AtomicBool::new(false),
             clock: self.clock,
             trusted: AtomicBool::new(self.invalidation.is_none()),
             invalidation: self.invalidation,
@@ -302,7 +319,32 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
             let subscription = invalidation.subscribe();
             tokio::spawn(listen(Arc::downgrade(&inner), subscription));
         }
+        // With the system clock and a runtime at hand, hits read a copy of
+        // the time refreshed every 10 ms: reading the clock itself costs as
+        // much as the rest of a hit. (TTLs are seconds; 10 ms is noise.)
+        // An injected clock is read on every hit, so tests control time.
+        if self.system_clock {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                inner.ticking.store(true, Ordering::Release);
+                runtime.spawn(tick(Arc::downgrade(&inner)));
+            }
+        }
         CachedStore { inner }
+    }
+}
+
+/// Refreshes the coarse clock until the cache is dropped.
+async fn tick<S: KeyStore>(cache: Weak<Inner<S>>) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Some(cache) = cache.upgrade() else {
+            return;
+        };
+        cache
+            .coarse_now
+            .store(epoch_nanos(cache.clock.now()), Ordering::Relaxed);
     }
 }
 
@@ -399,10 +441,19 @@ impl<S: KeyStore> Inner<S> {
         self.age(entry, now) < self.ttl_of(entry)
     }
 
+    /// The time for a hit: the coarse copy when it is kept, else the clock.
+    fn hit_now(&self) -> u64 {
+        if self.ticking.load(Ordering::Relaxed) {
+            self.coarse_now.load(Ordering::Relaxed)
+        } else {
+            self.now()
+        }
+    }
+
     fn hit(&self, id: &KeyId) -> Option<Option<Arc<KeyRecord>>> {
         let map = self.map.pin();
         match map.get(id) {
-            Some(Slot::Ready(entry)) if self.is_fresh(entry, self.now()) => {
+            Some(Slot::Ready(entry)) if self.is_fresh(entry, self.hit_now()) => {
                 Some(entry.record.clone())
             }
             _ => None,
@@ -777,6 +828,7 @@ impl<S: fmt::Debug> fmt::Debug for CachedStoreBuilder<S> {
         f.debug_struct("CachedStoreBuilder")
             .field("backend", &self.backend)
             .field("config", &self.config)
+            .field("system_clock", &self.system_clock)
             .field("invalidation", &self.invalidation)
             .finish_non_exhaustive()
     }

@@ -35,6 +35,8 @@
 //! # }
 //! ```
 
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod backend;
 #[cfg(feature = "tokio")]
 mod cache;
 #[cfg(feature = "test-util")]
@@ -43,6 +45,10 @@ pub mod conformance;
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub mod invalidation;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -52,6 +58,12 @@ use std::time::{Duration, SystemTime};
 #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
 pub use cache::{CacheStats, CachedStore, CachedStoreBuilder};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PgStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use redis::{InvalidRedisPrefix, RedisStore};
 
 use crate::key::KeyId;
 use crate::record::KeyRecord;
@@ -80,6 +92,17 @@ pub enum StoreError {
     /// the backend allows, a text with a NUL character for PostgreSQL).
     #[error("the key store cannot store this {0}")]
     Unstorable(Field),
+}
+
+/// The failures of a store on a shared server (`PgStore`, `RedisStore`),
+/// counted since it was made: read them with its `stats()`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct BackendStats {
+    /// Calls that failed (connection lost, a refused query).
+    pub errors: u64,
+    /// Calls that took longer than the store's timeout.
+    pub timeouts: u64,
 }
 
 /// A field of a record, as named in [`StoreError::Unstorable`].

@@ -42,6 +42,18 @@ use tokio::task::JoinHandle;
 use super::StoreError;
 use crate::key::KeyId;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use self::postgres::PgInvalidation;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisInvalidation;
+
 /// What a [`Subscription`] hears.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -235,6 +247,56 @@ impl Invalidation for LocalInvalidation {
             .push(sender);
         subscription
     }
+}
+
+/// Waits before the next connection attempt, doubling the wait up to a
+/// maximum: what the engine implementations share.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+#[derive(Debug)]
+struct Backoff {
+    next: std::time::Duration,
+    start: std::time::Duration,
+    max: std::time::Duration,
+}
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+impl Backoff {
+    /// 50 ms, doubling to 400 ms: a restored server is heard again well
+    /// within a second, and a down one is asked a few times a second.
+    fn new() -> Self {
+        let start = std::time::Duration::from_millis(50);
+        Self {
+            next: start,
+            start,
+            max: std::time::Duration::from_millis(400),
+        }
+    }
+
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.next).await;
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    fn reset(&mut self) {
+        self.next = self.start;
+    }
+}
+
+/// An announced id, or a warning: payloads come from anyone who can
+/// publish on the channel.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn parse_payload(payload: &[u8]) -> Option<KeyId> {
+    let id = std::str::from_utf8(payload)
+        .ok()
+        .and_then(|s| s.parse::<KeyId>().ok());
+    if id.is_none() {
+        tracing::warn!(
+            target: "keyward::store",
+            len = payload.len(),
+            "ignored an invalidation message that is not a key id"
+        );
+    }
+    id
 }
 
 #[cfg(test)]
