@@ -301,7 +301,9 @@ impl RedisLimiter {
         if denial.until <= now || cost < denial.cost || denial.limits != limits_digest(limits) {
             return None;
         }
-        let elapsed = Duration::from_nanos(now - denial.at);
+        // Another request may have stored a denial stamped after this one
+        // read the clock (or the wall clock stepped back): never underflow.
+        let elapsed = Duration::from_nanos(now.saturating_sub(denial.at));
         Some(
             denial
                 .decision
