@@ -38,9 +38,7 @@ async fn fixture_with(configure: impl FnOnce(AdminApi) -> AdminApi) -> Fixture {
         .with_sink(usage.clone());
     let admin = keyward
         .manager()
-        .issue(
-            IssueOptions::new("ops").scopes("keys:admin pets:read pets:write".parse().unwrap()),
-        )
+        .issue(IssueOptions::new("ops").scopes("keys:admin pets:read pets:write".parse().unwrap()))
         .await
         .unwrap();
     let api = configure(AdminApi::new(keyward.manager(), usage));
@@ -159,13 +157,17 @@ async fn the_key_lifecycle_over_http() {
     assert!(!got.body.contains(&key) && !got.body.contains("sha256"));
 
     // Disable, enable.
-    let disabled = f.admin("POST", &format!("/admin/keys/{id}/disable"), "").await;
+    let disabled = f
+        .admin("POST", &format!("/admin/keys/{id}/disable"), "")
+        .await;
     assert_eq!(disabled.json()["status"], "disabled");
     assert_eq!(
         call(&f.app, "GET", "/pets", Some(&key), "").await.status,
         StatusCode::UNAUTHORIZED
     );
-    let enabled = f.admin("POST", &format!("/admin/keys/{id}/enable"), "").await;
+    let enabled = f
+        .admin("POST", &format!("/admin/keys/{id}/enable"), "")
+        .await;
     assert_eq!(enabled.json()["status"], "active");
     assert_eq!(
         call(&f.app, "GET", "/pets", Some(&key), "").await.status,
@@ -234,15 +236,21 @@ async fn the_key_lifecycle_over_http() {
             .await;
         answer.problem(ProblemType::KEY_REVOKED);
     }
-    let got = f.admin("GET", &format!("/admin/keys/{successor_id}"), "").await;
+    let got = f
+        .admin("GET", &format!("/admin/keys/{successor_id}"), "")
+        .await;
     assert_eq!(got.json()["status"], "revoked");
     assert_eq!(got.json()["revoked_at"], "2025-01-01T00:00:00Z");
 
     // An expired key is not rotated.
     f.clock.advance(Duration::from_secs(120));
-    f.admin("POST", &format!("/admin/keys/{id}/rotate"), r#"{"grace_seconds": 0}"#)
-        .await
-        .problem(ProblemType::KEY_EXPIRED);
+    f.admin(
+        "POST",
+        &format!("/admin/keys/{id}/rotate"),
+        r#"{"grace_seconds": 0}"#,
+    )
+    .await
+    .problem(ProblemType::KEY_EXPIRED);
 }
 
 #[tokio::test]
@@ -306,7 +314,9 @@ async fn an_owners_keys_come_in_pages_in_a_stable_order() {
         "/admin/keys?owner=acme&cursor=junk",
         "/admin/keys?owner=acme&colour=blue",
     ] {
-        f.admin("GET", bad, "").await.problem(ProblemType::INVALID_QUERY);
+        f.admin("GET", bad, "")
+            .await
+            .problem(ProblemType::INVALID_QUERY);
     }
 }
 
@@ -314,37 +324,223 @@ async fn an_owners_keys_come_in_pages_in_a_stable_order() {
 async fn bad_input_gets_a_problem_that_says_what_is_wrong() {
     let f = fixture().await;
     let cases: &[(&str, &str, &str, ProblemType, &str)] = &[
-        ("POST", "/admin/keys", "{not json", ProblemType::INVALID_BODY, "key must be a string"),
-        ("POST", "/admin/keys", "", ProblemType::INVALID_BODY, "empty"),
-        ("POST", "/admin/keys", "[1]", ProblemType::INVALID_BODY, "invalid type"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "colour": "red"}"#, ProblemType::INVALID_BODY, "unknown field `colour`"),
-        ("POST", "/admin/keys", r#"{"scopes": []}"#, ProblemType::INVALID_BODY, "missing field `owner`"),
-        ("POST", "/admin/keys", r#"{"owner": "", "scopes": []}"#, ProblemType::INVALID_BODY, "\"owner\""),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": ["Pets:Read"]}"#, ProblemType::INVALID_SCOPE, "\"Pets:Read\""),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": ["billing:refund"]}"#, ProblemType::SCOPE_NOT_HELD, "billing:refund"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "expires_in_seconds": 0}"#, ProblemType::INVALID_BODY, "expires_in_seconds"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "expires_in_seconds": 3153600001}"#, ProblemType::INVALID_BODY, "100 years"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "expires_in_seconds": -1}"#, ProblemType::INVALID_BODY, "invalid value"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 1000}}, {"rate": {"name": "a", "quota": 2, "window_ms": 1000}}]}"#, ProblemType::INVALID_LIMITS, "two policies"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 10}}]}"#, ProblemType::INVALID_LIMITS, "at least one second"),
-        ("POST", "/admin/keys", r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 1000, "extra": 1}}]}"#, ProblemType::INVALID_BODY, "unknown field `extra`"),
-        ("GET", "/admin/keys/not-a-key-id", "", ProblemType::INVALID_KEY_ID, "12"),
-        ("GET", "/admin/keys/AAAAAAAAAAAA", "", ProblemType::KEY_NOT_FOUND, "AAAAAAAAAAAA"),
-        ("DELETE", "/admin/keys/AAAAAAAAAAAA", "", ProblemType::KEY_NOT_FOUND, "AAAAAAAAAAAA"),
-        ("POST", "/admin/keys/AAAAAAAAAAAA/disable", "", ProblemType::KEY_NOT_FOUND, "AAAAAAAAAAAA"),
-        ("POST", "/admin/keys/AAAAAAAAAAAA/rotate", r#"{"grace_seconds": 1}"#, ProblemType::KEY_NOT_FOUND, "AAAAAAAAAAAA"),
-        ("POST", "/admin/keys/AAAAAAAAAAAA/rotate", r#"{"grace_seconds": 3153600001}"#, ProblemType::INVALID_BODY, "grace_seconds"),
-        ("POST", "/admin/keys/AAAAAAAAAAAA/rotate", r#"{"grace": 1}"#, ProblemType::INVALID_BODY, "unknown field `grace`"),
-        ("PUT", "/admin/keys/AAAAAAAAAAAA/scopes", r#"{"scopes": "pets:read"}"#, ProblemType::INVALID_BODY, "invalid type"),
-        ("PUT", "/admin/keys/AAAAAAAAAAAA/limits", r#"{"limits": [{"rate": {"name": "Burst", "quota": 1, "window_ms": 1000}}]}"#, ProblemType::INVALID_LIMITS, "policy names"),
-        ("GET", "/admin/keys/AAAAAAAAAAAA/usage", "", ProblemType::KEY_NOT_FOUND, "AAAAAAAAAAAA"),
-        ("GET", "/admin/usage?from=yesterday", "", ProblemType::INVALID_QUERY, "RFC 3339"),
-        ("GET", "/admin/usage?from=2025-01-02T00:00:00Z&to=2025-01-01T00:00:00Z", "", ProblemType::INVALID_QUERY, "before"),
-        ("GET", "/admin/usage?from=2020-01-01T00:00:00Z", "", ProblemType::INVALID_QUERY, "366 days"),
-        ("GET", "/admin/usage?step_minutes=0", "", ProblemType::INVALID_QUERY, "step_minutes"),
-        ("GET", "/admin/usage?from=2024-06-01T00:00:00Z&step_minutes=1", "", ProblemType::INVALID_QUERY, "wider step"),
-        ("GET", "/admin/owners/acme/usage?after=x", "", ProblemType::INVALID_QUERY, "after"),
-        ("GET", "/admin/owners/acme/usage?limit=0", "", ProblemType::INVALID_QUERY, "limit"),
+        (
+            "POST",
+            "/admin/keys",
+            "{not json",
+            ProblemType::INVALID_BODY,
+            "key must be a string",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            "",
+            ProblemType::INVALID_BODY,
+            "empty",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            "[1]",
+            ProblemType::INVALID_BODY,
+            "invalid type",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "colour": "red"}"#,
+            ProblemType::INVALID_BODY,
+            "unknown field `colour`",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"scopes": []}"#,
+            ProblemType::INVALID_BODY,
+            "missing field `owner`",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "", "scopes": []}"#,
+            ProblemType::INVALID_BODY,
+            "\"owner\"",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": ["Pets:Read"]}"#,
+            ProblemType::INVALID_SCOPE,
+            "\"Pets:Read\"",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": ["billing:refund"]}"#,
+            ProblemType::SCOPE_NOT_HELD,
+            "billing:refund",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "expires_in_seconds": 0}"#,
+            ProblemType::INVALID_BODY,
+            "expires_in_seconds",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "expires_in_seconds": 3153600001}"#,
+            ProblemType::INVALID_BODY,
+            "100 years",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "expires_in_seconds": -1}"#,
+            ProblemType::INVALID_BODY,
+            "invalid value",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 1000}}, {"rate": {"name": "a", "quota": 2, "window_ms": 1000}}]}"#,
+            ProblemType::INVALID_LIMITS,
+            "two policies",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 10}}]}"#,
+            ProblemType::INVALID_LIMITS,
+            "at least one second",
+        ),
+        (
+            "POST",
+            "/admin/keys",
+            r#"{"owner": "a", "scopes": [], "limits": [{"rate": {"name": "a", "quota": 1, "window_ms": 1000, "extra": 1}}]}"#,
+            ProblemType::INVALID_BODY,
+            "unknown field `extra`",
+        ),
+        (
+            "GET",
+            "/admin/keys/not-a-key-id",
+            "",
+            ProblemType::INVALID_KEY_ID,
+            "12",
+        ),
+        (
+            "GET",
+            "/admin/keys/AAAAAAAAAAAA",
+            "",
+            ProblemType::KEY_NOT_FOUND,
+            "AAAAAAAAAAAA",
+        ),
+        (
+            "DELETE",
+            "/admin/keys/AAAAAAAAAAAA",
+            "",
+            ProblemType::KEY_NOT_FOUND,
+            "AAAAAAAAAAAA",
+        ),
+        (
+            "POST",
+            "/admin/keys/AAAAAAAAAAAA/disable",
+            "",
+            ProblemType::KEY_NOT_FOUND,
+            "AAAAAAAAAAAA",
+        ),
+        (
+            "POST",
+            "/admin/keys/AAAAAAAAAAAA/rotate",
+            r#"{"grace_seconds": 1}"#,
+            ProblemType::KEY_NOT_FOUND,
+            "AAAAAAAAAAAA",
+        ),
+        (
+            "POST",
+            "/admin/keys/AAAAAAAAAAAA/rotate",
+            r#"{"grace_seconds": 3153600001}"#,
+            ProblemType::INVALID_BODY,
+            "grace_seconds",
+        ),
+        (
+            "POST",
+            "/admin/keys/AAAAAAAAAAAA/rotate",
+            r#"{"grace": 1}"#,
+            ProblemType::INVALID_BODY,
+            "unknown field `grace`",
+        ),
+        (
+            "PUT",
+            "/admin/keys/AAAAAAAAAAAA/scopes",
+            r#"{"scopes": "pets:read"}"#,
+            ProblemType::INVALID_BODY,
+            "invalid type",
+        ),
+        (
+            "PUT",
+            "/admin/keys/AAAAAAAAAAAA/limits",
+            r#"{"limits": [{"rate": {"name": "Burst", "quota": 1, "window_ms": 1000}}]}"#,
+            ProblemType::INVALID_LIMITS,
+            "policy names",
+        ),
+        (
+            "GET",
+            "/admin/keys/AAAAAAAAAAAA/usage",
+            "",
+            ProblemType::KEY_NOT_FOUND,
+            "AAAAAAAAAAAA",
+        ),
+        (
+            "GET",
+            "/admin/usage?from=yesterday",
+            "",
+            ProblemType::INVALID_QUERY,
+            "RFC 3339",
+        ),
+        (
+            "GET",
+            "/admin/usage?from=2025-01-02T00:00:00Z&to=2025-01-01T00:00:00Z",
+            "",
+            ProblemType::INVALID_QUERY,
+            "before",
+        ),
+        (
+            "GET",
+            "/admin/usage?from=2020-01-01T00:00:00Z",
+            "",
+            ProblemType::INVALID_QUERY,
+            "366 days",
+        ),
+        (
+            "GET",
+            "/admin/usage?step_minutes=0",
+            "",
+            ProblemType::INVALID_QUERY,
+            "step_minutes",
+        ),
+        (
+            "GET",
+            "/admin/usage?from=2024-06-01T00:00:00Z&step_minutes=1",
+            "",
+            ProblemType::INVALID_QUERY,
+            "wider step",
+        ),
+        (
+            "GET",
+            "/admin/owners/acme/usage?after=x",
+            "",
+            ProblemType::INVALID_QUERY,
+            "after",
+        ),
+        (
+            "GET",
+            "/admin/owners/acme/usage?limit=0",
+            "",
+            ProblemType::INVALID_QUERY,
+            "limit",
+        ),
     ];
     for (method, path, body, kind, says) in cases {
         let answer = f.admin(method, path, body).await;
@@ -375,7 +571,11 @@ async fn the_api_is_protected_by_keyward_itself() {
         ("GET", "/admin/owners/acme/usage"),
     ] {
         let anonymous = call(&f.app, method, path, None, "").await;
-        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        assert_eq!(
+            anonymous.status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path}"
+        );
         let weak = call(&f.app, method, path, Some(reader), "").await;
         assert_eq!(weak.status, StatusCode::FORBIDDEN, "{method} {path}");
         assert_eq!(
@@ -405,7 +605,12 @@ async fn the_api_is_protected_by_keyward_itself() {
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     // No unauthenticated request made any state: only the two keys exist.
     assert_eq!(
-        f.keyward.manager().list_by_owner("acme").await.unwrap().len(),
+        f.keyward
+            .manager()
+            .list_by_owner("acme")
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -446,9 +651,13 @@ async fn a_configured_scope_and_delegation() {
 #[tokio::test]
 async fn usage_per_key_per_owner_and_for_all_keys() {
     let f = fixture().await;
-    let one = f.issue(json!({"owner": "acme", "scopes": ["pets:read"]})).await;
+    let one = f
+        .issue(json!({"owner": "acme", "scopes": ["pets:read"]}))
+        .await;
     let two = f.issue(json!({"owner": "acme", "scopes": []})).await;
-    let other = f.issue(json!({"owner": "zed", "scopes": ["pets:read"]})).await;
+    let other = f
+        .issue(json!({"owner": "zed", "scopes": ["pets:read"]}))
+        .await;
     let key = |v: &Value| v["key"].as_str().unwrap().to_owned();
     let id = |v: &Value| v["key_id"].as_str().unwrap().to_owned();
 
@@ -463,12 +672,19 @@ async fn usage_per_key_per_owner_and_for_all_keys() {
     f.clock.advance(Duration::from_secs(60));
 
     let per_key = f
-        .admin("GET", &format!("/admin/keys/{}/usage?step_minutes=60", id(&one)), "")
+        .admin(
+            "GET",
+            &format!("/admin/keys/{}/usage?step_minutes=60", id(&one)),
+            "",
+        )
         .await;
     assert_eq!(per_key.status, StatusCode::OK, "{}", per_key.body);
     let per_key = per_key.json();
     let entry = &per_key["keys"][0];
-    assert_eq!((entry["requests"].as_u64(), entry["allowed"].as_u64()), (Some(3), Some(3)));
+    assert_eq!(
+        (entry["requests"].as_u64(), entry["allowed"].as_u64()),
+        (Some(3), Some(3))
+    );
     let series = entry["series"].as_array().unwrap();
     assert_eq!(series.len(), 2);
     assert_eq!(series[0]["start"], "2025-01-01T00:00:00Z");
@@ -480,14 +696,27 @@ async fn usage_per_key_per_owner_and_for_all_keys() {
     let owner = f.admin("GET", "/admin/owners/acme/usage", "").await.json();
     let keys = owner["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 2, "{owner}");
-    let two_usage = keys.iter().find(|k| k["key_id"] == id(&two).as_str()).unwrap();
-    assert_eq!((two_usage["denied"].as_u64(), two_usage["allowed"].as_u64()), (Some(1), Some(0)));
-    assert_eq!(two_usage["denied_by_reason"], json!({"insufficient_scope": 1}));
+    let two_usage = keys
+        .iter()
+        .find(|k| k["key_id"] == id(&two).as_str())
+        .unwrap();
+    assert_eq!(
+        (two_usage["denied"].as_u64(), two_usage["allowed"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(
+        two_usage["denied_by_reason"],
+        json!({"insufficient_scope": 1})
+    );
     assert!(two_usage.get("series").is_none());
 
     // A range: only hour 1.
     let later = f
-        .admin("GET", "/admin/owners/acme/usage?from=2025-01-01T01:00:00Z", "")
+        .admin(
+            "GET",
+            "/admin/owners/acme/usage?from=2025-01-01T01:00:00Z",
+            "",
+        )
         .await
         .json();
     assert_eq!(later["keys"].as_array().unwrap().len(), 1);
@@ -547,7 +776,9 @@ async fn the_openapi_document_matches_the_router() {
     let methods = ["GET", "POST", "PUT", "PATCH", "DELETE"];
     let mut operations = BTreeSet::new();
     for (path, method, operation) in spec.operations() {
-        operation.request_body(&spec).expect("its request body resolves");
+        operation
+            .request_body(&spec)
+            .expect("its request body resolves");
         operation.parameters(&spec).expect("its parameters resolve");
         assert!(operation.operation_id.is_some(), "{method} {path}");
         assert!(!operation.responses(&spec).is_empty(), "{method} {path}");
@@ -599,9 +830,16 @@ async fn the_openapi_document_matches_the_router() {
             }
         }
     }
-    for unrouted in ["/admin/", "/admin/key", "/admin/keys/AAAAAAAAAAAA/other", "/admin/owners/acme"] {
+    for unrouted in [
+        "/admin/",
+        "/admin/key",
+        "/admin/keys/AAAAAAAAAAAA/other",
+        "/admin/owners/acme",
+    ] {
         assert_eq!(
-            call(&f.app, "GET", unrouted, Some(&f.admin), "").await.status,
+            call(&f.app, "GET", unrouted, Some(&f.admin), "")
+                .await
+                .status,
             StatusCode::NOT_FOUND,
             "{unrouted}"
         );
@@ -611,10 +849,9 @@ async fn the_openapi_document_matches_the_router() {
         .iter()
         .all(|kind| kind.uri.starts_with("urn:keyward:problem:")));
     // The document the API hands out without a router is the same.
-    let standalone: Value = serde_json::from_str(
-        &AdminApi::new(f.keyward.manager(), RollupSink::new()).openapi_json(),
-    )
-    .unwrap();
+    let standalone: Value =
+        serde_json::from_str(&AdminApi::new(f.keyward.manager(), RollupSink::new()).openapi_json())
+            .unwrap();
     assert_eq!(standalone["paths"], raw["paths"]);
 }
 
@@ -670,7 +907,14 @@ async fn postgres_usage_plugs_in() {
         assert_eq!(answer.status, StatusCode::OK);
     }
     sink.shutdown().await; // exported: every process would now see them
-    let answer = call(&app, "GET", "/admin/owners/ops/usage?step_minutes=60", Some(key), "").await;
+    let answer = call(
+        &app,
+        "GET",
+        "/admin/owners/ops/usage?step_minutes=60",
+        Some(key),
+        "",
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
     let report = answer.json();
     assert_eq!(report["keys"][0]["key_id"], id.to_string());

@@ -48,9 +48,7 @@ pub(crate) fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
 pub(crate) fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Problem> {
     Query::<T>::try_from_uri(uri)
         .map(|Query(query)| query)
-        .map_err(|rejection| {
-            Problem::new(ProblemType::INVALID_QUERY, rejection.body_text())
-        })
+        .map_err(|rejection| Problem::new(ProblemType::INVALID_QUERY, rejection.body_text()))
 }
 
 /// Parses `scopes`, and checks that `caller` may grant each of them.
@@ -187,7 +185,10 @@ pub(crate) async fn list_keys(
         _ => None,
     };
     let view = KeyPage {
-        keys: keys.into_iter().map(|record| KeyView::from(&**record)).collect(),
+        keys: keys
+            .into_iter()
+            .map(|record| KeyView::from(&**record))
+            .collect(),
         next_cursor,
     };
     Ok(json(StatusCode::OK, &view))
@@ -217,13 +218,16 @@ impl Cursor {
             )
         };
         let mut parts = text.splitn(3, '.');
-        let (Some(secs), Some(nanos), Some(id)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(secs), Some(nanos), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(invalid());
         };
         let secs: u64 = secs.parse().map_err(|_| invalid())?;
         let nanos: u32 = nanos.parse().map_err(|_| invalid())?;
-        if nanos >= 1_000_000_000 || SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs)).is_none() {
+        if nanos >= 1_000_000_000
+            || SystemTime::UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .is_none()
+        {
             return Err(invalid());
         }
         let id = id.parse().map_err(|_| invalid())?;
@@ -233,7 +237,13 @@ impl Cursor {
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{:09}.{}", self.0.as_secs(), self.0.subsec_nanos(), self.1)
+        write!(
+            f,
+            "{}.{:09}.{}",
+            self.0.as_secs(),
+            self.0.subsec_nanos(),
+            self.1
+        )
     }
 }
 
@@ -430,9 +440,20 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_refuse_junk() {
-        let cursor = Cursor(Duration::new(1_700_000_000, 5), "AbCdEf012345".parse().unwrap());
+        let cursor = Cursor(
+            Duration::new(1_700_000_000, 5),
+            "AbCdEf012345".parse().unwrap(),
+        );
         assert_eq!(Cursor::parse(&cursor.to_string()).unwrap(), cursor);
-        for junk in ["", "1", "1.2", "x.0.AbCdEf012345", "1.1000000000.AbCdEf012345", "1.0.short", "99999999999999999999.0.AbCdEf012345"] {
+        for junk in [
+            "",
+            "1",
+            "1.2",
+            "x.0.AbCdEf012345",
+            "1.1000000000.AbCdEf012345",
+            "1.0.short",
+            "99999999999999999999.0.AbCdEf012345",
+        ] {
             assert!(Cursor::parse(junk).is_err(), "{junk:?}");
         }
     }

@@ -224,7 +224,10 @@ impl AdminApi {
     }
 
     fn build<S: Clone + Send + Sync + 'static>(self) -> (Router<S>, utoipa::openapi::OpenApi) {
-        let usage_scope = self.usage_scope.clone().unwrap_or_else(|| self.scope.clone());
+        let usage_scope = self
+            .usage_scope
+            .clone()
+            .unwrap_or_else(|| self.scope.clone());
         let state = AdminState {
             manager: self.manager.clone(),
             usage: Arc::clone(&self.usage),
@@ -292,7 +295,10 @@ pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             status,
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             body,
         )
             .into_response(),

@@ -140,12 +140,10 @@ impl PolicySpec {
             Policy::Credits(credits) => PolicySpec::Credits(CreditSpec {
                 name: credits.name().to_owned(),
                 capacity: credits.capacity(),
-                refill: credits
-                    .refill()
-                    .map(|(amount, interval)| RefillSpec {
-                        amount,
-                        interval_ms: millis(interval),
-                    }),
+                refill: credits.refill().map(|(amount, interval)| RefillSpec {
+                    amount,
+                    interval_ms: millis(interval),
+                }),
             }),
         }
     }
@@ -244,7 +242,11 @@ impl From<&KeyRecord> for KeyView {
             owner: record.owner.clone(),
             name: record.name.clone(),
             status: record.status.to_string(),
-            scopes: record.scopes.iter().map(|s| s.as_str().to_owned()).collect(),
+            scopes: record
+                .scopes
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
             created_at: timestamp(record.created_at),
             expires_at: record.expires_at.map(timestamp),
             not_before: record.not_before.map(timestamp),

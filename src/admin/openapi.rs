@@ -78,6 +78,10 @@ pub(crate) async fn openapi_json(
     // `/admin/openapi.json`: the difference is where the paths start.
     let full = original.path();
     let prefix = full.strip_suffix(uri.path()).unwrap_or("");
-    document.servers = Some(vec![Server::new(if prefix.is_empty() { "/" } else { prefix })]);
+    document.servers = Some(vec![Server::new(if prefix.is_empty() {
+        "/"
+    } else {
+        prefix
+    })]);
     json(StatusCode::OK, &document)
 }

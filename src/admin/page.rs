@@ -34,7 +34,8 @@ pub(crate) fn content_security_policy() -> &'static HeaderValue {
             hash(inline("<script>", "</script>")),
             hash(inline("<style>", "</style>")),
         );
-        HeaderValue::try_from(policy).unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
+        HeaderValue::try_from(policy)
+            .unwrap_or_else(|_| HeaderValue::from_static("default-src 'none'"))
     })
 }
 
@@ -42,10 +43,22 @@ pub(crate) fn content_security_policy() -> &'static HeaderValue {
 pub(crate) fn page() -> Response {
     (
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
-            (header::CONTENT_SECURITY_POLICY, content_security_policy().clone()),
-            (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
-            (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                content_security_policy().clone(),
+            ),
+            (
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            ),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
             (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
             (header::VARY, HeaderValue::from_static("accept")),

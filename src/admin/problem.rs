@@ -137,9 +137,10 @@ impl IntoResponse for Problem {
 impl From<ManagerError> for Problem {
     fn from(error: ManagerError) -> Self {
         match error {
-            ManagerError::NotFound(id) => {
-                Problem::new(ProblemType::KEY_NOT_FOUND, format!("No key has the id {id}."))
-            }
+            ManagerError::NotFound(id) => Problem::new(
+                ProblemType::KEY_NOT_FOUND,
+                format!("No key has the id {id}."),
+            ),
             ManagerError::Revoked(id) => Problem::new(
                 ProblemType::KEY_REVOKED,
                 format!("The key {id} is revoked; revocation is final."),

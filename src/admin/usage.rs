@@ -49,7 +49,9 @@ fn range_and_step(
     let to = time("to", to)?.unwrap_or_else(|| state.manager.clock().now());
     let from = match time("from", from)? {
         Some(from) => from,
-        None => to.checked_sub(DEFAULT_RANGE).unwrap_or(SystemTime::UNIX_EPOCH),
+        None => to
+            .checked_sub(DEFAULT_RANGE)
+            .unwrap_or(SystemTime::UNIX_EPOCH),
     };
     let length = to
         .duration_since(from)
@@ -119,16 +121,14 @@ fn per_key(rows: Vec<UsageRow>, step: Option<Step>) -> Vec<KeyUsageView> {
 fn page_limit(limit: Option<u32>) -> Result<u32, Problem> {
     match limit.unwrap_or(DEFAULT_KEYS) {
         limit @ 1..=MAX_KEYS => Ok(limit),
-        _ => Err(invalid(format!("\"limit\" must be between 1 and {MAX_KEYS}."))),
+        _ => Err(invalid(format!(
+            "\"limit\" must be between 1 and {MAX_KEYS}."
+        ))),
     }
 }
 
 /// Answers a query for a page of keys.
-async fn report(
-    state: &AdminState,
-    query: UsageQuery,
-    limit: u32,
-) -> Result<Response, Problem> {
+async fn report(state: &AdminState, query: UsageQuery, limit: u32) -> Result<Response, Problem> {
     let (range, step) = (query.range, query.step);
     let rows = state.usage.query(&query.limit(limit as usize)).await?;
     let keys = per_key(rows, step);
