@@ -138,7 +138,7 @@ impl Authenticator {
         match self.begin(presented) {
             Begun::Done(result) => result,
             Begun::Lookup(pending) => {
-                let lookup = self.store.find(&pending.id).await;
+                let lookup = find(&*self.store, &pending.id).await;
                 self.finish(pending, lookup)
             }
         }
@@ -182,6 +182,8 @@ impl Authenticator {
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
@@ -220,6 +222,17 @@ impl Authenticator {
             Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
         }
     }
+}
+
+/// The awaited look-up of the request path (a store that could not answer
+/// at once), timed when metrics are on.
+pub(crate) async fn find(store: &dyn KeyStore, id: &KeyId) -> Lookup {
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
+    let lookup = store.find(id).await;
+    #[cfg(feature = "metrics")]
+    crate::metrics::store_lookup(started.elapsed());
+    lookup
 }
 
 impl fmt::Debug for Authenticator {

@@ -80,7 +80,7 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         let id = pending.id;
         Self {
             state: State::Lookup {
-                lookup: Box::pin(async move { store.find(&id).await }),
+                lookup: Box::pin(async move { super::authenticator::find(&*store, &id).await }),
                 waiting: Some(Box::new(Waiting {
                     config,
                     pending,

@@ -70,20 +70,26 @@ where
             Ok(Some(Presented { key, sources })) => {
                 if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
                     // Refused before any look-up: guessing costs the guesser.
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::throttle_hit();
                     let rejection =
                         Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
-                    return ResponseFuture::rejected(
-                        config.responder.refuse(request.headers(), rejection),
-                    );
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        rejection,
+                        client,
+                    ));
                 }
                 (config.authenticator.begin(key), sources)
             }
             Ok(None) => {
                 tracing::debug!(target: "keyward::auth", "no API key presented");
                 let rejection = Rejection::new(RejectReason::MissingKey);
-                return ResponseFuture::rejected(
-                    config.responder.refuse(request.headers(), rejection),
-                );
+                return ResponseFuture::rejected(config.refuse(
+                    request.headers(),
+                    rejection,
+                    client,
+                ));
             }
             Err(reason) => {
                 tracing::info!(target: "keyward::auth", %reason, "API key refused");
@@ -98,9 +104,11 @@ where
         match begun {
             Begun::Done(Ok(principal)) => {
                 if let Err(rejection) = admit(config, sources, &mut request, &principal, resolved) {
-                    return ResponseFuture::rejected(
-                        config.responder.refuse(request.headers(), rejection),
-                    );
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        rejection,
+                        client,
+                    ));
                 }
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
@@ -140,5 +148,7 @@ pub(crate) fn admit<B>(
         source::strip(&config.sources, sources, request);
     }
     request.extensions_mut().insert(principal.clone());
+    #[cfg(feature = "metrics")]
+    crate::metrics::auth_allowed();
     Ok(())
 }
