@@ -282,18 +282,23 @@ pub(crate) fn limiter_error() {
     increment(static_key!(LIMITER_ERRORS), 1);
 }
 
+// The cache and the batching sink need tokio.
+#[cfg(feature = "tokio")]
 pub(crate) fn cache_hit() {
     increment(static_key!(KEY_CACHE_LOOKUPS, "result" => "hit"), 1);
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn cache_miss() {
     increment(static_key!(KEY_CACHE_LOOKUPS, "result" => "miss"), 1);
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn cache_stale_served() {
     increment(static_key!(KEY_CACHE_STALE_SERVED), 1);
 }
 
+#[cfg(feature = "tokio")]
 /// Why usage events were lost.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Dropped {
@@ -308,6 +313,7 @@ pub(crate) enum Dropped {
     ExportFailed,
 }
 
+#[cfg(feature = "tokio")]
 pub(crate) fn usage_dropped(why: Dropped, events: u64) {
     let key = match why {
         Dropped::Full => static_key!(USAGE_EVENTS_DROPPED, "reason" => "full"),
