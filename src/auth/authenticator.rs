@@ -201,11 +201,15 @@ impl Authenticator {
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
         match pending {
             Pending::Key { id, secret } => {
-                let lookup = self.store.find(&id).await;
+                let lookup = crate::store::find_awaited(&*self.store, &id).await;
                 self.check(id, secret.as_str(), lookup)
             }
             Pending::Imported { hash } => {
+                #[cfg(feature = "metrics")]
+                let started = std::time::Instant::now();
                 let lookup = self.store.find_by_hash(&hash).await;
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_lookup(started.elapsed());
                 self.check_imported(&hash, lookup)
             }
         }
@@ -220,6 +224,8 @@ impl Authenticator {
                 return Err(Rejection::new(RejectReason::UnknownKey));
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     error = &error as &dyn std::error::Error,
@@ -278,6 +284,8 @@ impl Authenticator {
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
