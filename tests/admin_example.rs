@@ -27,7 +27,9 @@ async fn child_serves_the_example() {
     let Ok(addr) = std::env::var(CHILD_VAR) else {
         return;
     };
-    admin_example::serve(&addr).await.expect("the example serves");
+    admin_example::serve(&addr)
+        .await
+        .expect("the example serves");
 }
 
 struct Answer {
@@ -68,7 +70,9 @@ async fn http(addr: &str, method: &str, path: &str, key: Option<&str>, body: &st
         .and_then(|s| s.parse().ok())
         .expect("a status");
     assert!(
-        !head.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "this small client reads length-delimited answers"
     );
     Answer {
@@ -91,7 +95,12 @@ async fn every_documented_operation_works_against_the_example() {
     }
     let exe = std::env::current_exe().unwrap();
     let mut child = tokio::process::Command::new(exe)
-        .args(["--exact", "child_serves_the_example", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_serves_the_example",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_VAR, "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -138,11 +147,16 @@ async fn every_documented_operation_works_against_the_example() {
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
-    assert!(raw.to_ascii_lowercase().contains("content-security-policy: default-src 'none'"));
+    assert!(raw
+        .to_ascii_lowercase()
+        .contains("content-security-policy: default-src 'none'"));
 
     // A protected route of the example's own API.
     assert_eq!(http(&addr, "GET", "/hello", None, "").await.status, 401);
-    assert_eq!(http(&addr, "GET", "/hello", Some(&admin), "").await.status, 200);
+    assert_eq!(
+        http(&addr, "GET", "/hello", Some(&admin), "").await.status,
+        200
+    );
 
     // Every operation, in an order where each has what it needs: its
     // sample request and the status it must answer.
@@ -158,22 +172,104 @@ async fn every_documented_operation_works_against_the_example() {
     let issued = issued.json();
     let key = issued["key"].as_str().unwrap().to_owned();
     let id = issued["key_id"].as_str().unwrap().to_owned();
-    assert_eq!(http(&addr, "GET", "/hello", Some(&key), "").await.status, 200);
+    assert_eq!(
+        http(&addr, "GET", "/hello", Some(&key), "").await.status,
+        200
+    );
 
     let plan: Vec<(&str, &str, String, String, u16)> = vec![
-        ("issue_key", "POST", "/admin/keys".into(), r#"{"owner": "acme", "scopes": []}"#.into(), 201),
-        ("list_keys", "GET", "/admin/keys?owner=acme&limit=1".into(), String::new(), 200),
-        ("get_key", "GET", format!("/admin/keys/{id}"), String::new(), 200),
-        ("key_usage", "GET", format!("/admin/keys/{id}/usage?step_minutes=60"), String::new(), 200),
-        ("owner_usage", "GET", "/admin/owners/acme/usage".into(), String::new(), 200),
-        ("all_usage", "GET", "/admin/usage?limit=10".into(), String::new(), 200),
-        ("set_key_scopes", "PUT", format!("/admin/keys/{id}/scopes"), r#"{"scopes": []}"#.into(), 200),
-        ("set_key_limits", "PUT", format!("/admin/keys/{id}/limits"), json!({"limits": [{"rate": {"name": "burst", "quota": 2, "window_ms": 1000}}]}).to_string(), 200),
-        ("disable_key", "POST", format!("/admin/keys/{id}/disable"), String::new(), 200),
-        ("enable_key", "POST", format!("/admin/keys/{id}/enable"), String::new(), 200),
-        ("rotate_key", "POST", format!("/admin/keys/{id}/rotate"), r#"{"grace_seconds": 0}"#.into(), 201),
-        ("revoke_key", "DELETE", format!("/admin/keys/{id}"), String::new(), 204),
-        ("openapi", "GET", "/admin/openapi.json".into(), String::new(), 200),
+        (
+            "issue_key",
+            "POST",
+            "/admin/keys".into(),
+            r#"{"owner": "acme", "scopes": []}"#.into(),
+            201,
+        ),
+        (
+            "list_keys",
+            "GET",
+            "/admin/keys?owner=acme&limit=1".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "get_key",
+            "GET",
+            format!("/admin/keys/{id}"),
+            String::new(),
+            200,
+        ),
+        (
+            "key_usage",
+            "GET",
+            format!("/admin/keys/{id}/usage?step_minutes=60"),
+            String::new(),
+            200,
+        ),
+        (
+            "owner_usage",
+            "GET",
+            "/admin/owners/acme/usage".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "all_usage",
+            "GET",
+            "/admin/usage?limit=10".into(),
+            String::new(),
+            200,
+        ),
+        (
+            "set_key_scopes",
+            "PUT",
+            format!("/admin/keys/{id}/scopes"),
+            r#"{"scopes": []}"#.into(),
+            200,
+        ),
+        (
+            "set_key_limits",
+            "PUT",
+            format!("/admin/keys/{id}/limits"),
+            json!({"limits": [{"rate": {"name": "burst", "quota": 2, "window_ms": 1000}}]})
+                .to_string(),
+            200,
+        ),
+        (
+            "disable_key",
+            "POST",
+            format!("/admin/keys/{id}/disable"),
+            String::new(),
+            200,
+        ),
+        (
+            "enable_key",
+            "POST",
+            format!("/admin/keys/{id}/enable"),
+            String::new(),
+            200,
+        ),
+        (
+            "rotate_key",
+            "POST",
+            format!("/admin/keys/{id}/rotate"),
+            r#"{"grace_seconds": 0}"#.into(),
+            201,
+        ),
+        (
+            "revoke_key",
+            "DELETE",
+            format!("/admin/keys/{id}"),
+            String::new(),
+            204,
+        ),
+        (
+            "openapi",
+            "GET",
+            "/admin/openapi.json".into(),
+            String::new(),
+            200,
+        ),
     ];
     // The plan covers exactly the document's operations.
     let documented: BTreeSet<(String, String, String)> = spec
@@ -203,11 +299,18 @@ async fn every_documented_operation_works_against_the_example() {
 
     for (op, method, path, body, status) in &plan {
         let answer = http(&addr, method, path, Some(&admin), body).await;
-        assert_eq!(answer.status, *status, "{op}: {method} {path}: {}", answer.body);
+        assert_eq!(
+            answer.status, *status,
+            "{op}: {method} {path}: {}",
+            answer.body
+        );
         if *status == 204 {
             continue;
         }
-        assert!(answer.headers.contains("content-type: application/json"), "{op}");
+        assert!(
+            answer.headers.contains("content-type: application/json"),
+            "{op}"
+        );
         let value = answer.json();
         // Only issue and rotate hand out a key.
         let shows_key = value.get("key").is_some();
@@ -217,7 +320,14 @@ async fn every_documented_operation_works_against_the_example() {
     // The rotated key's successor took over, and the revoked key is refused.
     let me = http(&addr, "GET", "/hello", Some(&key), "").await;
     assert_eq!(me.status, 401, "{}", me.body);
-    let usage = http(&addr, "GET", &format!("/admin/keys/{id}/usage"), Some(&admin), "").await;
+    let usage = http(
+        &addr,
+        "GET",
+        &format!("/admin/keys/{id}/usage"),
+        Some(&admin),
+        "",
+    )
+    .await;
     assert!(usage.json()["keys"][0]["requests"].as_u64().unwrap() >= 1);
 
     child.start_kill().unwrap();

@@ -284,7 +284,11 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
     // (denied), over three hours.
     let reader = keyward
         .manager()
-        .issue(IssueOptions::new("acme").name("reader").scopes("pets:read".parse().unwrap()))
+        .issue(
+            IssueOptions::new("acme")
+                .name("reader")
+                .scopes("pets:read".parse().unwrap()),
+        )
         .await
         .unwrap();
     let other = keyward
@@ -355,7 +359,14 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(charts, 2, "status: {}", devtools.eval("document.querySelector('#status').textContent").await);
+    assert_eq!(
+        charts,
+        2,
+        "status: {}",
+        devtools
+            .eval("document.querySelector('#status').textContent")
+            .await
+    );
 
     // The charts' elements: 24 hourly bars of each kind per key, some of
     // them drawn, allowed for the reader, denied for the other key.
@@ -396,7 +407,10 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
     // (the current, empty hour is the last bar).
     let allowed = heights(&reader_chart, "allowed");
     assert!(allowed[20..23].iter().all(|h| *h > 0.0), "{allowed:?}");
-    assert!(allowed[20] < allowed[21] && allowed[21] < allowed[22], "{allowed:?}");
+    assert!(
+        allowed[20] < allowed[21] && allowed[21] < allowed[22],
+        "{allowed:?}"
+    );
     assert!(allowed[..20].iter().all(|h| *h == 0.0));
     assert!(heights(&reader_chart, "denied").iter().all(|h| *h == 0.0));
     let denied = heights(&other_chart, "denied");
@@ -408,7 +422,11 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
         .eval("document.body.innerText + document.documentElement.outerHTML")
         .await;
     let text = text.as_str().unwrap();
-    for secret in [admin_key.as_str(), reader.key.expose_secret(), other.key.expose_secret()] {
+    for secret in [
+        admin_key.as_str(),
+        reader.key.expose_secret(),
+        other.key.expose_secret(),
+    ] {
         assert!(!text.contains(secret), "a key on the page");
     }
     assert!(text.contains(&reader.record.id.to_string()));
@@ -436,9 +454,16 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
     };
     let green = count([0x2e, 0x7d, 0x32]);
     let red = count([0xc6, 0x28, 0x28]);
-    assert!(green > 200 && red > 200, "allowed {green} px, denied {red} px ({})", out.display());
+    assert!(
+        green > 200 && red > 200,
+        "allowed {green} px, denied {red} px ({})",
+        out.display()
+    );
     let first = &pixels[..3];
-    assert!(pixels.chunks_exact(3).any(|p| p != first), "a blank screenshot");
+    assert!(
+        pixels.chunks_exact(3).any(|p| p != first),
+        "a blank screenshot"
+    );
 
     // The key went out in a header, never in a URL.
     let requests: Vec<&Value> = devtools
@@ -460,7 +485,10 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
         assert!(!url.contains(&admin_key), "the key in a URL: {url}");
     }
     for call in api_calls {
-        assert_eq!(call["params"]["request"]["headers"]["X-API-Key"], admin_key.as_str());
+        assert_eq!(
+            call["params"]["request"]["headers"]["X-API-Key"],
+            admin_key.as_str()
+        );
     }
 
     // The console shows no error: no exception, no console.error, no
@@ -483,7 +511,12 @@ async fn the_usage_page_draws_an_owners_keys_in_a_browser() {
 fn decode(png: &[u8]) -> (u32, u32, Vec<u8>) {
     let decoder = png::Decoder::new(std::io::Cursor::new(png));
     let mut reader = decoder.read_info().expect("a PNG");
-    let mut buffer = vec![0; reader.output_buffer_size().expect("a PNG that fits in memory")];
+    let mut buffer = vec![
+        0;
+        reader
+            .output_buffer_size()
+            .expect("a PNG that fits in memory")
+    ];
     let info = reader.next_frame(&mut buffer).expect("a frame");
     let bytes = &buffer[..info.buffer_size()];
     let pixels = match info.color_type {
