@@ -163,7 +163,7 @@ impl Authenticator {
     /// Looks the record of a parsed key up (awaiting the store), then
     /// checks it.
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let lookup = self.store.find(&pending.id).await;
+        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
         self.finish(pending, lookup)
     }
 
@@ -199,6 +199,8 @@ impl Authenticator {
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
