@@ -204,7 +204,7 @@ async fn rotate_moves_the_owner_to_a_keyward_key() {
         .rotate(&f.imported.id, Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!(rotated.record.owner, "acme");
+    assert_eq!(&*rotated.record.owner, "acme");
     assert_eq!(rotated.record.scopes, f.imported.scopes);
     assert_eq!(rotated.record.limits, f.imported.limits);
     let (status, principal, _) = call(f.layer(), with_key(rotated.key.expose_secret())).await;
