@@ -93,7 +93,9 @@ fn full<K: UsageSink>(
 /// the key's handle looked up in a sharded registry, then an atomic add.
 #[cfg(feature = "metrics")]
 mod registry_recorder {
-    use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
     use metrics_util::registry::{AtomicStorage, Registry};
 
     struct RegistryRecorder(Registry<Key, AtomicStorage>);
@@ -107,7 +109,8 @@ mod registry_recorder {
                 .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
         }
         fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            self.0.get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+            self.0
+                .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
         }
         fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
             self.0
