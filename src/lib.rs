@@ -26,6 +26,8 @@
 //! - [`key`]: the key format, generator and hashing;
 //! - [`record`] and [`store`]: what is kept about a key, and where;
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
+//! - [`credential`]: the kinds of credential besides API keys, and the
+//!   [`Verifier`](credential::Verifier) trait that plugs one into [`AuthLayer`];
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
 //! - [`authorize`]: [`RequireScopes`], the per-route scope check;
@@ -81,6 +83,7 @@ pub mod clock;
 #[cfg(feature = "signatures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
 pub mod content_digest;
+pub mod credential;
 mod future;
 pub mod grpc;
 pub mod key;
@@ -112,6 +115,7 @@ pub mod usage;
 pub use async_trait::async_trait;
 pub use auth::{AuthLayer, Principal};
 pub use authorize::RequireScopes;
+pub use credential::CredentialKind;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
 pub use limit::{Limits, MemoryLimiter, RateLimitLayer};
 pub use manager::KeyManager;

@@ -186,10 +186,7 @@ impl Authenticator {
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, Rejection> {
         match self.begin(presented) {
             Begun::Done(result) => result,
-            Begun::Lookup(pending) => {
-                let lookup = self.store.find(&pending.id).await;
-                self.finish(pending, lookup)
-            }
+            Begun::Lookup(pending) => self.complete(pending).await,
         }
     }
 
@@ -212,9 +209,29 @@ impl Authenticator {
         }
     }
 
+    /// Looks the record of a parsed key up (awaiting the store), then
+    /// checks it.
+    pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
+        let lookup = self.store.find(&pending.id).await;
+        self.finish(pending, lookup)
+    }
+
     /// Compares and checks the record a look-up returned.
     pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
         self.check(pending.id, pending.secret.as_str(), lookup)
+    }
+
+    /// Whether `presented` looks like an API key of this authenticator
+    /// (it begins with the format's prefix and `_`): how
+    /// [`AuthLayer`](super::AuthLayer) tells an API key from another
+    /// credential in the same place (a JWT in `Authorization: Bearer`).
+    /// No parsing, no checksum: a key that looks like one and is malformed
+    /// is still an API key, refused as such.
+    pub fn recognises(&self, presented: &str) -> bool {
+        let prefix = self.format.prefix();
+        presented.len() > prefix.len()
+            && presented.as_bytes()[prefix.len()] == b'_'
+            && presented.starts_with(prefix)
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
