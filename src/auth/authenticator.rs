@@ -42,9 +42,8 @@ fn stand_ins(hasher: &KeyHasher) -> Arc<[Box<StandIn>]> {
 /// The stand-in an id meets: ids are random, so a few of their bytes
 /// spread them evenly.
 fn stand_in_slot(id: &KeyId) -> usize {
-    let mut bytes = [0u8; 8];
-    bytes.copy_from_slice(&id.as_str().as_bytes()[..8]);
-    let spread = u64::from_le_bytes(bytes).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let [a, b, c, d, e, f, g, h, ..] = *id.as_bytes();
+    let spread = u64::from_le_bytes([a, b, c, d, e, f, g, h]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (spread >> 54) as usize % STAND_INS
 }
 
