@@ -45,6 +45,8 @@
 //! - `signature` and `content_digest` (feature `signatures`): requests
 //!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
 //!   bodies checked against `Content-Digest` (RFC 9530).
+//! - `metrics` (feature `metrics`): the metrics the layers report through
+//!   the `metrics` facade, each with its type, labels and meaning.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -73,9 +75,17 @@
 //! - `signatures`: `signature` (verify and sign requests: Ed25519 and
 //!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
 //!   base64ct).
+//! - `metrics`: `metrics`, counters and histograms through the `metrics`
+//!   facade (any exporter): authentication outcomes by reason, limiter
+//!   decisions by policy, throttle hits, store and limiter latency and
+//!   errors, cache hits and misses, dropped usage events. Never a key id
+//!   or an owner in a label. Without the feature, none of it is compiled.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod auth;
 pub mod authorize;
 pub mod body;
@@ -89,6 +99,9 @@ pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;

@@ -16,7 +16,7 @@ const STAND_INS: usize = 1024;
 /// algorithm, active, without validity times; beside an id to compare, as
 /// a map's entry holds its key beside its value.
 ///
-/// There are many (about 330 KiB, made once per `Authenticator` and shared
+/// There are many (about 230 KiB, made once per `Authenticator` and shared
 /// by its clones), each in its own allocations, and an id always meets the
 /// same one: an unknown id touches memory about as cold or as warm as a
 /// known id would (a first request meets a cold record, a repeated one a
@@ -211,7 +211,7 @@ impl Authenticator {
     /// Looks the record of a parsed key up (awaiting the store), then
     /// checks it.
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let lookup = self.store.find(&pending.id).await;
+        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
         self.finish(pending, lookup)
     }
 
@@ -239,10 +239,11 @@ impl Authenticator {
     /// Every refusal takes the same steps, so that timing tells neither
     /// which ids exist nor why a key was refused: an unknown id is checked
     /// against a stand-in record (see [`StandIn`]: the same id compare,
-    /// reference count, hash and hash compare as a known one), the record's status and times are checked whatever
-    /// the secret (the clock is read for every refusal), and the reason is
-    /// picked from a mask of failures rather than by early returns. Only a
-    /// usable key without validity times skips reading the clock.
+    /// reference count, hash and hash compare as a known one), the
+    /// record's status and times are checked whatever the secret (the
+    /// clock is read for every refusal), and the reason is picked from a
+    /// mask of failures rather than by early returns. Only a usable key
+    /// without validity times skips reading the clock.
     fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
         let refuse = |reason: RejectReason| {
             tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
@@ -251,6 +252,8 @@ impl Authenticator {
         let found = match lookup {
             Ok(found) => found,
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
@@ -284,14 +287,14 @@ impl Authenticator {
             }
         };
         let active = record.status == KeyStatus::Active;
-        let timed = record.expires_at.is_some() | record.not_before.is_some();
+        let timed = record.expires_at.is_some() | record.not_before().is_some();
         let now = if timed | !(known & matched & active) {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
         };
         let expired = record.expires_at.is_some_and(|at| now >= at);
-        let early = record.not_before.is_some_and(|at| now < at);
+        let early = record.not_before().is_some_and(|at| now < at);
         // Non-short-circuit operators: every condition is evaluated.
         let failures = u32::from(!known)
             | u32::from(!matched) << 1

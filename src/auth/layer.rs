@@ -43,13 +43,16 @@ pub(crate) struct AuthConfig {
 }
 
 impl AuthConfig {
-    /// Refuses a request, counting a refused key against its client.
+    /// Refuses a request, counting a refused key against its client. Every
+    /// refusal of the layer goes through here.
     pub(crate) fn refuse(
         &self,
         request_headers: &http::HeaderMap,
         rejection: Rejection,
         client: Option<IpAddr>,
     ) -> Response<Bytes> {
+        #[cfg(feature = "metrics")]
+        crate::metrics::auth_rejected(rejection.reason());
         if let (Some(throttle), Some(client)) = (&self.throttle, client) {
             if rejection.reason().is_invalid_key() {
                 throttle.record_failure(client);

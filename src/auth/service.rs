@@ -99,12 +99,14 @@ where
         let Some(chosen) = chosen else {
             tracing::debug!(target: "keyward::auth", "no credential presented");
             let rejection = Rejection::new(RejectReason::MissingKey);
-            return ResponseFuture::rejected(config.responder.refuse(request.headers(), rejection));
+            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
         };
         if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
             // Refused before any look-up: guessing costs the guesser.
+            #[cfg(feature = "metrics")]
+            crate::metrics::throttle_hit();
             let rejection = Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
-            return ResponseFuture::rejected(config.responder.refuse(request.headers(), rejection));
+            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
         }
         let (verified, found) = match chosen {
             Chosen::Key(Presented { key, sources }) => match config.authenticator.begin(&key) {
@@ -134,9 +136,11 @@ where
         match verified {
             Ok(principal) => {
                 if let Err(rejection) = admit(config, found, &mut request, &principal, resolved) {
-                    return ResponseFuture::rejected(
-                        config.responder.refuse(request.headers(), rejection),
-                    );
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        rejection,
+                        client,
+                    ));
                 }
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
@@ -239,6 +243,8 @@ pub(crate) fn admit<B>(
         }
     }
     request.extensions_mut().insert(principal.clone());
+    #[cfg(feature = "metrics")]
+    crate::metrics::auth_allowed();
     Ok(())
 }
 

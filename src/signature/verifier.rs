@@ -199,7 +199,7 @@ impl SignatureVerifier {
             let prepared = begun?;
             let lookup = match this.inner.store.find_immediate(&prepared.id) {
                 Some(lookup) => lookup,
-                None => this.inner.store.find(&prepared.id).await,
+                None => crate::store::find_awaited(&*this.inner.store, &prepared.id).await,
             };
             this.finish(prepared, lookup)
         }
@@ -298,6 +298,8 @@ impl SignatureVerifier {
                 return Err(Rejection::new(RejectReason::UnknownKey).with_key_id(id));
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::signature",
                     key_id = %id,
@@ -307,7 +309,7 @@ impl SignatureVerifier {
                 return Err(Rejection::new(RejectReason::StoreUnavailable).with_key_id(id));
             }
         };
-        let Some(key) = &record.verification_key else {
+        let Some(key) = record.verification_key() else {
             keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
             return fail(SignatureError::NotASigningKey);
         };
@@ -390,7 +392,7 @@ impl Verifier for SignatureVerifier {
             None => {
                 let this = self.clone();
                 Verification::pending(async move {
-                    let lookup = this.inner.store.find(&prepared.id).await;
+                    let lookup = crate::store::find_awaited(&*this.inner.store, &prepared.id).await;
                     this.finish(prepared, lookup)
                 })
             }
