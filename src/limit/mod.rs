@@ -93,7 +93,7 @@ mod policy;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub(crate) use bounded::{BoundedMap, Expiring};
+pub(crate) use bounded::{forgettable, BoundedMap, Expiring};
 pub use decide::PolicyState;
 pub use gcra::{Gcra, GcraOutcome};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
