@@ -1,13 +1,24 @@
 use std::fmt;
+use std::future::Future;
 use std::hint::black_box;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup};
+use crate::store::{KeyStore, Lookup, StoreError};
+use crate::unwind;
+
+/// How long a request waits for the key store by default (with the
+/// `tokio` feature): see [`Authenticator::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A store look-up that must be awaited.
+pub(crate) type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
 
 /// Compared against when the id is unknown, so that an unknown id costs the
 /// same hash and compare as a known one. (Its algorithm need not match:
@@ -53,6 +64,8 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// Cuts a look-up that takes longer (with the `tokio` feature).
+    store_timeout: Option<Duration>,
 }
 
 /// The first half of a check: either decided, or waiting for a store.
@@ -99,7 +112,33 @@ impl Authenticator {
             format,
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
+            store_timeout: cfg!(feature = "tokio").then_some(DEFAULT_STORE_TIMEOUT),
         }
+    }
+
+    /// Refuses a request whose look-up takes longer than `timeout`
+    /// ([`DEFAULT_STORE_TIMEOUT`], 5 s, unless set): `503`, reason
+    /// [`StoreUnavailable`](RejectReason::StoreUnavailable), logged as
+    /// [`StoreError::Timeout`]. `None` waits as long as the store does.
+    ///
+    /// The timer is tokio's: a look-up awaited outside a tokio runtime is
+    /// not cut, and the runtime must have its timers enabled. A store
+    /// that answers at once ([`KeyStore::find_immediate`]) is never
+    /// timed. Set a remote store's own timeout shorter than this one, so
+    /// that it gives up (and counts) first.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a look-up may take (see
+    /// [`with_store_timeout`](Self::with_store_timeout)); `None` without
+    /// the `tokio` feature.
+    pub fn store_timeout(&self) -> Option<Duration> {
+        self.store_timeout
     }
 
     /// Uses `hasher` to verify secrets. Each record is verified by the
@@ -138,7 +177,7 @@ impl Authenticator {
         match self.begin(presented) {
             Begun::Done(result) => result,
             Begun::Lookup(pending) => {
-                let lookup = self.store.find(&pending.id).await;
+                let lookup = self.lookup(pending.id).await;
                 self.finish(pending, lookup)
             }
         }
@@ -154,13 +193,31 @@ impl Authenticator {
             }
         };
         let id = parsed.id();
-        match self.store.find_immediate(&id) {
+        // A store that panics fails this request (503), never the service.
+        let immediate = unwind::call("key store", || self.store.find_immediate(&id))
+            .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))));
+        match immediate {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
             None => Begun::Lookup(Pending {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
             }),
         }
+    }
+
+    /// Looks `id` up, failing closed: a store that panics answers an
+    /// error, one that takes longer than the timeout
+    /// [`StoreError::Timeout`].
+    pub(crate) fn lookup(&self, id: KeyId) -> BoxLookup {
+        let store = Arc::clone(&self.store);
+        let timeout = self.store_timeout;
+        Box::pin(async move {
+            let find = unwind::CatchUnwind::new("key store", store.find(&id));
+            match unwind::within(timeout, find, |limit| Ok(Err(StoreError::Timeout(limit)))).await {
+                Ok(lookup) => lookup,
+                Err(panicked) => Err(StoreError::backend(panicked)),
+            }
+        })
     }
 
     /// Compares and checks the record a look-up returned.
@@ -229,6 +286,7 @@ impl fmt::Debug for Authenticator {
             .field("format", &self.format)
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("store_timeout", &self.store_timeout)
             .finish()
     }
 }

@@ -9,15 +9,12 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Pending;
+use super::authenticator::{BoxLookup, Pending};
 use super::layer::AuthConfig;
 use super::service::admit;
 use super::source::SourceMask;
 use super::Principal;
 use crate::body::ResponseBody;
-use crate::store::Lookup;
-
-type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
 
 pin_project! {
     /// The response future of [`AuthService`](super::AuthService).
@@ -76,11 +73,9 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
-        let store = Arc::clone(config.authenticator.store());
-        let id = pending.id;
         Self {
             state: State::Lookup {
-                lookup: Box::pin(async move { store.find(&id).await }),
+                lookup: config.authenticator.lookup(pending.id),
                 waiting: Some(Box::new(Waiting {
                     config,
                     pending,
