@@ -20,6 +20,9 @@ pub(crate) trait Expiring {
     fn is_forgettable(&self, now: u64) -> bool {
         self.is_idle(now)
     }
+
+    /// Told once the map has dropped the state (idle, or evicted).
+    fn forgotten(&self) {}
 }
 
 /// A time word (nanoseconds since the epoch, 0 until first spent on) that
@@ -116,7 +119,9 @@ where
             .collect();
         for key in &idle {
             // Checked again: a request may have spent on it meanwhile.
-            let _ = map.remove_if(key, |_, state| state.is_forgettable(now));
+            if let Ok(Some((_, state))) = map.remove_if(key, |_, state| state.is_forgettable(now)) {
+                state.forgotten();
+            }
         }
         let target = self.max - self.max / 10;
         let excess = map.len().saturating_sub(target.min(self.max - 1));
@@ -126,7 +131,9 @@ where
             let stride = (map.len() / excess).max(1);
             let victims: Vec<K> = map.keys().step_by(stride).take(excess).cloned().collect();
             for key in &victims {
-                map.remove(key);
+                if let Some(state) = map.remove(key) {
+                    state.forgotten();
+                }
             }
             tracing::warn!(
                 target: "keyward::limit",

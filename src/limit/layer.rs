@@ -185,7 +185,7 @@ where
         // Matched in place: a decision is worth no copy. A limiter that
         // panics fails this request (503), never the service.
         let immediate = crate::unwind::call("limiter", || {
-            config.limiter.check_immediate(&id, limits, cost)
+            config.limiter.check_principal_immediate(principal, cost)
         })
         .unwrap_or_else(|panicked| Some(Err(LimitError::backend(panicked))));
         let Some(result) = &immediate else {

@@ -104,6 +104,7 @@ pub use layer::{
 };
 pub(crate) use limiter::shared as shared_limiter;
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
+pub(crate) use memory::LimitSlot;
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
 #[cfg(feature = "redis")]
