@@ -26,6 +26,8 @@
 //! - [`key`]: the key format, generator and hashing;
 //! - [`record`] and [`store`]: what is kept about a key, and where;
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
+//! - [`credential`]: the kinds of credential besides API keys, and the
+//!   [`Verifier`](credential::Verifier) trait that plugs one into [`AuthLayer`];
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
 //! - [`authorize`]: [`RequireScopes`], the per-route scope check;
@@ -43,6 +45,8 @@
 //! - `signature` and `content_digest` (feature `signatures`): requests
 //!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
 //!   bodies checked against `Content-Digest` (RFC 9530).
+//! - `metrics` (feature `metrics`): the metrics the layers report through
+//!   the `metrics` facade, each with its type, labels and meaning.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -71,9 +75,17 @@
 //! - `signatures`: `signature` (verify and sign requests: Ed25519 and
 //!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
 //!   base64ct).
+//! - `metrics`: `metrics`, counters and histograms through the `metrics`
+//!   facade (any exporter): authentication outcomes by reason, limiter
+//!   decisions by policy, throttle hits, store and limiter latency and
+//!   errors, cache hits and misses, dropped usage events. Never a key id
+//!   or an owner in a label. Without the feature, none of it is compiled.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "admin")]
+#[cfg_attr(docsrs, doc(cfg(feature = "admin")))]
+pub mod admin;
 pub mod auth;
 pub mod authorize;
 pub mod body;
@@ -81,11 +93,15 @@ pub mod clock;
 #[cfg(feature = "signatures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
 pub mod content_digest;
+pub mod credential;
 mod future;
 pub mod grpc;
 pub mod key;
 pub mod limit;
 pub mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -113,6 +129,7 @@ pub mod usage;
 pub use async_trait::async_trait;
 pub use auth::{AuthLayer, Principal};
 pub use authorize::RequireScopes;
+pub use credential::CredentialKind;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
 pub use limit::{Limits, MemoryLimiter, RateLimitLayer};
 pub use manager::KeyManager;

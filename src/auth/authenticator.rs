@@ -1,7 +1,5 @@
 use std::fmt;
-use std::future::Future;
 use std::hint::black_box;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +14,6 @@ use crate::unwind;
 /// How long a request waits for the key store by default (with the
 /// `tokio` feature): see [`Authenticator::with_store_timeout`].
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A store look-up that must be awaited.
-pub(crate) type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
 
 /// Compared against when the id is unknown, so that an unknown id costs the
 /// same hash and compare as a known one. (Its algorithm need not match:
@@ -176,10 +171,7 @@ impl Authenticator {
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, Rejection> {
         match self.begin(presented) {
             Begun::Done(result) => result,
-            Begun::Lookup(pending) => {
-                let lookup = self.lookup(pending.id).await;
-                self.finish(pending, lookup)
-            }
+            Begun::Lookup(pending) => self.complete(pending).await,
         }
     }
 
@@ -194,9 +186,7 @@ impl Authenticator {
         };
         let id = parsed.id();
         // A store that panics fails this request (503), never the service.
-        let immediate = unwind::call("key store", || self.store.find_immediate(&id))
-            .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))));
-        match immediate {
+        match crate::store::find_now(&*self.store, &id) {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
             None => Begun::Lookup(Pending {
                 id,
@@ -205,24 +195,32 @@ impl Authenticator {
         }
     }
 
-    /// Looks `id` up, failing closed: a store that panics answers an
-    /// error, one that takes longer than the timeout
-    /// [`StoreError::Timeout`].
-    pub(crate) fn lookup(&self, id: KeyId) -> BoxLookup {
-        let store = Arc::clone(&self.store);
-        let timeout = self.store_timeout;
-        Box::pin(async move {
-            let find = unwind::CatchUnwind::new("key store", store.find(&id));
-            match unwind::within(timeout, find, |limit| Ok(Err(StoreError::Timeout(limit)))).await {
-                Ok(lookup) => lookup,
-                Err(panicked) => Err(StoreError::backend(panicked)),
-            }
-        })
+    /// Looks the record of a parsed key up (awaiting the store), then
+    /// checks it. Fails closed: a store that panics answers an error, one
+    /// that takes longer than the timeout [`StoreError::Timeout`].
+    pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
+        let find = crate::store::find_awaited(&*self.store, &pending.id);
+        let timeout = |limit| Err(StoreError::Timeout(limit));
+        let lookup = unwind::within(self.store_timeout, find, timeout).await;
+        self.finish(pending, lookup)
     }
 
     /// Compares and checks the record a look-up returned.
     pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
         self.check(pending.id, pending.secret.as_str(), lookup)
+    }
+
+    /// Whether `presented` looks like an API key of this authenticator
+    /// (it begins with the format's prefix and `_`): how
+    /// [`AuthLayer`](super::AuthLayer) tells an API key from another
+    /// credential in the same place (a JWT in `Authorization: Bearer`).
+    /// No parsing, no checksum: a key that looks like one and is malformed
+    /// is still an API key, refused as such.
+    pub fn recognises(&self, presented: &str) -> bool {
+        let prefix = self.format.prefix();
+        presented.len() > prefix.len()
+            && presented.as_bytes()[prefix.len()] == b'_'
+            && presented.starts_with(prefix)
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
@@ -239,6 +237,8 @@ impl Authenticator {
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
