@@ -239,7 +239,7 @@ impl From<&KeyRecord> for KeyView {
     fn from(record: &KeyRecord) -> Self {
         Self {
             key_id: record.id.to_string(),
-            owner: record.owner.clone(),
+            owner: record.owner.to_string(),
             name: record.name.clone(),
             status: record.status.to_string(),
             scopes: record
@@ -249,11 +249,11 @@ impl From<&KeyRecord> for KeyView {
                 .collect(),
             created_at: timestamp(record.created_at),
             expires_at: record.expires_at.map(timestamp),
-            not_before: record.not_before.map(timestamp),
-            revoked_at: record.revoked_at.map(timestamp),
-            environment: record.environment.map(|e| e.as_str().to_owned()),
+            not_before: record.not_before().map(timestamp),
+            revoked_at: record.revoked_at().map(timestamp),
+            environment: record.environment().map(|e| e.as_str().to_owned()),
             allowed_networks: record
-                .allowed_networks
+                .allowed_networks()
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
@@ -263,8 +263,8 @@ impl From<&KeyRecord> for KeyView {
                 .iter()
                 .map(PolicySpec::from_policy)
                 .collect(),
-            metadata: record.metadata.clone(),
-            signs_requests: record.verification_key.is_some(),
+            metadata: record.metadata().clone(),
+            signs_requests: record.verification_key().is_some(),
         }
     }
 }

@@ -187,7 +187,7 @@ pub(crate) async fn key_usage(
     if keys.is_empty() {
         keys.push(KeyUsageView {
             key_id: id.to_string(),
-            owner: Some(record.owner.clone()),
+            owner: Some(record.owner.to_string()),
             counts: CountsView::default(),
             series: step.map(|_| Vec::new()),
         });

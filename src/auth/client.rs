@@ -206,14 +206,14 @@ pub(crate) fn restrict<B>(
         );
         Err(Rejection::new(RejectReason::Restricted).with_key_id(record.id))
     };
-    if let (Some(service), Some(key)) = (config.environment, record.environment) {
+    if let (Some(service), Some(key)) = (config.environment, record.environment()) {
         if service != key {
             return refuse("environment");
         }
     }
-    if !record.allowed_networks.is_empty()
+    if !record.allowed_networks().is_empty()
         && !allowed(
-            &record.allowed_networks,
+            record.allowed_networks(),
             client.unwrap_or_else(|| config.trusted_proxies.client_addr(request)),
         )
     {
