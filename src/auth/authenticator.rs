@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
-use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
+use crate::credential::CredentialKind;
+use crate::key::{
+    HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
+};
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup};
@@ -53,6 +56,8 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// The old format of imported keys, if they are accepted.
+    imported: Option<Arc<LegacyFormat>>,
 }
 
 /// The first half of a check: either decided, or waiting for a store.
@@ -61,16 +66,17 @@ pub(crate) enum Begun {
     Lookup(Pending),
 }
 
-/// A key that parsed, whose record must still be fetched: the secret is
-/// kept (inline, wiped on drop) to be hashed by the algorithm the record
-/// names.
-pub(crate) struct Pending {
-    pub(crate) id: KeyId,
-    secret: SecretCopy,
+/// A key whose record must still be fetched.
+pub(crate) enum Pending {
+    /// A keyward key that parsed: the secret is kept (inline, wiped on
+    /// drop) to be hashed by the algorithm the record names.
+    Key { id: KeyId, secret: SecretCopy },
+    /// An imported key, by its hash.
+    Imported { hash: KeyHash },
 }
 
 /// A copy of a presented secret (base62, so ASCII), zeroed on drop.
-struct SecretCopy {
+pub(crate) struct SecretCopy {
     len: usize,
     bytes: zeroize::Zeroizing<[u8; MAX_SECRET_LEN]>,
 }
@@ -99,7 +105,32 @@ impl Authenticator {
             format,
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
+            imported: None,
         }
+    }
+
+    /// Also accepts imported keys of the old `format`: a presented value
+    /// that is no key of this authenticator's format but matches `format`
+    /// is looked up by the SHA-256 of the whole value
+    /// ([`KeyStore::find_by_hash`]) and, if an imported record (made by
+    /// [`KeyManager::import_legacy`](crate::KeyManager::import_legacy))
+    /// has that hash, authenticates as it, with kind
+    /// [`Imported`](CredentialKind::Imported). Off by default.
+    ///
+    /// The look-up is by the hash of the whole key, so no comparison on
+    /// the request path depends on the secret's bytes (see
+    /// [`KeyStore::find_by_hash`]); the record found is then compared with
+    /// the hash in constant time all the same. Only formats of at least
+    /// [`MIN_LEGACY_BITS`](crate::key::MIN_LEGACY_BITS) bits exist.
+    #[must_use]
+    pub fn with_imported_keys(mut self, format: LegacyFormat) -> Self {
+        self.imported = Some(Arc::new(format));
+        self
+    }
+
+    /// The old format of imported keys, if they are accepted.
+    pub fn imported_keys(&self) -> Option<&LegacyFormat> {
+        self.imported.as_deref()
     }
 
     /// Uses `hasher` to verify secrets. Each record is verified by the
@@ -146,6 +177,11 @@ impl Authenticator {
         let parsed = match self.format.parse(presented) {
             Ok(parsed) => parsed,
             Err(error) => {
+                // Not a keyward key; perhaps an imported one (rare: off
+                // the valid keys' path).
+                if let Some(hash) = self.imported.as_ref().and_then(|f| f.hash(presented)) {
+                    return Begun::Lookup(Pending::Imported { hash });
+                }
                 tracing::info!(target: "keyward::auth", %error, "API key refused: malformed");
                 return Begun::Done(Err(Rejection::new(RejectReason::MalformedKey)));
             }
@@ -153,7 +189,7 @@ impl Authenticator {
         let id = parsed.id();
         match self.store.find_immediate(&id) {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
-            None => Begun::Lookup(Pending {
+            None => Begun::Lookup(Pending::Key {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
             }),
@@ -163,13 +199,58 @@ impl Authenticator {
     /// Looks the record of a parsed key up (awaiting the store), then
     /// checks it.
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
-        self.finish(pending, lookup)
+        match pending {
+            Pending::Key { id, secret } => {
+                let lookup = crate::store::find_awaited(&*self.store, &id).await;
+                self.check(id, secret.as_str(), lookup)
+            }
+            Pending::Imported { hash } => {
+                #[cfg(feature = "metrics")]
+                let started = std::time::Instant::now();
+                let lookup = self.store.find_by_hash(&hash).await;
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_lookup(started.elapsed());
+                self.check_imported(&hash, lookup)
+            }
+        }
     }
 
-    /// Compares and checks the record a look-up returned.
-    pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
-        self.check(pending.id, pending.secret.as_str(), lookup)
+    /// Checks the record an imported key's hash found.
+    fn check_imported(&self, hash: &KeyHash, lookup: Lookup) -> Result<Principal, Rejection> {
+        let record = match lookup {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::info!(target: "keyward::auth", "imported key refused: unknown");
+                return Err(Rejection::new(RejectReason::UnknownKey));
+            }
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
+                tracing::error!(
+                    target: "keyward::auth",
+                    error = &error as &dyn std::error::Error,
+                    "key store failed on an imported key; refusing (fail closed)"
+                );
+                return Err(Rejection::new(RejectReason::StoreUnavailable));
+            }
+        };
+        let id = record.id;
+        let refuse = |reason: RejectReason| {
+            tracing::info!(target: "keyward::auth", key_id = %id, %reason, "imported key refused");
+            Err(Rejection::new(reason).with_key_id(id))
+        };
+        // The store looked the digest up; compare it all the same, in
+        // constant time, algorithm included.
+        if !record.hash.verify(hash) {
+            return refuse(RejectReason::WrongSecret);
+        }
+        match record.validity_at(self.clock.now()) {
+            Ok(()) => Ok(Principal::with_credential(record, CredentialKind::Imported)),
+            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
+            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
+            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
+            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+        }
     }
 
     /// Whether `presented` looks like an API key of this authenticator
@@ -180,9 +261,13 @@ impl Authenticator {
     /// is still an API key, refused as such.
     pub fn recognises(&self, presented: &str) -> bool {
         let prefix = self.format.prefix();
-        presented.len() > prefix.len()
+        (presented.len() > prefix.len()
             && presented.as_bytes()[prefix.len()] == b'_'
-            && presented.starts_with(prefix)
+            && presented.starts_with(prefix))
+            || self
+                .imported
+                .as_ref()
+                .is_some_and(|format| format.matches(presented))
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
@@ -225,6 +310,11 @@ impl Authenticator {
                 return refuse(RejectReason::StoreUnavailable);
             }
         }
+        // An imported record is found by its hash, never by its id (and
+        // refused here only after the same hash and compare).
+        if record.hash.algorithm() == HashAlgorithm::ImportedSha256 {
+            return refuse(RejectReason::WrongSecret);
+        }
         // The clock is read only when the record has a time to check.
         let now = if record.expires_at.is_some() || record.not_before().is_some() {
             self.clock.now()
@@ -248,6 +338,7 @@ impl fmt::Debug for Authenticator {
             .field("format", &self.format)
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("imported", &self.imported)
             .finish()
     }
 }
