@@ -1,5 +1,4 @@
 use std::fmt;
-use std::hint::black_box;
 use std::sync::Arc;
 
 use super::Principal;
@@ -8,14 +7,59 @@ use crate::credential::CredentialKind;
 use crate::key::{
     HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
 };
-use crate::record::Invalidity;
+use crate::record::{Invalidity, KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup};
 
-/// Compared against when the id is unknown, so that an unknown id costs the
-/// same hash and compare as a known one. (Its algorithm need not match:
-/// `KeyHash::verify` compares the bytes in full whatever the algorithms.)
-const DUMMY_HASH: KeyHash = KeyHash::from_bytes([0x5a; 32]);
+/// How many stand-in records unknown ids are checked against.
+const STAND_INS: usize = 1024;
+
+/// What an unknown id is checked against: a record that no secret matches
+/// (its hash is not the hash of any known input), by the hasher's current
+/// algorithm, active, without validity times; beside an id to compare, as
+/// a map's entry holds its key beside its value.
+///
+/// There are many (about 230 KiB, made once per `Authenticator` and shared
+/// by its clones), each in its own allocations, and an id always meets the
+/// same one: an unknown id touches memory about as cold or as warm as a
+/// known id would (a first request meets a cold record, a repeated one a
+/// warm one). SECURITY.md reports what a timing test still finds.
+struct StandIn {
+    id: KeyId,
+    record: Arc<KeyRecord>,
+}
+
+fn stand_ins(hasher: &KeyHasher) -> Arc<[Box<StandIn>]> {
+    let hash = KeyHash::new(hasher.algorithm(), [0x5a; 32]);
+    let id = KeyId::from_checked(*b"000000000000");
+    (0..STAND_INS)
+        .map(|_| {
+            Box::new(StandIn {
+                id,
+                record: Arc::new(KeyRecord::new(id, hash, "", std::time::UNIX_EPOCH)),
+            })
+        })
+        .collect()
+}
+
+/// The stand-in an id meets: ids are random, so a few of their bytes
+/// spread them evenly.
+fn stand_in_slot(id: &KeyId) -> usize {
+    let [a, b, c, d, e, f, g, h, ..] = *id.as_bytes();
+    let spread = u64::from_le_bytes([a, b, c, d, e, f, g, h]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (spread >> 54) as usize % STAND_INS
+}
+
+/// The reasons a key is refused, in the order they are reported: bit `i`
+/// of the failures in [`Authenticator::check`] stands for `REFUSALS[i]`.
+const REFUSALS: [RejectReason; 6] = [
+    RejectReason::UnknownKey,
+    RejectReason::WrongSecret,
+    RejectReason::Disabled,
+    RejectReason::Revoked,
+    RejectReason::Expired,
+    RejectReason::NotYetValid,
+];
 
 /// Checks presented keys against a store: parse, hash, look up, compare in
 /// constant time, check status and validity times.
@@ -56,6 +100,7 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    stand_ins: Arc<[Box<StandIn>]>,
     /// The old format of imported keys, if they are accepted.
     imported: Option<Arc<LegacyFormat>>,
 }
@@ -100,10 +145,12 @@ impl Authenticator {
     /// Checks keys of `format` against `store`, with plain SHA-256 and the
     /// system clock.
     pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
+        let hasher = KeyHasher::sha256();
         Self {
             store: crate::store::shared(store),
             format,
-            hasher: KeyHasher::sha256(),
+            stand_ins: stand_ins(&hasher),
+            hasher,
             clock: Arc::new(SystemClock),
             imported: None,
         }
@@ -138,6 +185,7 @@ impl Authenticator {
     /// refused (`503`, logged as [`UnknownPepper`](crate::key::UnknownPepper)).
     #[must_use]
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.stand_ins = stand_ins(&hasher);
         self.hasher = hasher;
         self
     }
@@ -272,17 +320,22 @@ impl Authenticator {
 
     /// Hashes the secret (once, whatever the answer), compares it with the
     /// record's hash and checks the record.
+    ///
+    /// Every refusal takes the same steps, so that timing tells neither
+    /// which ids exist nor why a key was refused: an unknown id is checked
+    /// against a stand-in record (see [`StandIn`]: the same id compare,
+    /// reference count, hash and hash compare as a known one), the
+    /// record's status and times are checked whatever the secret (the
+    /// clock is read for every refusal), and the reason is picked from a
+    /// mask of failures rather than by early returns. Only a usable key
+    /// without validity times skips reading the clock.
     fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
         let refuse = |reason: RejectReason| {
             tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
             Err(Rejection::new(reason).with_key_id(id))
         };
-        let record = match lookup {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                black_box(self.hasher.hash(secret).verify(&DUMMY_HASH));
-                return refuse(RejectReason::UnknownKey);
-            }
+        let found = match lookup {
+            Ok(found) => found,
             Err(error) => {
                 #[cfg(feature = "metrics")]
                 crate::metrics::store_error(&error);
@@ -295,12 +348,20 @@ impl Authenticator {
                 return refuse(RejectReason::StoreUnavailable);
             }
         };
-        match self.hasher.verify(secret, &record.hash) {
-            Ok(true) => {}
-            Ok(false) => return refuse(RejectReason::WrongSecret),
+        let known = found.is_some();
+        let slot = stand_in_slot(&id);
+        let record = found.unwrap_or_else(|| {
+            let stand_in = &self.stand_ins[slot];
+            // As a map compares the id it found with the one asked for.
+            std::hint::black_box(stand_in.id == id);
+            Arc::clone(&stand_in.record)
+        });
+        let matched = match self.hasher.verify(secret, &record.hash) {
+            Ok(matched) => matched,
             Err(error) => {
                 // The service's configuration, not the client: answered as
-                // an unavailable dependency (503), never as a bad key.
+                // an unavailable dependency (503), never as a bad key. (Not
+                // for the stand-in: it uses the hasher's own algorithm.)
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
@@ -309,25 +370,36 @@ impl Authenticator {
                 );
                 return refuse(RejectReason::StoreUnavailable);
             }
-        }
-        // An imported record is found by its hash, never by its id (and
-        // refused here only after the same hash and compare).
-        if record.hash.algorithm() == HashAlgorithm::ImportedSha256 {
-            return refuse(RejectReason::WrongSecret);
-        }
-        // The clock is read only when the record has a time to check.
-        let now = if record.expires_at.is_some() || record.not_before().is_some() {
+        };
+        let active = record.status == KeyStatus::Active;
+        // An imported record is found by its hash, never by its id: refused
+        // here as a wrong secret, after the same hash and compare.
+        let imported = record.hash.algorithm() == HashAlgorithm::ImportedSha256;
+        let timed = record.expires_at.is_some() | record.not_before().is_some();
+        let now = if timed | !(known & matched & active & !imported) {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
         };
-        match record.validity_at(now) {
-            Ok(()) => Ok(Principal::new(record)),
-            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
-            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
-            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
-            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+        let expired = record.expires_at.is_some_and(|at| now >= at);
+        let early = record.not_before().is_some_and(|at| now < at);
+        // Non-short-circuit operators: every condition is evaluated.
+        let failures = u32::from(!known)
+            | u32::from(!matched | imported) << 1
+            | u32::from(record.status == KeyStatus::Disabled) << 2
+            | u32::from(record.status == KeyStatus::Revoked) << 3
+            | u32::from(expired) << 4
+            | u32::from(early) << 5;
+        if failures == 0 {
+            return Ok(Principal::new(record));
         }
+        let first = failures.trailing_zeros() as usize;
+        refuse(
+            REFUSALS
+                .get(first)
+                .copied()
+                .unwrap_or(RejectReason::WrongSecret),
+        )
     }
 }
 

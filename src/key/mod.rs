@@ -79,6 +79,11 @@ impl KeyId {
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
+    /// The id's characters, unchecked (they are base62 ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8; KEY_ID_LEN] {
+        &self.0
+    }
+
     pub(crate) fn from_checked(bytes: [u8; KEY_ID_LEN]) -> Self {
         debug_assert!(bytes.iter().all(u8::is_ascii_alphanumeric));
         Self(bytes)
