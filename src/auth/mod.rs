@@ -16,7 +16,8 @@
 //!    ([`AuthLayer::environment`]) and the client's address against its
 //!    allowed networks (see [`client`]);
 //! 5. removes the credential from the request (configurable), inserts the
-//!    [`Principal`] into the request's extensions (and the response's), and
+//!    [`Principal`] into the request's extensions (and into the
+//!    [`PrincipalSlot`] an outer layer planted there, if any), and
 //!    calls the inner service.
 //!
 //! Refusals are `Ok` responses (see [`reject`](crate::reject)): `401` with
@@ -142,7 +143,7 @@ pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 #[cfg(feature = "axum")]
 pub use principal::MissingPrincipal;
-pub use principal::Principal;
+pub use principal::{Principal, PrincipalSlot};
 pub use service::AuthService;
 pub use source::{KeySource, MAX_BASIC_LEN};
 pub use throttle::FailureThrottle;

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use super::event::RequestFacts;
 use super::layer::Shared;
 use super::{Outcome, UsageEvent, UsageSink, UsageTags};
-use crate::auth::Principal;
+use crate::auth::{Principal, PrincipalSlot};
 use crate::reject::{RejectReason, Rejection};
 
 pin_project! {
@@ -40,6 +40,8 @@ pub(crate) struct Pending<K> {
     shared: Arc<Shared<K>>,
     facts: RequestFacts,
     started: Option<Instant>,
+    /// Filled by `AuthLayer` if the request authenticated.
+    slot: PrincipalSlot,
 }
 
 impl<F, K: UsageSink> ResponseFuture<F, K> {
@@ -48,6 +50,7 @@ impl<F, K: UsageSink> ResponseFuture<F, K> {
         shared: Arc<Shared<K>>,
         facts: RequestFacts,
         started: Option<Instant>,
+        slot: PrincipalSlot,
     ) -> Self {
         Self {
             future,
@@ -55,6 +58,7 @@ impl<F, K: UsageSink> ResponseFuture<F, K> {
                 shared,
                 facts,
                 started,
+                slot,
             }),
         }
     }
@@ -116,7 +120,9 @@ impl<K: UsageSink> Pending<K> {
         }
         let rejection = extensions.get::<Rejection>();
         let outcome = rejection.map_or(Outcome::Allowed, |r| Outcome::Refused(r.reason()));
-        let principal = extensions.get::<Principal>();
+        // The slot this layer planted; a `Principal` in the response's
+        // extensions for authentication that is not keyward's `AuthLayer`.
+        let principal = self.slot.get().or_else(|| extensions.get::<Principal>());
         let latency = self.latency();
         let sink = &self.shared.sink;
         let at = self.facts.at;
