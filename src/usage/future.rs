@@ -28,7 +28,9 @@ pin_project! {
     impl<F, K: UsageSink> PinnedDrop for ResponseFuture<F, K> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                pending.unanswered(Outcome::Cancelled);
+                // A sink panicking here, while a panic unwinds, would
+                // abort the process.
+                guarded(|| pending.unanswered(Outcome::Cancelled));
             }
         }
     }
@@ -75,11 +77,23 @@ where
         let result = ready!(this.future.poll(cx));
         if let Some(pending) = this.pending.take() {
             match &result {
-                Ok(response) => pending.answered(response),
-                Err(_) => pending.unanswered(Outcome::Failed),
+                Ok(response) => guarded(|| pending.answered(response)),
+                Err(_) => guarded(|| pending.unanswered(Outcome::Failed)),
             }
         }
         Poll::Ready(result)
+    }
+}
+
+/// Hands events to the sink; a sink that panics loses its events, never
+/// the response (nor, from a drop, the process).
+fn guarded(record: impl FnOnce()) {
+    if let Err(panicked) = crate::unwind::call("usage sink", record) {
+        tracing::error!(
+            target: "keyward::usage",
+            error = &panicked as &dyn std::error::Error,
+            "usage sink panicked; the request's events are lost"
+        );
     }
 }
 
