@@ -57,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
         // Resolved once, here, when the throttle needs it; `restrict`
         // reuses it (and resolves it itself otherwise, only for keys with
@@ -108,22 +108,16 @@ where
             let rejection = Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
             return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
         }
-        match chosen {
+        let (verified, found) = match chosen {
             Chosen::Key(Presented { key, sources }) => match config.authenticator.begin(&key) {
-                // Answered in place: the result is not moved around first.
-                Begun::Done(Ok(principal)) => {
-                    self.admitted(principal, Found::Key(sources), request, resolved, client)
-                }
-                Begun::Done(Err(rejection)) => {
-                    ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
-                }
+                Begun::Done(result) => (result, Found::Key(sources)),
                 Begun::Lookup(pending) => {
                     let authenticating = Arc::clone(config);
                     let future: VerifyFuture =
                         Box::pin(
                             async move { authenticating.authenticator.complete(pending).await },
                         );
-                    self.wait_for(future, Found::Key(sources), resolved, request)
+                    return self.wait_for(future, Found::Key(sources), resolved, request);
                 }
             },
             Chosen::Verifier(index) => {
@@ -132,43 +126,28 @@ where
                 // The verifier may have resolved the client: keep it.
                 resolved = view.resolved_client().or(resolved);
                 match verification {
-                    Verification::Ready(Ok(principal)) => {
-                        self.admitted(principal, Found::Verifier(index), request, resolved, client)
-                    }
-                    Verification::Ready(Err(rejection)) => ResponseFuture::rejected(config.refuse(
-                        request.headers(),
-                        rejection,
-                        client,
-                    )),
+                    Verification::Ready(result) => (result, Found::Verifier(index)),
                     Verification::Pending(future) => {
-                        self.wait_for(future, Found::Verifier(index), resolved, request)
+                        return self.wait_for(future, Found::Verifier(index), resolved, request);
                     }
                 }
             }
+        };
+        match verified {
+            Ok(principal) => {
+                if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        rejection,
+                        client,
+                    ));
+                }
+                ResponseFuture::inner(self.inner.call(request))
+            }
+            Err(rejection) => {
+                ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
+            }
         }
-    }
-}
-
-impl<S> AuthService<S> {
-    /// Checks an authenticated request's restrictions, then calls the
-    /// inner service.
-    #[inline]
-    fn admitted<ReqBody, ResBody>(
-        &mut self,
-        principal: Principal,
-        found: Found,
-        mut request: Request<ReqBody>,
-        resolved: Option<Option<IpAddr>>,
-        client: Option<IpAddr>,
-    ) -> ResponseFuture<S::Future, S, ReqBody>
-    where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    {
-        let config = &self.config;
-        if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
-            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
-        }
-        ResponseFuture::inner(self.inner.call(request))
     }
 }
 
