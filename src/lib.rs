@@ -43,6 +43,8 @@
 //! - `signature` and `content_digest` (feature `signatures`): requests
 //!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
 //!   bodies checked against `Content-Digest` (RFC 9530).
+//! - `jwt` (feature `jwt`): JWT-based keys, verified on the injected
+//!   clock with algorithms fixed per key, revocable through the store.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -71,6 +73,8 @@
 //! - `signatures`: `signature` (verify and sign requests: Ed25519 and
 //!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
 //!   base64ct).
+//! - `jwt`: `jwt` (JWT-based keys: `JwtVerifier`, `JwtIssuer`; adds
+//!   jsonwebtoken with its RustCrypto backend, serde and serde_json).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -83,6 +87,9 @@ pub mod clock;
 pub mod content_digest;
 mod future;
 pub mod grpc;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 pub mod key;
 pub mod limit;
 pub mod manager;

@@ -26,6 +26,7 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use crate::auth::origin::AllowedOrigin;
 use crate::key::{KeyHash, KeyId, VerificationKey};
 use crate::limit::Limits;
 use crate::scope::ScopeSet;
@@ -92,6 +93,10 @@ impl fmt::Display for KeyStatus {
 /// - Times are RFC 3339 in UTC, with fractional seconds only when not
 ///   zero; any offset (`+02:00`) is accepted on input. Years 0000 to 9999.
 /// - The hash names its algorithm (see [`KeyHash`]).
+/// - A publishable key (one meant for browsers) also has `"publishable":
+///   true` and `"allowed_origins": ["https://app.example.com",
+///   "https://*.example.com"]`; other keys have neither field (absent
+///   means `false` and `[]`).
 /// - A key that signs requests also has `"verification_key":
 ///   "ed25519:<hex>"` (or `"hmac-sha256:<hex>"`, a secret: see
 ///   [`VerificationKey`]); API keys have no such field.
@@ -143,6 +148,26 @@ pub struct KeyRecord {
     /// against the client address (see [`auth::client`](crate::auth::client)).
     #[cfg_attr(feature = "serde", serde(default))]
     pub allowed_networks: Vec<IpNet>,
+    /// A publishable key: one meant to sit in a browser or an app, which
+    /// identifies the caller for quotas and usage but holds no secret
+    /// power. [`AuthLayer`](crate::AuthLayer) accepts it only from one of
+    /// its [`allowed_origins`](Self::allowed_origins) (none: from nowhere),
+    /// and [`KeyManager`](crate::KeyManager) gives it only the scopes the
+    /// service allows publishable keys
+    /// ([`KeyManager::with_publishable_scopes`](crate::KeyManager::with_publishable_scopes)).
+    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
+    pub publishable: bool,
+    /// The origins (`https://app.example.com`, `https://*.example.com`) the
+    /// key may be used from, checked by [`AuthLayer`](crate::AuthLayer)
+    /// against the request's `Origin` (or `Referer`): see
+    /// [`auth::origin`](crate::auth::origin). Empty: any origin, unless the
+    /// key is [`publishable`](Self::publishable), which then is refused
+    /// everywhere.
+    #[cfg_attr(
+        feature = "serde",
+        serde(default, skip_serializing_if = "Vec::is_empty")
+    )]
+    pub allowed_origins: Vec<AllowedOrigin>,
     /// What the key may do.
     #[cfg_attr(feature = "serde", serde(default))]
     pub scopes: ScopeSet,
@@ -197,6 +222,8 @@ impl KeyRecord {
             metadata: BTreeMap::new(),
             limits: Limits::none(),
             allowed_networks: Vec::new(),
+            publishable: false,
+            allowed_origins: Vec::new(),
             environment: None,
             verification_key: None,
         }
@@ -259,6 +286,15 @@ impl KeyRecord {
         self
     }
 
+    /// Makes the key publishable, usable from `origins` only (see
+    /// [`publishable`](Self::publishable)).
+    #[must_use]
+    pub fn with_publishable(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.publishable = true;
+        self.allowed_origins = origins.into_iter().collect();
+        self
+    }
+
     /// Tags the key with an environment.
     #[must_use]
     pub fn with_environment(mut self, environment: Environment) -> Self {
@@ -312,6 +348,12 @@ mod tests {
         assert!(arc_counts + end <= 64, "{}", arc_counts + end);
         assert!(offset_of!(KeyRecord, id) < offset_of!(KeyRecord, status));
     }
+}
+
+#[cfg(feature = "serde")]
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// Why a record is not usable at a given time.
