@@ -28,7 +28,7 @@ use ipnet::IpNet;
 
 use crate::auth::origin::AllowedOrigin;
 use crate::key::{KeyHash, KeyId, VerificationKey};
-use crate::limit::Limits;
+use crate::limit::{LimitSlot, Limits};
 use crate::scope::ScopeSet;
 
 /// Whether a key may be used at all.
@@ -110,7 +110,7 @@ impl fmt::Display for KeyStatus {
 ///   `"window": {"secs": .., "nanos": ..}`, a refill as the pair
 ///   `[amount, {"secs": .., "nanos": ..}]`, a hash as bare hex (plain
 ///   SHA-256); fields added since (`revoked_at`) default to `null`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
 // Declared in the order authentication reads them (repr(C) keeps it): the
@@ -203,6 +203,35 @@ pub struct KeyRecord {
         serde(default, skip_serializing_if = "Option::is_none")
     )]
     pub verification_key: Option<VerificationKey>,
+    /// A [`MemoryLimiter`](crate::limit::MemoryLimiter)'s shortcut to this
+    /// key's limit state, planted by its first check: the record travels
+    /// with the `Principal` and stays in the store, so later requests find
+    /// the state without a second look-up. Not data: never compared,
+    /// cloned or stored.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub(crate) limit_slot: LimitSlot,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("hash", &self.hash)
+            .field("id", &self.id)
+            .field("status", &self.status)
+            .field("environment", &self.environment)
+            .field("expires_at", &self.expires_at)
+            .field("not_before", &self.not_before)
+            .field("allowed_networks", &self.allowed_networks)
+            .field("scopes", &self.scopes)
+            .field("limits", &self.limits)
+            .field("owner", &self.owner)
+            .field("name", &self.name)
+            .field("created_at", &self.created_at)
+            .field("revoked_at", &self.revoked_at)
+            .field("metadata", &self.metadata)
+            .field("verification_key", &self.verification_key)
+            .finish()
+    }
 }
 
 impl KeyRecord {
@@ -226,6 +255,7 @@ impl KeyRecord {
             allowed_origins: Vec::new(),
             environment: None,
             verification_key: None,
+            limit_slot: LimitSlot::default(),
         }
     }
 

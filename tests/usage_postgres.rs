@@ -8,8 +8,10 @@ mod support;
 
 use std::time::Duration;
 
-use keyward::postgres::QualifiedName;
+use keyward::key::KeyHasher;
+use keyward::record::{KeyRecord, KeyStatus};
 use keyward::reject::RejectReason;
+use keyward::store::{KeyStore, PgStore};
 use keyward::usage::{
     conformance, BatchingSink, PgUsage, Step, TimeRange, UsageExporter, UsageQuery, UsageSink,
     UsageSource,
@@ -275,35 +277,34 @@ async fn with_the_database_hanging_attempts_time_out_and_requests_never_wait() {
 }
 
 #[tokio::test]
-async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
+async fn pg_stores_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
     let Some(url) = service_url(
         "DATABASE_URL",
-        "a_keys_table_gets_last_used_at_and_fills_in_missing_owners",
+        "pg_stores_keys_table_gets_last_used_at_and_fills_in_missing_owners",
     ) else {
         return;
     };
     let (pool, schema, _) = fresh(&url).await;
-    // A stand-in for PgStore's table: the columns the exporter uses.
-    sqlx::query(&format!(
-        "CREATE TABLE \"{schema}\".keys (id text PRIMARY KEY, owner text NOT NULL, last_used_at timestamptz)"
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
-    let burst = Burst::new("o'wner %_ ✓");
-    for key in [&burst.good, &burst.revoked] {
-        sqlx::query(&format!(
-            "INSERT INTO \"{schema}\".keys (id, owner) VALUES ($1, $2)"
-        ))
-        .bind(key.id().to_string())
-        .bind(&burst.owner)
-        .execute(&pool)
-        .await
+    // The real keys table, as `PgStore` makes it, holding the burst's keys.
+    let store = PgStore::new(pool.clone())
+        .with_table(&schema, "keys")
         .unwrap();
+    store.migrate().await.unwrap();
+    let burst = Burst::new("o'wner %_ ✓");
+    let mut records = Vec::new();
+    for (key, status) in [
+        (&burst.good, KeyStatus::Active),
+        (&burst.revoked, KeyStatus::Revoked),
+    ] {
+        let hash = KeyHasher::sha256().hash(key.secret());
+        let record =
+            KeyRecord::new(key.id(), hash, burst.owner.as_str(), burst.at).with_status(status);
+        store.insert(record.clone()).await.unwrap();
+        records.push(record);
     }
     let usage = PgUsage::new(pool.clone(), &schema)
         .unwrap()
-        .keys_table(QualifiedName::new(&schema, "keys").unwrap());
+        .keys_table(store.table().clone());
     let exporter = usage.exporter();
     let sink = BatchingSink::new(exporter.clone());
     burst.run(sink.clone(), 10).await;
@@ -321,8 +322,15 @@ async fn a_keys_table_gets_last_used_at_and_fills_in_missing_owners() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
+    assert_eq!(last_used.len(), 2);
     for (id, used) in last_used {
         assert_eq!(used, Some(at), "{id}: last used when the burst ran");
+    }
+    // The store reads its records back as they were: the exporter wrote
+    // only `last_used_at`.
+    for record in &records {
+        let found = store.find(&record.id).await.unwrap().expect("stored");
+        assert_eq!(*found, *record);
     }
     // The revoked key's requests never authenticated; its owner comes from
     // the keys table, so the owner's total has every request.

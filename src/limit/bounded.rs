@@ -12,6 +12,9 @@ pub(crate) trait Expiring {
     /// Whether, at `now` (nanoseconds since the epoch), the state is back
     /// to what a fresh one would be.
     fn is_idle(&self, now: u64) -> bool;
+
+    /// Told once the map has dropped the state (idle, or evicted).
+    fn forgotten(&self) {}
 }
 
 /// A papaya map that never holds more than `max` entries: before a new
@@ -85,7 +88,9 @@ where
             .map(|(key, _)| key.clone())
             .collect();
         for key in &idle {
-            map.remove(key);
+            if let Some(state) = map.remove(key) {
+                state.forgotten();
+            }
         }
         let target = self.max - self.max / 10;
         let excess = map.len().saturating_sub(target.min(self.max - 1));
@@ -95,7 +100,9 @@ where
             let stride = (map.len() / excess).max(1);
             let victims: Vec<K> = map.keys().step_by(stride).take(excess).cloned().collect();
             for key in &victims {
-                map.remove(key);
+                if let Some(state) = map.remove(key) {
+                    state.forgotten();
+                }
             }
             tracing::warn!(
                 target: "keyward::limit",

@@ -157,7 +157,7 @@ where
             .get::<Cost>()
             .map_or(config.cost, |cost| cost.0);
         // Matched in place: a decision is worth no copy.
-        let immediate = config.limiter.check_immediate(&id, limits, cost);
+        let immediate = config.limiter.check_principal_immediate(principal, cost);
         let Some(result) = &immediate else {
             // The limiter must wait (a remote backend): decide in a
             // future. The ready service goes with it.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::Limits;
+use crate::auth::Principal;
 use crate::key::KeyId;
 
 /// What a limiter answered for one policy.
@@ -346,6 +347,26 @@ pub trait Limiter: Debug + Send + Sync + 'static {
         let _ = (id, limits, cost);
         None
     }
+
+    /// The decision for an authenticated caller, when the limiter can make
+    /// it without waiting: what [`RateLimitLayer`](super::RateLimitLayer)
+    /// asks (and, on `None`, [`check`](Self::check) with the principal's
+    /// key id and limits).
+    ///
+    /// The principal carries the key's record, which stays in the store
+    /// between requests: a limiter may keep a shortcut to the key's state
+    /// there, as [`MemoryLimiter`](super::MemoryLimiter) does, to find it
+    /// without a look-up by key id. The default is
+    /// [`check_immediate`](Self::check_immediate) with the principal's key
+    /// id and its record's limits; implement only `check` (and perhaps
+    /// `check_immediate`) unless you keep such a shortcut.
+    fn check_principal_immediate(
+        &self,
+        principal: &Principal,
+        cost: u32,
+    ) -> Option<Result<Decision, LimitError>> {
+        self.check_immediate(&principal.key_id(), &principal.record().limits, cost)
+    }
 }
 
 /// `limiter` as the `Arc<dyn Limiter>` the layer keeps: an `Arc<dyn
@@ -371,6 +392,14 @@ impl<T: Limiter + ?Sized> Limiter for Arc<T> {
         cost: u32,
     ) -> Option<Result<Decision, LimitError>> {
         (**self).check_immediate(id, limits, cost)
+    }
+
+    fn check_principal_immediate(
+        &self,
+        principal: &Principal,
+        cost: u32,
+    ) -> Option<Result<Decision, LimitError>> {
+        (**self).check_principal_immediate(principal, cost)
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +16,10 @@ use super::gcra::{load_unlocked, lock_word};
 use super::{
     CreditPolicy, Decision, LimitError, Limiter, Limits, Policy, PolicyState, RatePolicy, Verdict,
 };
+use crate::auth::Principal;
 use crate::clock::{epoch_nanos, saturating_nanos as nanos, Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
+use crate::record::KeyRecord;
 
 /// Limits in this process's memory: for each key that authenticated and
 /// each of its policies, a GCRA cell (governor's algorithm) with that
@@ -29,6 +31,13 @@ use crate::key::{KeyId, KeyIdBuildHasher};
 /// one rate policy (the common case) is decided by one compare-and-swap
 /// on its state; a key with several takes its states' words for the few
 /// nanoseconds the arithmetic lasts, always in the same order.
+///
+/// A key with one rate policy finds its state through its record: the
+/// first check plants a pointer to the state in the record (which the
+/// store keeps and the [`Principal`] carries), and later checks of that
+/// record go straight to it, without a second look-up by key id. The
+/// limiter's own table stays the one place a key's state is kept and
+/// bounded; see [`check_principal_immediate`](Limiter::check_principal_immediate).
 ///
 /// State is bounded: at most [`max_keys`](Self::with_max_keys) keys are
 /// tracked (one million by default); a key's state is dropped once it has
@@ -76,7 +85,38 @@ pub struct MemoryLimiter {
 struct Shared {
     states: BoundedMap<KeyId, KeyState, KeyIdBuildHasher>,
     clock: Arc<dyn Clock>,
+    /// This limiter among all made in the process (never reused): a
+    /// record's shortcut is used only by the limiter that planted it.
+    id: u32,
 }
+
+fn next_limiter_id() -> u32 {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where a record keeps its shortcut to its key's rate state in a
+/// [`MemoryLimiter`] (see [`KeyRecord`]'s private field): set once, by
+/// the first limiter that checks the record. A clone of a record is
+/// another record and starts without one.
+#[derive(Default)]
+pub(crate) struct LimitSlot(OnceLock<Arc<RateState>>);
+
+impl Clone for LimitSlot {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Not part of what a record says: two records that differ only in their
+/// shortcut are equal.
+impl PartialEq for LimitSlot {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for LimitSlot {}
 
 /// The state of one key's policies. Each policy's state lives in its own
 /// allocation; the key's entry holds pointers to them. Adding a policy
@@ -97,7 +137,7 @@ enum Slot {
     Credits(Arc<CreditState>),
 }
 
-/// Keeps 24 bytes (a 48-byte allocation with its counts) per key and rate
+/// Keeps 32 bytes (a 48-byte allocation with its counts) per key and rate
 /// policy, not a copy of the policy: the policy comes with every check,
 /// and its fingerprint says whether this state was made for it.
 struct RateState {
@@ -110,6 +150,14 @@ struct RateState {
     /// 0 until the first spend; [`LOCKED`](super::gcra::LOCKED) while a
     /// check of several policies holds it.
     tat: AtomicU64,
+    /// The limiter that made it (`Shared::id`).
+    limiter: u32,
+    /// Whether the limiter's table holds it. A record's shortcut is used
+    /// only while it does: once the state is dropped from the table
+    /// (idle, evicted, forgotten), the next check through the shortcut
+    /// puts it back first, so that the table and the shortcut never hold
+    /// two states for one key.
+    kept: AtomicBool,
 }
 
 struct CreditState {
@@ -146,6 +194,10 @@ impl Expiring for KeyState {
             KeyState::Many(slots) => slots.iter().all(|slot| slot.is_idle(now)),
         }
     }
+
+    fn forgotten(&self) {
+        self.for_each_rate(|rate| rate.kept.store(false, Ordering::Release));
+    }
 }
 
 impl MemoryLimiter {
@@ -159,6 +211,7 @@ impl MemoryLimiter {
             shared: Arc::new(Shared {
                 states: BoundedMap::new(max_keys, Duration::from_secs(60)),
                 clock,
+                id: next_limiter_id(),
             }),
         }
     }
@@ -188,7 +241,86 @@ impl MemoryLimiter {
     /// Forgets the state of a key (for example after an operator reset
     /// its budget). Rotation keeps nothing: the successor starts full.
     pub fn forget(&self, id: &KeyId) {
-        self.shared.states.map().pin().remove(id);
+        let map = self.shared.states.map().pin();
+        if let Some(state) = map.remove(id) {
+            // A record's shortcut may still point to these states: they
+            // restart full, and are taken back by its next check.
+            state.for_each_rate(|rate| rate.tat.store(0, Ordering::Release));
+            state.forgotten();
+        }
+    }
+
+    /// The decision for the key of `record`, through the record's
+    /// shortcut to its state when it holds one of this limiter's.
+    fn decide_record(&self, record: &KeyRecord, cost: u32) -> Result<Decision, LimitError> {
+        let limits = &record.limits;
+        let (policy, rate) = match limits.policies() {
+            [policy @ Policy::Rate(rate)] if cost > 0 => (policy, rate),
+            // Several policies, a balance, or a read: by key id.
+            _ => return self.decide(&record.id, limits, cost),
+        };
+        let shared = &*self.shared;
+        let fingerprint = policy.fingerprint();
+        let planted = record.limit_slot.0.get();
+        if let Some(state) =
+            planted.filter(|state| state.limiter == shared.id && state.fingerprint == fingerprint)
+        {
+            let now = epoch_nanos(shared.clock.now());
+            if state.kept.load(Ordering::Acquire) || self.take_back(&record.id, state, now) {
+                return Ok(Decision::one(decide_rate(state, rate, cost, now)?));
+            }
+            // The key has another state for the policy by now (made by
+            // another record of the key): that one counts.
+            return self.decide(&record.id, limits, cost);
+        }
+        let decision = self.decide(&record.id, limits, cost);
+        if planted.is_none() {
+            let map = shared.states.map().pin();
+            if let Some(state) = map
+                .get(&record.id)
+                .and_then(|state| state.rate(fingerprint))
+            {
+                let _ = record.limit_slot.0.set(Arc::clone(state));
+            }
+        }
+        decision
+    }
+
+    /// Puts a record's state that the table dropped back into it, unless
+    /// the key has another state for that policy by now. Whether the
+    /// table holds `state` afterwards.
+    #[cold]
+    fn take_back(&self, id: &KeyId, state: &Arc<RateState>, now: u64) -> bool {
+        let shared = &*self.shared;
+        let map = shared.states.map().pin();
+        if map.get(id).is_none() {
+            shared.states.make_room(now);
+        }
+        let slot = Slot::Rate(Arc::clone(state));
+        let outcome = map.compute(*id, |entry| match entry {
+            None => Operation::Insert(KeyState::from_slots(vec![slot.clone()])),
+            Some((_, current)) => match current.find(state.fingerprint) {
+                Some(SlotRef::Rate(found)) => Operation::Abort(std::ptr::eq(found, &**state)),
+                Some(SlotRef::Credits(_)) => Operation::Abort(false),
+                None => Operation::Insert(current.with(vec![slot.clone()], now)),
+            },
+        });
+        let kept = match outcome {
+            Compute::Aborted(kept) => kept,
+            Compute::Updated {
+                old: (_, old),
+                new: (_, new),
+            } => {
+                old.forget_dropped(new);
+                true
+            }
+            Compute::Inserted(..) => true,
+            Compute::Removed(..) => false,
+        };
+        if kept {
+            state.kept.store(true, Ordering::Release);
+        }
+        kept
     }
 
     fn decide(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
@@ -218,7 +350,7 @@ impl MemoryLimiter {
         if state.is_none() {
             shared.states.make_room(now);
         }
-        let added = [Slot::new(policy, fingerprint, now)];
+        let added = [Slot::new(policy, fingerprint, now, shared.id)];
         let slots = self.add_slots(&map, id, &added, now);
         let slot = slots
             .as_ref()
@@ -254,10 +386,14 @@ impl MemoryLimiter {
             None => Operation::Insert(KeyState::from_slots(added.to_vec())),
         });
         match outcome {
-            Compute::Inserted(_, state)
-            | Compute::Updated {
-                new: (_, state), ..
-            } => Some(state),
+            Compute::Inserted(_, state) => Some(state),
+            Compute::Updated {
+                old: (_, old),
+                new: (_, state),
+            } => {
+                old.forget_dropped(state);
+                Some(state)
+            }
             Compute::Aborted(()) | Compute::Removed(..) => map.get(id),
         }
     }
@@ -282,7 +418,7 @@ impl MemoryLimiter {
             added = policies
                 .iter()
                 .filter(|policy| find(state, policy).is_none())
-                .map(|policy| Slot::new(policy, policy.fingerprint(), now))
+                .map(|policy| Slot::new(policy, policy.fingerprint(), now, shared.id))
                 .collect();
             state = self.add_slots(&map, id, &added, now);
         } else {
@@ -428,6 +564,42 @@ impl KeyState {
         KeyState::from_slots(slots)
     }
 
+    /// Marks the rate states of `self` that `new` (its successor in the
+    /// table) left out as no longer kept.
+    fn forget_dropped(&self, new: &KeyState) {
+        self.for_each_rate(|rate| {
+            if !matches!(new.find(rate.fingerprint), Some(SlotRef::Rate(kept)) if std::ptr::eq(kept, rate))
+            {
+                rate.kept.store(false, Ordering::Release);
+            }
+        });
+    }
+
+    fn for_each_rate(&self, mut f: impl FnMut(&RateState)) {
+        match self {
+            KeyState::OneRate(rate) => f(rate),
+            KeyState::Many(slots) => {
+                for slot in slots.iter() {
+                    if let Slot::Rate(rate) = slot {
+                        f(rate);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The shared state of the rate policy with this fingerprint.
+    fn rate(&self, fingerprint: u64) -> Option<&Arc<RateState>> {
+        let rate = match self {
+            KeyState::OneRate(rate) => Some(rate),
+            KeyState::Many(slots) => slots.iter().find_map(|slot| match slot {
+                Slot::Rate(rate) if rate.fingerprint == fingerprint => Some(rate),
+                _ => None,
+            }),
+        };
+        rate.filter(|rate| rate.fingerprint == fingerprint)
+    }
+
     fn from_slots(slots: Vec<Slot>) -> KeyState {
         match <[Slot; 1]>::try_from(slots) {
             Ok([Slot::Rate(rate)]) => KeyState::OneRate(rate),
@@ -438,13 +610,17 @@ impl KeyState {
 }
 
 impl Slot {
-    fn new(policy: &Policy, fingerprint: u64, now: u64) -> Self {
+    fn new(policy: &Policy, fingerprint: u64, now: u64, limiter: u32) -> Self {
         let name = name_hash(policy.name());
         match policy {
             Policy::Rate(_) => Slot::Rate(Arc::new(RateState {
                 fingerprint,
                 name,
                 tat: AtomicU64::new(0),
+                limiter,
+                // Made to go into the table at once (if another request
+                // put one there first, this one is dropped unplanted).
+                kept: AtomicBool::new(true),
             })),
             Policy::Credits(credits) => Slot::Credits(Arc::new(CreditState {
                 fingerprint,
@@ -625,6 +801,14 @@ impl Limiter for MemoryLimiter {
     ) -> Option<Result<Decision, LimitError>> {
         Some(self.decide(id, limits, cost))
     }
+
+    fn check_principal_immediate(
+        &self,
+        principal: &Principal,
+        cost: u32,
+    ) -> Option<Result<Decision, LimitError>> {
+        Some(self.decide_record(principal.record(), cost))
+    }
 }
 
 #[cfg(test)]
@@ -641,7 +825,125 @@ mod tests {
         // With the 12-byte id, a 40-byte map entry: 48 bytes from malloc
         // (and, for one rate policy, its 48-byte state).
         assert!(std::mem::size_of::<KeyState>() <= 24);
-        assert!(std::mem::size_of::<RateState>() <= 24);
+        assert!(std::mem::size_of::<RateState>() <= 32);
+    }
+
+    fn principal(limits: &Limits) -> Principal {
+        let hash = crate::key::KeyHash::from_bytes([7; 32]);
+        let record =
+            KeyRecord::new(id(), hash, "acme", std::time::UNIX_EPOCH).with_limits(limits.clone());
+        Principal::new(Arc::new(record))
+    }
+
+    fn through(limiter: &MemoryLimiter, principal: &Principal) -> bool {
+        let decision = limiter.check_principal_immediate(principal, 1).unwrap();
+        decision.unwrap().is_allowed()
+    }
+
+    fn by_id(limiter: &MemoryLimiter, limits: &Limits) -> bool {
+        let decision = limiter.check_immediate(&id(), limits, 1).unwrap();
+        decision.unwrap().is_allowed()
+    }
+
+    /// The record's shortcut and a look-up by key id reach one state.
+    #[test]
+    fn a_record_carries_its_state_and_shares_the_budget() {
+        let limits = Limits::new([rate("burst", 3, 60)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let principal = principal(&limits);
+        assert!(through(&limiter, &principal));
+        assert!(principal.record().limit_slot.0.get().is_some(), "planted");
+        assert!(by_id(&limiter, &limits));
+        assert!(through(&limiter, &principal));
+        assert!(!through(&limiter, &principal));
+        assert!(!by_id(&limiter, &limits));
+        // A copy of the record (an update) starts without a shortcut and
+        // finds the same state.
+        let copy = Principal::new(Arc::new(KeyRecord::clone(principal.record())));
+        assert!(copy.record().limit_slot.0.get().is_none());
+        assert!(!through(&limiter, &copy));
+        assert_eq!(limiter.tracked_keys(), 1);
+    }
+
+    /// A state the table dropped while idle is taken back by the next
+    /// check through the shortcut, not made a second time.
+    #[test]
+    fn a_swept_state_is_taken_back_by_its_record() {
+        let clock = FakeClock::default();
+        let limits = Limits::new([rate("burst", 2, 1)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(clock.clone());
+        let principal = principal(&limits);
+        assert!(through(&limiter, &principal));
+        clock.advance(Duration::from_secs(61));
+        // A new key is added after the sweep interval: idle states go.
+        let other: KeyId = "zyxwvutsrqpo".parse().unwrap();
+        limiter
+            .check_immediate(&other, &limits, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(limiter.tracked_keys(), 1, "swept");
+        assert!(through(&limiter, &principal));
+        assert_eq!(limiter.tracked_keys(), 2, "taken back");
+        assert!(by_id(&limiter, &limits));
+        assert!(!through(&limiter, &principal));
+        assert!(!by_id(&limiter, &limits));
+    }
+
+    #[test]
+    fn forget_restarts_a_planted_state() {
+        let limits = Limits::new([rate("burst", 1, 60)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let principal = principal(&limits);
+        assert!(through(&limiter, &principal));
+        assert!(!through(&limiter, &principal));
+        limiter.forget(&id());
+        assert_eq!(limiter.tracked_keys(), 0);
+        assert!(through(&limiter, &principal));
+        assert!(!by_id(&limiter, &limits), "one state, back in the table");
+    }
+
+    #[test]
+    fn another_limiter_keeps_its_own_budget_for_the_same_record() {
+        let limits = Limits::new([rate("burst", 1, 60)]).unwrap();
+        let first = MemoryLimiter::new().with_clock(FakeClock::default());
+        let second = MemoryLimiter::new().with_clock(FakeClock::default());
+        let principal = principal(&limits);
+        assert!(through(&first, &principal));
+        assert!(!through(&first, &principal));
+        assert!(through(&second, &principal));
+        assert!(!through(&second, &principal));
+    }
+
+    /// Requests through the shortcut and by key id at once: one budget.
+    #[test]
+    fn the_shortcut_and_the_table_under_contention() {
+        let limits = Limits::new([rate("burst", 20, 60)]).unwrap();
+        for round in 0..40u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let principal = principal(&limits);
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(4);
+            std::thread::scope(|scope| {
+                for thread in 0..4 {
+                    let (limiter, limits, principal) = (&limiter, &limits, &principal);
+                    let (allowed, barrier) = (&allowed, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        for _ in 0..10 {
+                            let passed = if thread % 2 == 0 {
+                                through(limiter, principal)
+                            } else {
+                                by_id(limiter, limits)
+                            };
+                            if passed {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(allowed.load(Ordering::Relaxed), 20, "round {round}");
+        }
     }
 
     #[test]
@@ -734,7 +1036,7 @@ mod tests {
         let map = limiter.shared.states.map().pin();
         map.insert(
             id(),
-            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now)]),
+            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now, 0)]),
         );
         let borrowed = map.get(&id()).unwrap().find(burst.fingerprint()).unwrap();
         assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));

@@ -99,6 +99,7 @@ pub use gcra::{Gcra, GcraOutcome};
 pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
 pub(crate) use limiter::shared as shared_limiter;
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
+pub(crate) use memory::LimitSlot;
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
 #[cfg(feature = "redis")]

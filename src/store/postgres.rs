@@ -134,7 +134,9 @@ impl Queries {
 /// sign requests), `publishable` and `allowed_origins text[]` (for keys
 /// meant for browsers), times as `timestamptz` (`created_at`,
 /// `expires_at`, `not_before`, `revoked_at`, and `last_used_at`, which the
-/// usage exporter fills), and a `version` that every write increments.
+/// usage exporter fills when given this [`table`](Self::table) with
+/// [`PgUsage::keys_table`](crate::usage::PgUsage::keys_table)), and a
+/// `version` that every write increments.
 ///
 /// - Every call has a [timeout](Self::timeout) (1 s by default); failures
 ///   and timeouts are [counted](Self::stats) and logged with the key id
@@ -205,7 +207,9 @@ impl PgStore {
         self
     }
 
-    /// The records table, quoted for SQL: `"schema"."table"`.
+    /// The records table, quoted for SQL: `"schema"."table"`. Give it to
+    /// [`PgUsage::keys_table`](crate::usage::PgUsage::keys_table) so that
+    /// usage export keeps each key's `last_used_at`.
     pub fn table(&self) -> &QualifiedName {
         &self.table
     }

@@ -149,11 +149,25 @@ impl PgUsage {
         })
     }
 
-    /// The keys table of your `PgStore` (its qualified name): the exporter
-    /// sets its `last_used_at` from each batch (at most once a minute a
-    /// key, so a busy key does not rewrite its row on every batch), and
-    /// fills in rollups' missing owners from its `owner` column. Its key
-    /// id column is `id`.
+    /// The keys table of your [`PgStore`](crate::store::PgStore): pass
+    /// [`PgStore::table`](crate::store::PgStore::table). The exporter sets
+    /// its `last_used_at` from each batch (at most once a minute a key, so
+    /// a busy key does not rewrite its row on every batch), and fills in
+    /// rollups' missing owners from its `owner` column; it writes nothing
+    /// else there. Another table works if it has those columns and the key
+    /// id in `id`.
+    ///
+    /// ```no_run
+    /// use keyward::store::PgStore;
+    /// use keyward::usage::PgUsage;
+    ///
+    /// # async fn run(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let keys = PgStore::new(pool.clone()).with_table("auth", "api_keys")?;
+    /// let usage = PgUsage::new(pool, "auth")?.keys_table(keys.table().clone());
+    /// # let _ = usage;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[must_use]
     pub fn keys_table(mut self, keys: QualifiedName) -> Self {
         Arc::make_mut(&mut self.tables).keys = Some(keys);
