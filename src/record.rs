@@ -222,6 +222,8 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("not_before", &self.not_before)
             .field("allowed_networks", &self.allowed_networks)
+            .field("publishable", &self.publishable)
+            .field("allowed_origins", &self.allowed_origins)
             .field("scopes", &self.scopes)
             .field("limits", &self.limits)
             .field("owner", &self.owner)
