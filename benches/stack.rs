@@ -33,6 +33,12 @@
 //! `BatchingSink`'s worker runs on a one-thread tokio runtime beside it.
 //!
 //! `cargo bench --bench stack`
+//!
+//! With the `metrics` feature, the layers report to the `metrics` facade:
+//! to no recorder by default, or, with `KEYWARD_BENCH_RECORDER=registry`,
+//! to a recorder that does per event what an exporter such as
+//! metrics-exporter-prometheus does (the key's handle looked up in
+//! `metrics-util`'s sharded `Registry`, then an atomic add).
 
 mod support;
 
@@ -205,7 +211,47 @@ impl<B> StatusOf for Response<B> {
     }
 }
 
+/// What an exporter does with each event (see the module docs).
+#[cfg(feature = "metrics")]
+mod registry_recorder {
+    use metrics::{
+        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
+    };
+    use metrics_util::registry::{AtomicStorage, Registry};
+
+    pub(crate) struct RegistryRecorder(Registry<Key, AtomicStorage>);
+
+    impl Recorder for RegistryRecorder {
+        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+            self.0
+                .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
+        }
+        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+            self.0
+                .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
+        }
+        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+            self.0
+                .get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
+        }
+    }
+
+    /// Installs it as the global recorder if `KEYWARD_BENCH_RECORDER=registry`.
+    pub(crate) fn install_if_asked() {
+        if std::env::var("KEYWARD_BENCH_RECORDER").as_deref() == Ok("registry") {
+            metrics::set_global_recorder(RegistryRecorder(Registry::atomic()))
+                .expect("no other recorder");
+            eprintln!("metrics: reporting to a registry recorder");
+        }
+    }
+}
+
 fn stack(c: &mut Criterion) {
+    #[cfg(feature = "metrics")]
+    registry_recorder::install_if_asked();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

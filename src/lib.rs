@@ -26,6 +26,8 @@
 //! - [`key`]: the key format, generator and hashing;
 //! - [`record`] and [`store`]: what is kept about a key, and where;
 //! - [`auth`]: [`AuthLayer`] and the [`Principal`] it hands to your service;
+//! - [`credential`]: the kinds of credential besides API keys, and the
+//!   [`Verifier`](credential::Verifier) trait that plugs one into [`AuthLayer`];
 //! - [`scope`]: scopes and wildcard grants;
 //! - [`limit`]: per-key rate limits and credits, [`RateLimitLayer`];
 //! - [`authorize`]: [`RequireScopes`], the per-route scope check;
@@ -45,6 +47,8 @@
 //!   bodies checked against `Content-Digest` (RFC 9530).
 //! - `jwt` (feature `jwt`): JWT-based keys, verified on the injected
 //!   clock with algorithms fixed per key, revocable through the store.
+//! - `metrics` (feature `metrics`): the metrics the layers report through
+//!   the `metrics` facade, each with its type, labels and meaning.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
 //!
 //! # Implementing keyward's traits
@@ -75,6 +79,11 @@
 //!   base64ct).
 //! - `jwt`: `jwt` (JWT-based keys: `JwtVerifier`, `JwtIssuer`; adds
 //!   jsonwebtoken with its RustCrypto backend, serde and serde_json).
+//! - `metrics`: `metrics`, counters and histograms through the `metrics`
+//!   facade (any exporter): authentication outcomes by reason, limiter
+//!   decisions by policy, throttle hits, store and limiter latency and
+//!   errors, cache hits and misses, dropped usage events. Never a key id
+//!   or an owner in a label. Without the feature, none of it is compiled.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -85,6 +94,7 @@ pub mod clock;
 #[cfg(feature = "signatures")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signatures")))]
 pub mod content_digest;
+pub mod credential;
 mod future;
 pub mod grpc;
 #[cfg(feature = "jwt")]
@@ -93,6 +103,9 @@ pub mod jwt;
 pub mod key;
 pub mod limit;
 pub mod manager;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -119,6 +132,7 @@ pub mod usage;
 pub use async_trait::async_trait;
 pub use auth::{AuthLayer, Principal};
 pub use authorize::RequireScopes;
+pub use credential::CredentialKind;
 pub use key::{ApiKey, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyId};
 pub use limit::{Limits, MemoryLimiter, RateLimitLayer};
 pub use manager::KeyManager;

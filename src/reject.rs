@@ -10,7 +10,7 @@
 //! | reason | status | `WWW-Authenticate` (RFC 6750) |
 //! |---|---|---|
 //! | missing key | 401 | `Bearer realm="api"` |
-//! | malformed request (key sent twice, two keys) | 400 | `error="invalid_request"` |
+//! | malformed request (key sent twice, two keys), two kinds of credential | 400 | `error="invalid_request"` |
 //! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key; bad, stale or replayed signature; a JWT's claims not accepted | 401 | `error="invalid_token"` |
 //! | insufficient scope | 403 | `error="insufficient_scope", scope="..."` |
 //! | restricted (network, environment) | 403 | none |
@@ -117,6 +117,11 @@ pub enum RejectReason {
     /// example, signed requests without
     /// `content_digest::ContentDigestLayer`); refused, fail closed.
     Misconfigured,
+    /// The request carries two different kinds of credential (an API key
+    /// and a signature, a JWT and a publishable key, …): which one should
+    /// count is not the server's to guess. Answered like
+    /// [`InvalidRequest`](Self::InvalidRequest), `400 invalid_request`.
+    TwoCredentials,
     /// A publishable key (or one restricted to origins) sent from a missing,
     /// `null`, malformed or not allowed `Origin` (or `Referer`): see
     /// [`auth::origin`](crate::auth::origin).
@@ -130,7 +135,7 @@ pub enum RejectReason {
 impl RejectReason {
     /// Every reason, in declaration order (`reason as usize` indexes it):
     /// for counters and dashboards that keep one slot a reason.
-    pub const ALL: [RejectReason; 23] = [
+    pub const ALL: [RejectReason; 24] = [
         RejectReason::MissingKey,
         RejectReason::InvalidRequest,
         RejectReason::MalformedKey,
@@ -152,6 +157,7 @@ impl RejectReason {
         RejectReason::ReplayedSignature,
         RejectReason::BodyTooLarge,
         RejectReason::Misconfigured,
+        RejectReason::TwoCredentials,
         RejectReason::OriginNotAllowed,
         RejectReason::InvalidClaims,
     ];
@@ -180,6 +186,7 @@ impl RejectReason {
             RejectReason::ReplayedSignature => "replayed_signature",
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::Misconfigured => "misconfigured",
+            RejectReason::TwoCredentials => "two_credentials",
             RejectReason::OriginNotAllowed => "origin_not_allowed",
             RejectReason::InvalidClaims => "invalid_claims",
         }
@@ -207,7 +214,7 @@ impl RejectReason {
     /// The HTTP status this reason answers with.
     pub fn status(&self) -> StatusCode {
         match self {
-            RejectReason::InvalidRequest => StatusCode::BAD_REQUEST,
+            RejectReason::InvalidRequest | RejectReason::TwoCredentials => StatusCode::BAD_REQUEST,
             RejectReason::InsufficientScope
             | RejectReason::Restricted
             | RejectReason::OriginNotAllowed => StatusCode::FORBIDDEN,
@@ -514,7 +521,7 @@ fn problem_response(realm: &str, rejection: &Rejection) -> Response<Bytes> {
 
     let challenge = match reason {
         RejectReason::MissingKey => Some(format!(r#"Bearer realm="{realm}""#)),
-        RejectReason::InvalidRequest => Some(format!(
+        RejectReason::InvalidRequest | RejectReason::TwoCredentials => Some(format!(
             r#"Bearer realm="{realm}", error="invalid_request""#
         )),
         RejectReason::InsufficientScope => Some(match rejection.required_scopes() {
@@ -593,6 +600,9 @@ pub(crate) fn client_message(reason: RejectReason) -> &'static str {
         RejectReason::MissingKey => "An API key is required.",
         RejectReason::InvalidRequest => {
             "The request carries its credentials more than once or malformed."
+        }
+        RejectReason::TwoCredentials => {
+            "The request carries two kinds of credential; send exactly one."
         }
         RejectReason::InsufficientScope => "This API key lacks a scope this route requires.",
         RejectReason::Restricted => "This API key may not be used from here.",

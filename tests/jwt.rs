@@ -534,3 +534,168 @@ fn bearer_tokens_are_told_from_api_keys_by_shape() {
     headers.insert("authorization", "Basic eyJh.eyJz.c2ln".parse().unwrap());
     assert_eq!(JwtVerifier::bearer(&headers), None);
 }
+
+mod through_auth_layer {
+    use super::*;
+    use axum::routing::get;
+    use axum::Router;
+    use http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use keyward::{AuthLayer, MemoryLimiter, Principal, RateLimitLayer};
+    use tower::ServiceExt;
+
+    fn app(f: &Fixture) -> Router {
+        let auth = AuthLayer::new(f.store.clone(), f.manager.format().clone())
+            .clock(f.clock.clone())
+            .credential(f.verifier());
+        Router::new()
+            .route(
+                "/whoami",
+                get(|who: Principal, headers: http::HeaderMap| async move {
+                    // The credential never reaches the handler.
+                    assert!(!headers.contains_key("authorization"));
+                    format!("{} {} {}", who.owner(), who.credential(), who.scopes())
+                }),
+            )
+            .layer(RateLimitLayer::new(
+                MemoryLimiter::new().with_clock(f.clock.clone()),
+            ))
+            .layer(auth)
+    }
+
+    async fn call(
+        app: &Router,
+        headers: &[(&str, String)],
+    ) -> (StatusCode, http::HeaderMap, String) {
+        let mut request = Request::get("/whoami");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = app
+            .clone()
+            .oneshot(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn bearer(token: &str) -> (&'static str, String) {
+        ("authorization", format!("Bearer {token}"))
+    }
+
+    #[tokio::test]
+    async fn jwts_and_api_keys_side_by_side() {
+        let f = Fixture::new();
+        let app = app(&f);
+        let jwt = f.issue("pets:read").await;
+        let key = f
+            .manager
+            .issue(IssueOptions::new("keyholder").scopes("pets:write".parse().unwrap()))
+            .await
+            .unwrap()
+            .key;
+        let (status, _, body) = call(&app, &[bearer(&jwt.token)]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "acme jwt pets:read")
+        );
+        // An API key in the same header still goes to the API-key path.
+        let (status, _, body) = call(&app, &[bearer(key.expose_secret())]).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "keyholder api_key pets:write")
+        );
+        // A JWT and an API key in one request: two credentials.
+        let (status, _, _) = call(
+            &app,
+            &[
+                bearer(&jwt.token),
+                ("x-api-key", key.expose_secret().to_owned()),
+            ],
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn every_bad_token_is_the_uniform_401() {
+        let f = Fixture::new();
+        let app = app(&f);
+        // The answer to a bad API key: what every bad token must look like.
+        let stranger = keyward::KeyGenerator::new(f.manager.format().clone())
+            .generate()
+            .unwrap();
+        let (status, headers, body) = call(&app, &[bearer(stranger.expose_secret())]).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let uniform = (status, headers["www-authenticate"].clone(), body);
+        assert!(uniform.1.to_str().unwrap().contains("invalid_token"));
+
+        let good = f.issue("pets:read").await;
+        let revoked = f.issue("pets:read").await;
+        f.manager.revoke(&revoked.record.id).await.unwrap();
+        let claims = f.claims(good.record.id.as_str());
+        let spoil = |field: &str, value: Value| {
+            let mut claims = claims.clone();
+            claims[field] = value;
+            hs256(&SECRET, Some("k1"), &claims)
+        };
+        let signer = p256::ecdsa::SigningKey::try_generate_from_rng(&mut SysRng).unwrap();
+        let public = signer.verifying_key().to_sec1_bytes();
+        f.keys.insert(
+            JwtKey::new("ec", Algorithm::ES256, DecodingKey::from_ec_der(&public)).unwrap(),
+        );
+        let mut big = claims.clone();
+        big["padding"] = json!("x".repeat(9000));
+        let bad = [
+            (
+                "alg none",
+                raw(&json!({"alg": "none", "kid": "k1"}), &claims, ""),
+            ),
+            ("confusion", hs256(&public, Some("ec"), &claims)),
+            ("expired", spoil("exp", json!(f.now() - 60))),
+            ("not yet valid", spoil("nbf", json!(f.now() + 600))),
+            ("audience", spoil("aud", json!("other"))),
+            ("issuer", spoil("iss", json!("https://evil.example.com"))),
+            ("scope", spoil("scope", json!("pets:read  pets:write"))),
+            ("unknown kid", hs256(&SECRET, Some("k9"), &claims)),
+            ("revoked jti", revoked.token.clone()),
+            ("oversized", hs256(&SECRET, Some("k1"), &big)),
+        ];
+        for (what, token) in bad {
+            let (status, headers, body) = call(&app, &[bearer(&token)]).await;
+            assert_eq!(
+                (status, headers["www-authenticate"].clone(), body),
+                uniform,
+                "{what}"
+            );
+        }
+        assert_eq!(call(&app, &[bearer(&good.token)]).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn the_records_limits_apply_behind_a_jwt() {
+        let f = Fixture::new();
+        let app = app(&f);
+        let limits = Limits::new([RatePolicy::new("burst", 2, Duration::from_secs(60))
+            .unwrap()
+            .into()])
+        .unwrap();
+        let issued = f
+            .manager
+            .issue_jwt(&f.issuer, IssueOptions::new("acme").limits(limits), HOUR)
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            assert_eq!(call(&app, &[bearer(&issued.token)]).await.0, StatusCode::OK);
+        }
+        let (status, headers, _) = call(&app, &[bearer(&issued.token)]).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(headers.contains_key("retry-after"));
+    }
+}

@@ -311,7 +311,7 @@ async fn through_an_axum_router() {
     let app = Router::new()
         .route(
             "/whoami",
-            get(|who: Principal| async move { who.owner().to_owned() }),
+            get(|who: Principal| async move { format!("{} {}", who.owner(), who.credential()) }),
         )
         .layer(f.auth());
     let call = |origin: Option<&'static str>| {
@@ -334,7 +334,7 @@ async fn through_an_axum_router() {
     };
     assert_eq!(
         call(Some("https://app.example.com")).await,
-        (StatusCode::OK, "shop".to_owned())
+        (StatusCode::OK, "shop publishable".to_owned())
     );
     assert_eq!(
         call(Some("https://example.com")).await.0,

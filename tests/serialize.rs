@@ -247,6 +247,7 @@ async fn a_principal_is_who_is_calling_and_nothing_more() {
             "name": "CI",
             "scopes": ["pets:read", "pets:write"],
             "metadata": {"tier": "pro"},
+            "credential": "api_key",
         })
     );
     assert_no_secret(&json, &f);

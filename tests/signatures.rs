@@ -24,7 +24,7 @@ use keyward::signature::{
     BaseContext, MessageSignature, RequestSigner, SignatureError, SignatureVerifier, SigningKey,
 };
 use keyward::store::{KeyStore, MemoryStore};
-use keyward::KeyRecord;
+use keyward::{AuthLayer, KeyRecord, Principal};
 use tower::{ServiceBuilder, ServiceExt};
 
 // RFC 9421 Appendix B.1.4: test-key-ed25519. The private key is the last
@@ -932,4 +932,190 @@ fn records_keep_their_verification_key_through_serde() {
     assert_eq!(serde_json::from_str::<KeyRecord>(&json).unwrap(), plain);
     // Debug never shows the secret.
     assert!(!format!("{record:?}").contains("0707"));
+}
+
+/// A store that never answers at once (as a database): the layer awaits it.
+#[derive(Debug)]
+struct Awaited(MemoryStore);
+
+#[keyward::async_trait]
+impl KeyStore for Awaited {
+    async fn find(&self, id: &keyward::KeyId) -> keyward::store::Lookup {
+        tokio::task::yield_now().await;
+        self.0.find(id).await
+    }
+    async fn insert(&self, record: KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.0.insert(record).await
+    }
+    async fn update(&self, record: KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.0.update(record).await
+    }
+    async fn revoke(
+        &self,
+        id: &keyward::KeyId,
+        at: std::time::SystemTime,
+    ) -> Result<(), keyward::store::StoreError> {
+        self.0.revoke(id, at).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<Arc<KeyRecord>>, keyward::store::StoreError> {
+        self.0.list_by_owner(owner).await
+    }
+}
+
+/// `ContentDigestLayer` → `AuthLayer` with `verifier` as a credential →
+/// a handler that answers the principal's owner and kind and the body it
+/// read.
+async fn through_auth_layer(
+    keys: &Keys,
+    verifier: SignatureVerifier,
+    request: Request<Full<Bytes>>,
+) -> Answer {
+    let layer = AuthLayer::new(keys.store.clone(), KeyFormat::new("sk_test").unwrap())
+        .clock(keys.clock.clone())
+        .credential(verifier);
+    let response = ServiceBuilder::new()
+        .layer(ContentDigestLayer::new())
+        .layer(layer)
+        .service_fn(|request: Request<DigestBody<Full<Bytes>>>| async move {
+            let who = request.extensions().get::<Principal>().cloned().unwrap();
+            let body = match request.into_body().collect().await {
+                Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                Err(e) => format!("body error: {e}"),
+            };
+            let answer = format!("{} {} {body}", who.owner(), who.credential());
+            Ok::<_, Infallible>(Response::new(answer))
+        })
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let reason = response
+        .extensions()
+        .get::<Rejection>()
+        .map(Rejection::reason);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        reason,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn auth_layer_authenticates_signed_requests_as_a_credential() {
+    let keys = keys().await;
+    for awaited in [false, true] {
+        let verifier = if awaited {
+            SignatureVerifier::new(Awaited(keys.store.clone())).clock(keys.clock.clone())
+        } else {
+            keys.verifier()
+        };
+        let request = signed(&keys.signer(), Method::POST, URI, BODY);
+        let answer = through_auth_layer(&keys, verifier.clone(), request.clone()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+        assert_eq!(answer.body, format!("acme signature {BODY}"));
+
+        // Replayed, through the layer too.
+        let again = through_auth_layer(&keys, verifier.clone(), request).await;
+        assert_refused(&again, RejectReason::ReplayedSignature);
+
+        // A tampered body never reaches the handler whole.
+        let mut tampered = signed(&keys.signer(), Method::POST, URI, BODY);
+        *tampered.body_mut() = Full::new(Bytes::from_static(br#"{"name":"Jerry"}"#));
+        let answer = through_auth_layer(&keys, verifier.clone(), tampered).await;
+        assert!(!answer.body.contains("Jerry"), "{answer:?}");
+
+        // A tampered path is the uniform 401.
+        let mut moved = signed(&keys.signer(), Method::POST, URI, BODY);
+        *moved.uri_mut() = "https://api.example.com/owners?kind=cat".parse().unwrap();
+        let answer = through_auth_layer(&keys, verifier.clone(), moved).await;
+        assert_refused(&answer, RejectReason::BadSignature);
+    }
+}
+
+#[tokio::test]
+async fn a_signature_and_an_api_key_together_are_refused() {
+    let keys = keys().await;
+    let issued = keys
+        .manager
+        .issue(IssueOptions::new("initech"))
+        .await
+        .unwrap();
+    let mut request = signed(&keys.signer(), Method::GET, URI, "");
+    request.headers_mut().insert(
+        "x-api-key",
+        HeaderValue::from_str(issued.key.expose_secret()).unwrap(),
+    );
+    let answer = through_auth_layer(&keys, keys.verifier(), request).await;
+    assert_refused(&answer, RejectReason::TwoCredentials);
+
+    // Each alone is fine; the API key keeps its kind.
+    let plain = Request::get(URI)
+        .header("x-api-key", issued.key.expose_secret())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = through_auth_layer(&keys, keys.verifier(), plain).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body, "initech api_key ");
+
+    // Nothing at all: the plain 401.
+    let nothing = Request::get(URI).body(Full::new(Bytes::new())).unwrap();
+    let answer = through_auth_layer(&keys, keys.verifier(), nothing).await;
+    assert_refused(&answer, RejectReason::MissingKey);
+}
+
+#[tokio::test]
+async fn auth_layer_refuses_signed_requests_without_the_digest_layer() {
+    let keys = keys().await;
+    let layer = AuthLayer::new(keys.store.clone(), KeyFormat::new("sk_test").unwrap())
+        .credential(keys.verifier());
+    let response = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(String::from("reached")))
+        })
+        .oneshot(signed(&keys.signer(), Method::GET, URI, ""))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        response.extensions().get::<Rejection>().unwrap().reason(),
+        RejectReason::Misconfigured
+    );
+}
+
+#[tokio::test]
+async fn signed_requests_work_in_an_axum_router() {
+    use axum::routing::post;
+    let keys = keys().await;
+    let layer = AuthLayer::new(keys.store.clone(), KeyFormat::new("sk_test").unwrap())
+        .clock(keys.clock.clone())
+        .credential(keys.verifier());
+    let router: axum::Router = axum::Router::new()
+        .route(
+            "/pets",
+            post(|who: Principal, body: String| async move {
+                format!("{} {} {body}", who.owner(), who.credential())
+            }),
+        )
+        .layer(layer)
+        .layer(ContentDigestLayer::new());
+    let request = signed(&keys.signer(), Method::POST, URI, BODY).map(axum::body::Body::new);
+    let response = router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, format!("acme signature {BODY}").as_bytes());
+
+    let mut tampered = signed(&keys.signer(), Method::POST, URI, BODY);
+    *tampered.body_mut() = Full::new(Bytes::from_static(br#"{"name":"Jerry"}"#));
+    let response = router
+        .oneshot(tampered.map(axum::body::Body::new))
+        .await
+        .unwrap();
+    assert_ne!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(!String::from_utf8_lossy(&body).contains("Jerry"));
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
+use crate::credential::CredentialKind;
 use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
@@ -137,10 +138,7 @@ impl Authenticator {
     pub async fn authenticate(&self, presented: &str) -> Result<Principal, Rejection> {
         match self.begin(presented) {
             Begun::Done(result) => result,
-            Begun::Lookup(pending) => {
-                let lookup = self.store.find(&pending.id).await;
-                self.finish(pending, lookup)
-            }
+            Begun::Lookup(pending) => self.complete(pending).await,
         }
     }
 
@@ -163,9 +161,29 @@ impl Authenticator {
         }
     }
 
+    /// Looks the record of a parsed key up (awaiting the store), then
+    /// checks it.
+    pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
+        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
+        self.finish(pending, lookup)
+    }
+
     /// Compares and checks the record a look-up returned.
     pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
         self.check(pending.id, pending.secret.as_str(), lookup)
+    }
+
+    /// Whether `presented` looks like an API key of this authenticator
+    /// (it begins with the format's prefix and `_`): how
+    /// [`AuthLayer`](super::AuthLayer) tells an API key from another
+    /// credential in the same place (a JWT in `Authorization: Bearer`).
+    /// No parsing, no checksum: a key that looks like one and is malformed
+    /// is still an API key, refused as such.
+    pub fn recognises(&self, presented: &str) -> bool {
+        let prefix = self.format.prefix();
+        presented.len() > prefix.len()
+            && presented.as_bytes()[prefix.len()] == b'_'
+            && presented.starts_with(prefix)
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
@@ -182,6 +200,8 @@ impl Authenticator {
                 return refuse(RejectReason::UnknownKey);
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
@@ -213,7 +233,14 @@ impl Authenticator {
             std::time::UNIX_EPOCH
         };
         match record.validity_at(now) {
-            Ok(()) => Ok(Principal::new(record)),
+            Ok(()) => {
+                let kind = if record.publishable {
+                    CredentialKind::Publishable
+                } else {
+                    CredentialKind::ApiKey
+                };
+                Ok(Principal::with_credential(record, kind))
+            }
             Err(Invalidity::Expired) => refuse(RejectReason::Expired),
             Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
             Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),

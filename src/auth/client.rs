@@ -50,7 +50,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::header::{HeaderName, FORWARDED};
-use http::{HeaderMap, Request};
+use http::{Extensions, HeaderMap, Request};
 use ipnet::IpNet;
 
 use super::layer::AuthConfig;
@@ -110,11 +110,17 @@ impl TrustedProxies {
     /// unknown, or when a forwarding hop that must be read is not an
     /// address (`unknown`, junk).
     pub fn client_addr<B>(&self, request: &Request<B>) -> Option<IpAddr> {
-        let peer = peer_addr(request)?;
+        self.client_addr_of(request.headers(), request.extensions())
+    }
+
+    /// [`client_addr`](Self::client_addr) from a request's headers and
+    /// extensions.
+    pub fn client_addr_of(&self, headers: &HeaderMap, extensions: &Extensions) -> Option<IpAddr> {
+        let peer = peer_addr(extensions)?;
         if self.0.is_empty() || !self.trusts(peer) {
             return Some(peer);
         }
-        self.walk(peer, request.headers())
+        self.walk(peer, headers)
     }
 
     /// `None` when a hop that must be read is not an address: the client
@@ -252,8 +258,8 @@ fn canonical(addr: IpAddr) -> IpAddr {
     }
 }
 
-fn peer_addr<B>(request: &Request<B>) -> Option<IpAddr> {
-    if let Some(ClientAddr(addr)) = request.extensions().get::<ClientAddr>() {
+fn peer_addr(extensions: &Extensions) -> Option<IpAddr> {
+    if let Some(ClientAddr(addr)) = extensions.get::<ClientAddr>() {
         return Some(*addr);
     }
     #[cfg(feature = "axum")]
@@ -261,12 +267,10 @@ fn peer_addr<B>(request: &Request<B>) -> Option<IpAddr> {
         use axum::extract::connect_info::{ConnectInfo, MockConnectInfo};
         // As axum's own `ConnectInfo` extractor: the real one, else the
         // test double.
-        if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        if let Some(ConnectInfo(addr)) = extensions.get::<ConnectInfo<SocketAddr>>() {
             return Some(addr.ip());
         }
-        if let Some(MockConnectInfo(addr)) =
-            request.extensions().get::<MockConnectInfo<SocketAddr>>()
-        {
+        if let Some(MockConnectInfo(addr)) = extensions.get::<MockConnectInfo<SocketAddr>>() {
             return Some(addr.ip());
         }
     }

@@ -9,15 +9,11 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::authenticator::Pending;
 use super::layer::AuthConfig;
-use super::service::admit;
-use super::source::SourceMask;
+use super::service::{admit, Found};
 use super::Principal;
 use crate::body::ResponseBody;
-use crate::store::Lookup;
-
-type BoxLookup = Pin<Box<dyn Future<Output = Lookup> + Send>>;
+use crate::credential::VerifyFuture;
 
 pin_project! {
     /// The response future of [`AuthService`](super::AuthService).
@@ -32,9 +28,10 @@ pin_project! {
     enum State<F, S, ReqBody> {
         // Authenticated: waiting for the inner service.
         Inner { #[pin] future: F, principal: Option<Principal> },
-        // Waiting for a store that does not answer at once.
-        // (boxed: the rare case must not make every future larger)
-        Lookup { lookup: BoxLookup, waiting: Option<Box<Waiting<S, ReqBody>>> },
+        // Waiting for a store that does not answer at once, or a
+        // verifier's I/O. (boxed: the rare case must not make every
+        // future larger)
+        Verifying { verifying: VerifyFuture, waiting: Option<Box<Waiting<S, ReqBody>>> },
         // Refused.
         Rejected { response: Option<Response<Bytes>> },
     }
@@ -42,8 +39,7 @@ pin_project! {
 
 struct Waiting<S, ReqBody> {
     config: Arc<AuthConfig>,
-    pending: Pending,
-    sources: SourceMask,
+    found: Found,
     /// The client address, if already resolved (see `client::restrict`).
     client: Option<Option<IpAddr>>,
     service: S,
@@ -68,23 +64,20 @@ impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
         }
     }
 
-    pub(crate) fn lookup(
+    pub(crate) fn verifying(
         config: Arc<AuthConfig>,
-        pending: Pending,
-        sources: SourceMask,
+        verifying: VerifyFuture,
+        found: Found,
         client: Option<Option<IpAddr>>,
         service: S,
         request: Request<ReqBody>,
     ) -> Self {
-        let store = Arc::clone(config.authenticator.store());
-        let id = pending.id;
         Self {
-            state: State::Lookup {
-                lookup: Box::pin(async move { store.find(&id).await }),
+            state: State::Verifying {
+                verifying,
                 waiting: Some(Box::new(Waiting {
                     config,
-                    pending,
-                    sources,
+                    found,
                     client,
                     service,
                     request,
@@ -118,38 +111,32 @@ where
                         .expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
-                StateProj::Lookup { lookup, waiting } => {
-                    let lookup = ready!(lookup.as_mut().poll(cx));
+                StateProj::Verifying { verifying, waiting } => {
+                    let verified = ready!(verifying.as_mut().poll(cx));
                     let Waiting {
                         config,
-                        pending,
-                        sources,
+                        found,
                         client,
                         mut service,
                         mut request,
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next =
-                        match config
-                            .authenticator
-                            .finish(pending, lookup)
-                            .and_then(|principal| {
-                                admit(&config, sources, &mut request, &principal, client)
-                                    .map(|()| principal)
-                            }) {
-                            Ok(principal) => State::Inner {
-                                future: service.call(request),
-                                principal: Some(principal),
-                            },
-                            Err(rejection) => State::Rejected {
-                                response: Some(config.refuse(
-                                    request.headers(),
-                                    rejection,
-                                    client.flatten(),
-                                )),
-                            },
-                        };
+                    let next = match verified.and_then(|principal| {
+                        admit(&config, found, &mut request, &principal, client).map(|()| principal)
+                    }) {
+                        Ok(principal) => State::Inner {
+                            future: service.call(request),
+                            principal: Some(principal),
+                        },
+                        Err(rejection) => State::Rejected {
+                            response: Some(config.refuse(
+                                request.headers(),
+                                rejection,
+                                client.flatten(),
+                            )),
+                        },
+                    };
                     state.set(next);
                 }
             }

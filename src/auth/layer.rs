@@ -13,6 +13,7 @@ use crate::record::Environment;
 use super::source::{KeySource, MAX_SOURCES};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
+use crate::credential::Verifier;
 use crate::key::{KeyFormat, KeyHasher};
 use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
@@ -37,16 +38,21 @@ pub(crate) struct AuthConfig {
     pub(crate) throttle: Option<FailureThrottle>,
     pub(crate) environment: Option<Environment>,
     pub(crate) trusted_proxies: TrustedProxies,
+    /// The other credentials, in the order they are tried.
+    pub(crate) verifiers: Vec<Arc<dyn Verifier>>,
 }
 
 impl AuthConfig {
-    /// Refuses a request, counting a refused key against its client.
+    /// Refuses a request, counting a refused key against its client. Every
+    /// refusal of the layer goes through here.
     pub(crate) fn refuse(
         &self,
         request_headers: &http::HeaderMap,
         rejection: Rejection,
         client: Option<IpAddr>,
     ) -> Response<Bytes> {
+        #[cfg(feature = "metrics")]
+        crate::metrics::auth_rejected(rejection.reason());
         if let (Some(throttle), Some(client)) = (&self.throttle, client) {
             if rejection.reason().is_invalid_key() {
                 throttle.record_failure(client);
@@ -74,6 +80,7 @@ impl AuthLayer {
                 throttle: None,
                 environment: None,
                 trusted_proxies: TrustedProxies::none(),
+                verifiers: Vec::new(),
             }),
         }
     }
@@ -137,6 +144,17 @@ impl AuthLayer {
     /// headers are ignored.
     pub fn trusted_proxies(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
         Arc::make_mut(&mut self.config).trusted_proxies = TrustedProxies::new(networks);
+        self
+    }
+
+    /// Accepts another kind of credential besides API keys, verified by
+    /// `verifier` (a [`SignatureVerifier`](crate::signature::SignatureVerifier),
+    /// your own [`Verifier`]). Verifiers are asked in the order they are
+    /// added; a request with two credentials is refused (`400`). See
+    /// [`credential`](crate::credential) for the rules and an example.
+    pub fn credential(mut self, verifier: impl Verifier) -> Self {
+        let verifier: Arc<dyn Verifier> = Arc::new(verifier);
+        Arc::make_mut(&mut self.config).verifiers.push(verifier);
         self
     }
 

@@ -144,5 +144,5 @@ pub use layer::AuthLayer;
 pub use principal::MissingPrincipal;
 pub use principal::Principal;
 pub use service::AuthService;
-pub use source::KeySource;
+pub use source::{KeySource, MAX_BASIC_LEN};
 pub use throttle::FailureThrottle;

@@ -2,27 +2,47 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::credential::CredentialKind;
 use crate::key::KeyId;
 use crate::record::KeyRecord;
 use crate::scope::ScopeSet;
 
-/// Who is calling: the authenticated key's id, owner, scopes and metadata.
+/// Who is calling: the authenticated key's id, owner, scopes and metadata,
+/// and the [kind of credential](CredentialKind) that proved it.
 ///
 /// [`AuthLayer`](super::AuthLayer) puts it into the request's extensions
 /// (and the response's). Read it with the axum extractor (feature `axum`)
 /// or `request.extensions().get::<Principal>()`. It never holds the key;
 /// cloning it is one reference-count increment. With feature `serde` it
-/// serializes as `{"key_id", "owner", "name", "scopes", "metadata"}`, what a
-/// `/me` route answers.
+/// serializes as `{"key_id", "owner", "name", "scopes", "metadata",
+/// "credential"}`, what a `/me` route answers.
+///
+/// Every kind of credential ends in a [`KeyRecord`]: the one the store
+/// holds (API keys, key pairs, publishable and imported keys), or one a
+/// verifier built from what it trusts (a JWT's claims). Its owner, scopes,
+/// limits and restrictions count alike for every kind.
 #[derive(Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
+    credential: CredentialKind,
 }
 
 impl Principal {
-    /// The principal of an authenticated record.
+    /// The principal of an authenticated API key's record.
     pub fn new(record: Arc<KeyRecord>) -> Self {
-        Self { record }
+        Self::with_credential(record, CredentialKind::ApiKey)
+    }
+
+    /// The principal of `record`, authenticated by a credential of kind
+    /// `credential`: what a [`Verifier`](crate::credential::Verifier)
+    /// returns.
+    pub fn with_credential(record: Arc<KeyRecord>, credential: CredentialKind) -> Self {
+        Self { record, credential }
+    }
+
+    /// The kind of credential that authenticated the request.
+    pub fn credential(&self) -> CredentialKind {
+        self.credential
     }
 
     /// The key's public id.
@@ -56,7 +76,8 @@ impl Principal {
     }
 }
 
-/// `{"key_id", "owner", "name", "scopes", "metadata"}`: who is calling,
+/// `{"key_id", "owner", "name", "scopes", "metadata", "credential"}`
+/// (`credential`: [`CredentialKind::as_str`]): who is calling,
 /// for a `/me` route or an export. Never the key or its hash, nor the
 /// record's limits and restrictions (read [`record`](Principal::record)
 /// for those).
@@ -64,12 +85,13 @@ impl Principal {
 impl serde::Serialize for Principal {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut out = serializer.serialize_struct("Principal", 5)?;
+        let mut out = serializer.serialize_struct("Principal", 6)?;
         out.serialize_field("key_id", &self.record.id)?;
         out.serialize_field("owner", &self.record.owner)?;
         out.serialize_field("name", &self.record.name)?;
         out.serialize_field("scopes", &self.record.scopes)?;
         out.serialize_field("metadata", &self.record.metadata)?;
+        out.serialize_field("credential", &self.credential)?;
         out.end()
     }
 }
@@ -80,6 +102,7 @@ impl fmt::Debug for Principal {
             .field("key_id", &self.record.id)
             .field("owner", &self.record.owner)
             .field("scopes", &self.record.scopes)
+            .field("credential", &self.credential)
             .finish_non_exhaustive()
     }
 }

@@ -11,6 +11,7 @@ use super::layer::AuthConfig;
 use super::source::{self, Presented};
 use super::Principal;
 use crate::body::ResponseBody;
+use crate::credential::{RequestView, Verification, VerifyFuture};
 use crate::reject::{RejectReason, Rejection};
 
 /// The service made by [`AuthLayer`](super::AuthLayer).
@@ -61,30 +62,13 @@ where
         // Resolved once, here, when the throttle needs it; `restrict`
         // reuses it (and resolves it itself otherwise, only for keys with
         // allowed networks).
-        let resolved = config
+        let mut resolved = config
             .throttle
             .is_some()
             .then(|| config.trusted_proxies.client_addr(&request));
         let client = resolved.flatten();
-        let (begun, sources) = match source::extract(&config.sources, &request) {
-            Ok(Some(Presented { key, sources })) => {
-                if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
-                    // Refused before any look-up: guessing costs the guesser.
-                    let rejection =
-                        Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
-                    return ResponseFuture::rejected(
-                        config.responder.refuse(request.headers(), rejection),
-                    );
-                }
-                (config.authenticator.begin(key), sources)
-            }
-            Ok(None) => {
-                tracing::debug!(target: "keyward::auth", "no API key presented");
-                let rejection = Rejection::new(RejectReason::MissingKey);
-                return ResponseFuture::rejected(
-                    config.responder.refuse(request.headers(), rejection),
-                );
-            }
+        let presented = match source::extract(&config.sources, &request) {
+            Ok(presented) => presented,
             Err(reason) => {
                 tracing::info!(target: "keyward::auth", %reason, "API key refused");
                 let rejection = Rejection::new(reason);
@@ -95,50 +79,182 @@ where
                 ));
             }
         };
-        match begun {
-            Begun::Done(Ok(principal)) => {
-                if let Err(rejection) = admit(config, sources, &mut request, &principal, resolved) {
-                    return ResponseFuture::rejected(
-                        config.responder.refuse(request.headers(), rejection),
-                    );
+        // Which credential counts. Without verifiers (the common case)
+        // there is nothing to choose: the API key, if any.
+        let chosen = if config.verifiers.is_empty() {
+            presented.map(Chosen::Key)
+        } else {
+            match choose(config, presented, &request, resolved) {
+                Ok(chosen) => chosen,
+                Err(reason) => {
+                    tracing::info!(target: "keyward::auth", %reason, "credentials refused");
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        Rejection::new(reason),
+                        client,
+                    ));
+                }
+            }
+        };
+        let Some(chosen) = chosen else {
+            tracing::debug!(target: "keyward::auth", "no credential presented");
+            let rejection = Rejection::new(RejectReason::MissingKey);
+            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
+        };
+        if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
+            // Refused before any look-up: guessing costs the guesser.
+            #[cfg(feature = "metrics")]
+            crate::metrics::throttle_hit();
+            let rejection = Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
+            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
+        }
+        let (verified, found) = match chosen {
+            Chosen::Key(Presented { key, sources }) => match config.authenticator.begin(&key) {
+                Begun::Done(result) => (result, Found::Key(sources)),
+                Begun::Lookup(pending) => {
+                    let authenticating = Arc::clone(config);
+                    let future: VerifyFuture =
+                        Box::pin(
+                            async move { authenticating.authenticator.complete(pending).await },
+                        );
+                    return self.wait_for(future, Found::Key(sources), resolved, request);
+                }
+            },
+            Chosen::Verifier(index) => {
+                let view = RequestView::with_proxies(&request, &config.trusted_proxies, resolved);
+                let verification = config.verifiers[index].verify(&view);
+                // The verifier may have resolved the client: keep it.
+                resolved = view.resolved_client().or(resolved);
+                match verification {
+                    Verification::Ready(result) => (result, Found::Verifier(index)),
+                    Verification::Pending(future) => {
+                        return self.wait_for(future, Found::Verifier(index), resolved, request);
+                    }
+                }
+            }
+        };
+        match verified {
+            Ok(principal) => {
+                if let Err(rejection) = admit(config, found, &mut request, &principal, resolved) {
+                    return ResponseFuture::rejected(config.refuse(
+                        request.headers(),
+                        rejection,
+                        client,
+                    ));
                 }
                 ResponseFuture::inner(self.inner.call(request), principal)
             }
-            Begun::Done(Err(rejection)) => {
+            Err(rejection) => {
                 ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
-            }
-            Begun::Lookup(pending) => {
-                // The ready service goes into the future, which calls it
-                // after the look-up; `self` keeps a fresh clone (tower's
-                // clone-and-swap: the clone has not been polled ready).
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::lookup(
-                    Arc::clone(config),
-                    pending,
-                    sources,
-                    resolved,
-                    inner,
-                    request,
-                )
             }
         }
     }
 }
 
-/// Checks the key's restrictions, then prepares an authenticated request
-/// for the inner service.
+impl<S> AuthService<S> {
+    /// The response future that awaits `future` (a store, a verifier's
+    /// I/O), then calls the inner service.
+    fn wait_for<ReqBody, F>(
+        &mut self,
+        future: VerifyFuture,
+        found: Found,
+        resolved: Option<Option<IpAddr>>,
+        request: Request<ReqBody>,
+    ) -> ResponseFuture<F, S, ReqBody>
+    where
+        S: Clone,
+    {
+        // The ready service goes into the future, which calls it after
+        // the wait; `self` keeps a fresh clone (tower's clone-and-swap:
+        // the clone has not been polled ready).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::verifying(
+            Arc::clone(&self.config),
+            future,
+            found,
+            resolved,
+            inner,
+            request,
+        )
+    }
+}
+
+/// The credential a request is authenticated by.
+enum Chosen<'a> {
+    Key(Presented<'a>),
+    Verifier(usize),
+}
+
+/// Which credential counts, when verifiers are configured (see the
+/// [`credential`](crate::credential) module's docs for the rules).
+fn choose<'a, B>(
+    config: &AuthConfig,
+    presented: Option<Presented<'a>>,
+    request: &Request<B>,
+    resolved: Option<Option<IpAddr>>,
+) -> Result<Option<Chosen<'a>>, RejectReason> {
+    let view = RequestView::with_proxies(request, &config.trusted_proxies, resolved);
+    let mut recognised = None;
+    for (index, verifier) in config.verifiers.iter().enumerate() {
+        if verifier.recognises(&view) && recognised.replace(index).is_some() {
+            return Err(RejectReason::TwoCredentials);
+        }
+    }
+    Ok(match (presented, recognised) {
+        (None, None) => None,
+        (Some(presented), None) => Some(Chosen::Key(presented)),
+        (None, Some(index)) => Some(Chosen::Verifier(index)),
+        (Some(presented), Some(index)) => {
+            if config.authenticator.recognises(&presented.key) {
+                return Err(RejectReason::TwoCredentials);
+            }
+            // Not an API key: the value the verifier read (a JWT in
+            // `Authorization: Bearer` is in a key source too).
+            Some(Chosen::Verifier(index))
+        }
+    })
+}
+
+/// Where the credential that authenticated a request was found: what to
+/// strip.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Found {
+    /// The API key, in these key sources.
+    Key(source::SourceMask),
+    /// The credential of this verifier.
+    Verifier(usize),
+}
+
+/// Checks the principal's restrictions (whatever its kind), then prepares
+/// an authenticated request for the inner service.
 pub(crate) fn admit<B>(
     config: &AuthConfig,
-    sources: source::SourceMask,
+    found: Found,
     request: &mut Request<B>,
     principal: &Principal,
     client: Option<Option<IpAddr>>,
 ) -> Result<(), Rejection> {
     super::client::restrict(config, request, principal, client)?;
     if config.strip_credentials {
-        source::strip(&config.sources, sources, request);
+        match found {
+            Found::Key(sources) => source::strip(&config.sources, sources, request),
+            Found::Verifier(index) => strip_verifier(config, index, request),
+        }
     }
     request.extensions_mut().insert(principal.clone());
+    #[cfg(feature = "metrics")]
+    crate::metrics::auth_allowed();
     Ok(())
+}
+
+fn strip_verifier<B>(config: &AuthConfig, index: usize, request: &mut Request<B>) {
+    let Some(verifier) = config.verifiers.get(index) else {
+        return;
+    };
+    // `strip` takes the headers and the URI apart: take the URI out while
+    // the headers are borrowed.
+    let mut uri = std::mem::take(request.uri_mut());
+    verifier.strip(request.headers_mut(), &mut uri);
+    *request.uri_mut() = uri;
 }

@@ -18,6 +18,9 @@ pub struct KeySource(Source);
 #[derive(Clone, PartialEq, Eq)]
 enum Source {
     Bearer,
+    /// Basic auth's user name; the password it must come with ("" for
+    /// none).
+    Basic(Box<str>),
     Header(HeaderName),
     Query(Box<str>),
     Cookie(Box<str>),
@@ -28,6 +31,48 @@ impl KeySource {
     /// Other schemes (`Basic`, ...) are not a key and are left alone.
     pub fn bearer() -> Self {
         Self(Source::Bearer)
+    }
+
+    /// `Authorization: Basic base64(<key>:)`: the key as Basic auth's user
+    /// name with an empty password, as Stripe takes it (`curl -u
+    /// sk_live_…:`). Opt-in: add it to
+    /// [`AuthLayer::sources`](super::AuthLayer::sources).
+    ///
+    /// The scheme is matched case-insensitively; the credentials are
+    /// decoded with the standard base64 alphabet (padding optional), and
+    /// must be `<key>:` exactly: anything else under `Basic` — base64 that
+    /// does not decode, no `:`, a password, a value that is not visible
+    /// ASCII, more than [`MAX_BASIC_LEN`] characters — is refused as a
+    /// malformed key (`401`), an empty user name as a malformed request
+    /// (`400`). A password-holding client: see
+    /// [`basic_user_with_password`](Self::basic_user_with_password).
+    ///
+    /// `Authorization` holds one credential: with both `bearer()` and
+    /// `basic_user()` among the sources, `Bearer <key>` is read by the one
+    /// and `Basic …` by the other, and the header sent twice is refused
+    /// (`400`). The header is removed before the inner service sees the
+    /// request (unless credentials are kept).
+    ///
+    /// ```
+    /// use keyward::auth::{AuthLayer, KeySource};
+    /// use keyward::{KeyFormat, MemoryStore};
+    ///
+    /// let layer = AuthLayer::new(MemoryStore::new(), KeyFormat::new("sk_live")?)
+    ///     .sources([KeySource::bearer(), KeySource::x_api_key(), KeySource::basic_user()]);
+    /// # let _ = layer;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn basic_user() -> Self {
+        Self(Source::Basic("".into()))
+    }
+
+    /// Like [`basic_user`](Self::basic_user), for clients that always send a
+    /// password: the key as the user name, and `password` — a fixed,
+    /// public value the service documents (some APIs ask for `X`) — as the
+    /// password; any other password is refused as a malformed key. The
+    /// password adds no secret: the key is the credential.
+    pub fn basic_user_with_password(password: &str) -> Self {
+        Self(Source::Basic(password.into()))
     }
 
     /// `X-API-Key: <key>`.
@@ -65,6 +110,10 @@ impl fmt::Debug for KeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
             Source::Bearer => f.write_str("Bearer"),
+            // The configured password is no secret, but shown as whether one
+            // is set.
+            Source::Basic(password) if password.is_empty() => f.write_str("BasicUser"),
+            Source::Basic(_) => f.write_str("BasicUser(with password)"),
             Source::Header(name) => write!(f, "Header({name})"),
             Source::Query(param) => write!(f, "InsecureQuery({param})"),
             Source::Cookie(name) => write!(f, "InsecureCookie({name})"),
@@ -72,11 +121,32 @@ impl fmt::Debug for KeySource {
     }
 }
 
-/// The key a request presents, borrowed from it, and which sources held it.
-#[derive(Clone, Copy)]
+/// The most characters of base64 [`KeySource::basic_user`] decodes: 1024
+/// (768 bytes of `key:password`, far more than any key).
+pub const MAX_BASIC_LEN: usize = 1024;
+
+/// The key a request presents, and which sources held it.
 pub(crate) struct Presented<'a> {
-    pub(crate) key: &'a str,
+    pub(crate) key: KeyText<'a>,
     pub(crate) sources: SourceMask,
+}
+
+/// A presented key: borrowed from the request, or decoded from it (Basic
+/// auth), then wiped on drop.
+pub(crate) enum KeyText<'a> {
+    Borrowed(&'a str),
+    Decoded(zeroize::Zeroizing<String>),
+}
+
+impl std::ops::Deref for KeyText<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            KeyText::Borrowed(key) => key,
+            KeyText::Decoded(key) => key.as_str(),
+        }
+    }
 }
 
 /// A bit per source (sources beyond the 64th are never used: see
@@ -98,10 +168,11 @@ pub(crate) fn extract<'a, B>(
     let mut found: Option<Presented<'a>> = None;
     for (i, source) in sources.iter().enumerate().take(MAX_SOURCES) {
         let value = match &source.0 {
-            Source::Bearer => bearer(request.headers())?,
-            Source::Header(name) => single_header(request.headers(), name)?,
-            Source::Query(param) => query(request.uri(), param)?,
-            Source::Cookie(name) => cookie(request.headers(), name)?,
+            Source::Bearer => bearer(request.headers())?.map(KeyText::Borrowed),
+            Source::Basic(password) => basic(request.headers(), password)?.map(KeyText::Decoded),
+            Source::Header(name) => single_header(request.headers(), name)?.map(KeyText::Borrowed),
+            Source::Query(param) => query(request.uri(), param)?.map(KeyText::Borrowed),
+            Source::Cookie(name) => cookie(request.headers(), name)?.map(KeyText::Borrowed),
         };
         let Some(key) = value else { continue };
         if key.is_empty() {
@@ -114,7 +185,7 @@ pub(crate) fn extract<'a, B>(
                     sources: SourceMask(1 << i),
                 })
             }
-            Some(first) if first.key == key => first.sources.0 |= 1 << i,
+            Some(first) if *first.key == *key => first.sources.0 |= 1 << i,
             Some(_) => return Err(RejectReason::InvalidRequest),
         }
     }
@@ -147,6 +218,67 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, RejectReason> {
     }
     let value = visible_ascii(value)?;
     Ok(Some(value[scheme_len..].trim_matches(' ')))
+}
+
+/// The key in `Authorization: Basic base64(<key>:<password>)`, if the
+/// scheme is Basic; see [`KeySource::basic_user`].
+fn basic(
+    headers: &HeaderMap,
+    password: &str,
+) -> Result<Option<zeroize::Zeroizing<String>>, RejectReason> {
+    let Some(value) = only(headers.get_all(AUTHORIZATION).iter())? else {
+        return Ok(None);
+    };
+    let bytes = value.as_bytes();
+    let scheme_len = bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len());
+    if !bytes[..scheme_len].eq_ignore_ascii_case(b"basic") {
+        return Ok(None);
+    }
+    let value = visible_ascii(value)?;
+    parse_basic(value[scheme_len..].trim_matches(' '), password).map(Some)
+}
+
+/// Decodes Basic credentials (the base64 after the scheme) and returns the
+/// user name, when the password is `password`.
+pub(crate) fn parse_basic(
+    encoded: &str,
+    password: &str,
+) -> Result<zeroize::Zeroizing<String>, RejectReason> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine as _;
+    const STANDARD_PADDING_OPTIONAL: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if encoded.is_empty() {
+        return Err(RejectReason::InvalidRequest);
+    }
+    if encoded.len() > MAX_BASIC_LEN {
+        return Err(RejectReason::MalformedKey);
+    }
+    let decoded = zeroize::Zeroizing::new(
+        STANDARD_PADDING_OPTIONAL
+            .decode(encoded)
+            .map_err(|_| RejectReason::MalformedKey)?,
+    );
+    // A key is visible ASCII; so is the password a service documents.
+    if !decoded.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(RejectReason::MalformedKey);
+    }
+    let colon = decoded
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or(RejectReason::MalformedKey)?;
+    let (user, rest) = decoded.split_at(colon);
+    if &rest[1..] != password.as_bytes() {
+        return Err(RejectReason::MalformedKey);
+    }
+    if user.is_empty() {
+        return Err(RejectReason::InvalidRequest);
+    }
+    // Visible ASCII, so UTF-8.
+    let user = std::str::from_utf8(user).map_err(|_| RejectReason::MalformedKey)?;
+    Ok(zeroize::Zeroizing::new(user.to_owned()))
 }
 
 fn single_header<'a>(
@@ -205,7 +337,7 @@ pub(crate) fn strip<B>(sources: &[KeySource], mask: SourceMask, request: &mut Re
             continue;
         }
         match &source.0 {
-            Source::Bearer => {
+            Source::Bearer | Source::Basic(_) => {
                 request.headers_mut().remove(AUTHORIZATION);
             }
             Source::Header(name) => {
@@ -268,7 +400,12 @@ mod tests {
     }
 
     fn key_of(request: &Request<()>) -> Result<Option<&str>, RejectReason> {
-        extract(&sources(), request).map(|p| p.map(|p| p.key))
+        extract(&sources(), request).map(|p| {
+            p.map(|p| match p.key {
+                KeyText::Borrowed(key) => key,
+                KeyText::Decoded(_) => panic!("no Basic source here"),
+            })
+        })
     }
 
     #[test]
@@ -336,7 +473,7 @@ mod tests {
             .body(())
             .unwrap();
         let presented = extract(&sources(), &request).unwrap().unwrap();
-        assert_eq!(presented.key, "k1");
+        assert_eq!(&*presented.key, "k1");
         let mask = presented.sources;
         strip(&sources(), mask, &mut request);
         assert_eq!(request.uri(), "/pets?a=1&b=2");
@@ -357,5 +494,167 @@ mod tests {
             .unwrap();
         let defaults = [KeySource::bearer(), KeySource::x_api_key()];
         assert!(extract(&defaults, &request).unwrap().is_none());
+    }
+
+    fn basic_sources() -> Vec<KeySource> {
+        vec![
+            KeySource::bearer(),
+            KeySource::x_api_key(),
+            KeySource::basic_user(),
+        ]
+    }
+
+    fn presented(
+        sources: &[KeySource],
+        request: &Request<()>,
+    ) -> Result<Option<String>, RejectReason> {
+        extract(sources, request).map(|p| p.map(|p| p.key.to_string()))
+    }
+
+    fn with_authorization(value: &str) -> Request<()> {
+        Request::builder()
+            .header("authorization", value)
+            .body(())
+            .unwrap()
+    }
+
+    fn encode(credentials: &str) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    }
+
+    #[test]
+    fn basic_user_and_bearer_share_the_authorization_header() {
+        let sources = basic_sources();
+        let basic = with_authorization(&format!("Basic {}", encode("sk_live_k1:")));
+        assert_eq!(presented(&sources, &basic), Ok(Some("sk_live_k1".into())));
+        let lower = with_authorization(&format!("basic   {}", encode("sk_live_k1:")));
+        assert_eq!(presented(&sources, &lower), Ok(Some("sk_live_k1".into())));
+        let bearer = with_authorization("Bearer sk_live_k1");
+        assert_eq!(presented(&sources, &bearer), Ok(Some("sk_live_k1".into())));
+        // Without the Basic source, Basic is not a key.
+        let defaults = [KeySource::bearer(), KeySource::x_api_key()];
+        assert_eq!(presented(&defaults, &basic), Ok(None));
+        // The header twice: refused, whatever the schemes.
+        let twice = Request::builder()
+            .header("authorization", "Bearer sk_live_k1")
+            .header("authorization", format!("Basic {}", encode("sk_live_k1:")))
+            .body(())
+            .unwrap();
+        assert_eq!(
+            presented(&sources, &twice),
+            Err(RejectReason::InvalidRequest)
+        );
+        // The same key in Basic and X-API-Key is one key; two keys are not.
+        let same = Request::builder()
+            .header("authorization", format!("Basic {}", encode("sk_live_k1:")))
+            .header("x-api-key", "sk_live_k1")
+            .body(())
+            .unwrap();
+        assert_eq!(presented(&sources, &same), Ok(Some("sk_live_k1".into())));
+        let two = Request::builder()
+            .header("authorization", format!("Basic {}", encode("sk_live_k1:")))
+            .header("x-api-key", "sk_live_k2")
+            .body(())
+            .unwrap();
+        assert_eq!(presented(&sources, &two), Err(RejectReason::InvalidRequest));
+    }
+
+    #[test]
+    fn basic_credentials_must_be_exactly_key_colon() {
+        let sources = basic_sources();
+        let refused = |value: String| presented(&sources, &with_authorization(&value));
+        assert_eq!(refused("Basic !!!".into()), Err(RejectReason::MalformedKey));
+        assert_eq!(
+            refused(format!("Basic {}", encode("sk_live_k1"))),
+            Err(RejectReason::MalformedKey)
+        );
+        assert_eq!(
+            refused(format!("Basic {}", encode("sk_live_k1:pw"))),
+            Err(RejectReason::MalformedKey)
+        );
+        assert_eq!(
+            refused(format!("Basic {}", encode("sk live:"))),
+            Err(RejectReason::MalformedKey)
+        );
+        assert_eq!(
+            refused(format!("Basic {}", encode(":"))),
+            Err(RejectReason::InvalidRequest)
+        );
+        assert_eq!(refused("Basic ".into()), Err(RejectReason::InvalidRequest));
+        let long = "A".repeat(MAX_BASIC_LEN + 4);
+        assert_eq!(
+            refused(format!("Basic {long}")),
+            Err(RejectReason::MalformedKey)
+        );
+        // Padding is optional.
+        let unpadded = encode("sk_live_k1:").trim_end_matches('=').to_owned();
+        assert_eq!(
+            refused(format!("Basic {unpadded}")),
+            Ok(Some("sk_live_k1".into()))
+        );
+
+        // A configured password is required, exactly.
+        let with_password = [KeySource::basic_user_with_password("X")];
+        let ask = |credentials: &str| {
+            presented(
+                &with_password,
+                &with_authorization(&format!("Basic {}", encode(credentials))),
+            )
+        };
+        assert_eq!(ask("sk_live_k1:X"), Ok(Some("sk_live_k1".into())));
+        assert_eq!(ask("sk_live_k1:"), Err(RejectReason::MalformedKey));
+        assert_eq!(ask("sk_live_k1:x"), Err(RejectReason::MalformedKey));
+    }
+
+    #[test]
+    fn basic_is_stripped_like_bearer() {
+        let sources = basic_sources();
+        let mut request = with_authorization(&format!("Basic {}", encode("sk_live_k1:")));
+        let mask = extract(&sources, &request).unwrap().unwrap().sources;
+        strip(&sources, mask, &mut request);
+        assert!(request.headers().get("authorization").is_none());
+    }
+
+    proptest::proptest! {
+        /// Any key of visible ASCII without `:`, sent as `key:`, is found
+        /// as itself, padded or not.
+        #[test]
+        fn basic_round_trips(key in "[!-9;-~]{1,200}", padded in proptest::bool::ANY) {
+            let mut encoded = encode(&format!("{key}:"));
+            if !padded {
+                encoded = encoded.trim_end_matches('=').to_owned();
+            }
+            let request = with_authorization(&format!("Basic {encoded}"));
+            proptest::prop_assert_eq!(presented(&basic_sources(), &request), Ok(Some(key)));
+        }
+
+        /// Any password other than the configured one is refused.
+        #[test]
+        fn basic_passwords_must_match(key in "[!-9;-~]{1,50}", password in "[!-~]{1,20}") {
+            let request = with_authorization(&format!("Basic {}", encode(&format!("{key}:{password}"))));
+            proptest::prop_assert_eq!(
+                presented(&basic_sources(), &request),
+                Err(RejectReason::MalformedKey)
+            );
+        }
+
+        /// Whatever follows `Basic `, the answer is a key, or a refusal as
+        /// a malformed key or request; never a panic.
+        #[test]
+        fn basic_never_panics(credentials in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let Ok(value) = HeaderValue::from_bytes(&[b"Basic ".as_slice(), &credentials].concat()) else {
+                return Ok(());
+            };
+            let request = Request::builder().header("authorization", value).body(()).unwrap();
+            match presented(&basic_sources(), &request) {
+                Ok(Some(key)) => proptest::prop_assert!(!key.is_empty() && !key.contains(':')),
+                Ok(None) => {}
+                Err(reason) => proptest::prop_assert!(matches!(
+                    reason,
+                    RejectReason::MalformedKey | RejectReason::InvalidRequest
+                )),
+            }
+        }
     }
 }

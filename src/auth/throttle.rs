@@ -169,6 +169,8 @@ impl FailureThrottle {
         };
         if let Some(until) = block_until {
             failures.blocked_until.fetch_max(until, Ordering::Relaxed);
+            #[cfg(feature = "metrics")]
+            crate::metrics::throttle_block();
             tracing::warn!(
                 target: "keyward::auth",
                 client = %key,

@@ -34,6 +34,28 @@
 //!    accepted without a record: see
 //!    [`JwtVerifier::require_record`](JwtVerifier::require_record).
 //!
+//! Behind [`AuthLayer`](crate::AuthLayer), add the verifier with
+//! [`AuthLayer::credential`](crate::AuthLayer::credential): a JWT is read
+//! from `Authorization: Bearer` when it has a JWT's shape (three base64url
+//! segments; an API key there still goes to the API-key path), its
+//! [`Principal`](crate::Principal) has
+//! [`CredentialKind::Jwt`](crate::credential::CredentialKind::Jwt), and a
+//! JWT and an API key in one request are refused with `400` (two
+//! credentials).
+//!
+//! ```
+//! # use keyward::jwt::{JwtIssuer, JwtKeySet, JwtVerifier};
+//! # use keyward::{AuthLayer, KeyFormat, MemoryStore};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let store = MemoryStore::new();
+//! # let (_, key) = JwtIssuer::hs256("2025-01", &[42; 32], "https://api.example.com", "api")?;
+//! let verifier = JwtVerifier::new(store.clone(), JwtKeySet::from_iter([key]), "https://api.example.com", "api");
+//! let layer = AuthLayer::new(store, KeyFormat::new("sk_live")?).credential(verifier);
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Every refusal is the same `401 invalid_token` as a bad API key; the
 //! exact reason ([`RejectReason`](crate::RejectReason)) goes to the
 //! [`Rejection`](crate::Rejection) and the logs (target `keyward::auth`),

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::keys::{JwtKeySet, MAX_KID_LEN};
 use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
+use crate::credential::{CredentialKind, RequestView, Verification, Verifier};
 use crate::key::{KeyHash, KeyId, KEY_ID_LEN};
 use crate::limit::Limits;
 use crate::record::{Invalidity, KeyRecord};
@@ -258,19 +259,27 @@ impl JwtVerifier {
         &self,
         token: &str,
     ) -> impl Future<Output = Result<Principal, Rejection>> + Send + 'static {
-        let checked = self.check(token);
-        let this = self.clone();
-        async move {
-            let checked = checked?;
-            let Some(id) = checked.record else {
-                return Ok(this.stateless_principal(checked));
-            };
-            let lookup = match this.inner.store.find_immediate(&id) {
-                Some(lookup) => lookup,
-                None => this.inner.store.find(&id).await,
-            };
-            this.finish(checked, id, lookup)
+        self.verification(token).outcome()
+    }
+
+    /// Verifies `token`: decided at once when the token names no record or
+    /// the store answers at once, else after the look-up.
+    fn verification(&self, token: &str) -> Verification {
+        let checked = match self.check(token) {
+            Ok(checked) => checked,
+            Err(rejection) => return Verification::Ready(Err(rejection)),
+        };
+        let Some(id) = checked.record else {
+            return Verification::Ready(Ok(self.stateless_principal(checked)));
+        };
+        if let Some(lookup) = self.inner.store.find_immediate(&id) {
+            return Verification::Ready(self.finish(checked, id, lookup));
         }
+        let this = self.clone();
+        Verification::pending(async move {
+            let lookup = crate::store::find_awaited(&*this.inner.store, &id).await;
+            this.finish(checked, id, lookup)
+        })
     }
 
     /// Size, signature and claims: everything but the record.
@@ -450,12 +459,15 @@ impl JwtVerifier {
             return refuse(RejectReason::InvalidClaims);
         }
         if record.scopes == checked.scopes {
-            return Ok(Principal::new(record));
+            return Ok(Principal::with_credential(record, CredentialKind::Jwt));
         }
         // The token may carry fewer scopes than its record: it gets those.
         let mut narrowed = KeyRecord::clone(&record);
         narrowed.scopes = checked.scopes;
-        Ok(Principal::new(Arc::new(narrowed)))
+        Ok(Principal::with_credential(
+            Arc::new(narrowed),
+            CredentialKind::Jwt,
+        ))
     }
 
     /// The principal of a token that names no record.
@@ -475,7 +487,34 @@ impl JwtVerifier {
         record
             .metadata
             .insert("jwt_issuer".to_owned(), inner.issuer.to_string());
-        Principal::new(Arc::new(record))
+        Principal::with_credential(Arc::new(record), CredentialKind::Jwt)
+    }
+}
+
+/// JWTs in `Authorization: Bearer`, for
+/// [`AuthLayer::credential`](crate::AuthLayer::credential): recognised by
+/// their three-segment shape (an API key in the same header is not one, and
+/// still goes to the API-key path), removed from the request once
+/// accepted. A JWT and an API key in one request are two credentials
+/// (`400`).
+impl Verifier for JwtVerifier {
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::Jwt
+    }
+
+    fn recognises(&self, request: &RequestView<'_>) -> bool {
+        Self::bearer(request.headers()).is_some()
+    }
+
+    fn verify(&self, request: &RequestView<'_>) -> Verification {
+        match Self::bearer(request.headers()) {
+            Some(token) => self.verification(token),
+            None => Verification::refuse(RejectReason::MissingKey),
+        }
+    }
+
+    fn strip(&self, headers: &mut HeaderMap, _uri: &mut http::Uri) {
+        headers.remove(AUTHORIZATION);
     }
 }
 

@@ -183,7 +183,11 @@ type BoxCheck = Pin<Box<dyn Future<Output = (Limits, Result<Decision, LimitError
 
 fn remote_check(config: Arc<LimitConfig>, limits: Limits, id: KeyId, cost: u32) -> BoxCheck {
     Box::pin(async move {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
         let result = config.limiter.check(&id, &limits, cost).await;
+        #[cfg(feature = "metrics")]
+        crate::metrics::limiter_check(started.elapsed());
         (limits, result)
     })
 }
@@ -355,6 +359,10 @@ fn answer(
         }
         Err(error) => return failed(config, error, request_headers, id),
     };
+    #[cfg(feature = "metrics")]
+    for (keys, verdict) in limits.metric_keys().iter().zip(decision.verdicts()) {
+        crate::metrics::limit_decision(keys, verdict.is_allowed());
+    }
     let headers = limits.policy_header().map(|policy| LimitHeaders {
         // A reference count: the value was rendered once, on `Limits`.
         policy: policy.clone(),
@@ -398,6 +406,8 @@ fn failed(
         fail_open = config.fail_open,
         "limiter failed"
     );
+    #[cfg(feature = "metrics")]
+    crate::metrics::limiter_error();
     if config.fail_open {
         return Answer::Pass(None);
     }
@@ -420,10 +430,15 @@ fn too_high(
         target: "keyward::limit", key_id = %id, policy = %name, cost,
         "request costs more than the policy can ever allow"
     );
-    let policy = limits
+    let position = limits
         .policies()
         .iter()
-        .find(|policy| policy.name() == name);
+        .position(|policy| policy.name() == name);
+    #[cfg(feature = "metrics")]
+    if let Some(keys) = position.and_then(|i| limits.metric_keys().get(i)) {
+        crate::metrics::limit_decision(keys, false);
+    }
+    let policy = position.map(|i| &limits.policies()[i]);
     let reason = match policy {
         Some(Policy::Credits(_)) => RejectReason::QuotaExhausted,
         _ => RejectReason::RateLimited,

@@ -502,6 +502,9 @@ struct LimitsInner {
     /// takes their states when it decides several at once, the same for
     /// every `Limits`, so that two requests never wait for each other.
     lock_order: [u8; Limits::MAX_POLICIES],
+    /// Each policy's metric keys, built once here rather than per request.
+    #[cfg(feature = "metrics")]
+    metric_keys: Box<[crate::metrics::PolicyKeys]>,
 }
 
 impl Limits {
@@ -559,6 +562,11 @@ impl Limits {
         let mut lock_order = [0; Limits::MAX_POLICIES];
         lock_order[..order.len()].copy_from_slice(&order);
         Ok(Self(Some(Arc::new(LimitsInner {
+            #[cfg(feature = "metrics")]
+            metric_keys: policies
+                .iter()
+                .map(|policy| crate::metrics::policy_keys(policy.shared_name()))
+                .collect(),
             policies: policies.into_boxed_slice(),
             policy_header,
             lock_order,
@@ -575,6 +583,12 @@ impl Limits {
         self.0
             .as_ref()
             .map_or(&[], |inner| &inner.lock_order[..inner.policies.len()])
+    }
+
+    /// The metric keys of each policy, in the order of [`policies`](Self::policies).
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metric_keys(&self) -> &[crate::metrics::PolicyKeys] {
+        self.0.as_ref().map_or(&[], |inner| &inner.metric_keys)
     }
 
     /// Whether there are no policies.

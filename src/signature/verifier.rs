@@ -14,6 +14,7 @@ use super::SignatureError;
 use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::content_digest::DigestStatus;
+use crate::credential::{CredentialKind, RequestView, Verification, Verifier};
 use crate::key::KeyId;
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
@@ -198,7 +199,7 @@ impl SignatureVerifier {
             let prepared = begun?;
             let lookup = match this.inner.store.find_immediate(&prepared.id) {
                 Some(lookup) => lookup,
-                None => this.inner.store.find(&prepared.id).await,
+                None => crate::store::find_awaited(&*this.inner.store, &prepared.id).await,
             };
             this.finish(prepared, lookup)
         }
@@ -297,6 +298,8 @@ impl SignatureVerifier {
                 return Err(Rejection::new(RejectReason::UnknownKey).with_key_id(id));
             }
             Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
                 tracing::error!(
                     target: "keyward::signature",
                     key_id = %id,
@@ -340,7 +343,10 @@ impl SignatureVerifier {
             prepared.window_end,
             now_secs,
         ) {
-            Admission::Fresh => Ok(Principal::new(record)),
+            Admission::Fresh => Ok(Principal::with_credential(
+                record,
+                CredentialKind::Signature,
+            )),
             Admission::Replayed => fail(SignatureError::Replayed),
             Admission::Stale => fail(SignatureError::Stale),
         }
@@ -354,6 +360,44 @@ fn fingerprint(id: &KeyId, signature: &[u8]) -> [u8; 32] {
     hasher.update(id.as_str().as_bytes());
     hasher.update(signature);
     hasher.finalize().into()
+}
+
+/// Signed requests through [`AuthLayer`](crate::AuthLayer):
+/// `AuthLayer::new(..).credential(signature_verifier)`, with
+/// [`ContentDigestLayer`](crate::content_digest::ContentDigestLayer)
+/// outside. Recognised by a `Signature-Input` or `Signature` field;
+/// principals of kind [`CredentialKind::Signature`]. Nothing is stripped:
+/// a signature is no secret.
+impl Verifier for SignatureVerifier {
+    fn kind(&self) -> CredentialKind {
+        CredentialKind::Signature
+    }
+
+    fn recognises(&self, request: &RequestView<'_>) -> bool {
+        SignatureVerifier::recognises(request.headers())
+    }
+
+    fn verify(&self, request: &RequestView<'_>) -> Verification {
+        let prepared = match self.begin(RequestParts {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }) {
+            Ok(prepared) => prepared,
+            Err(rejection) => return Verification::Ready(Err(rejection)),
+        };
+        match self.inner.store.find_immediate(&prepared.id) {
+            Some(lookup) => Verification::Ready(self.finish(prepared, lookup)),
+            None => {
+                let this = self.clone();
+                Verification::pending(async move {
+                    let lookup = crate::store::find_awaited(&*this.inner.store, &prepared.id).await;
+                    this.finish(prepared, lookup)
+                })
+            }
+        }
+    }
 }
 
 /// Logs a refusal and makes its rejection.

@@ -112,8 +112,10 @@ struct Config {
 
 /// How the cache has fared: counters since it was built.
 ///
-/// Hits are not counted: a counter that every request bumps would be the
-/// one thing all requests share.
+/// Hits are not counted here: a counter that every request bumps would be
+/// the one thing all requests share. (With the `metrics` feature, the
+/// exporter counts them, `keyward_key_cache_lookups_total{result="hit"}`:
+/// a cost you choose by installing one.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct CacheStats {
@@ -454,6 +456,8 @@ impl<S: KeyStore> Inner<S> {
         let map = self.map.pin();
         match map.get(id) {
             Some(Slot::Ready(entry)) if self.is_fresh(entry, self.hit_now()) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::cache_hit();
                 Some(entry.record.clone())
             }
             _ => None,
@@ -580,6 +584,8 @@ impl<S: KeyStore> Inner<S> {
 
     async fn miss(&self, id: &KeyId) -> Lookup {
         bump(&self.counters.misses);
+        #[cfg(feature = "metrics")]
+        crate::metrics::cache_miss();
         let deadline = tokio::time::Instant::now() + self.config.timeout;
         loop {
             match self.join_or_lead(id) {
@@ -668,6 +674,8 @@ impl<S: KeyStore> Inner<S> {
             Err(error) => {
                 if let Some(stale) = leader.stale.filter(|stale| self.may_serve_stale(stale)) {
                     bump(&self.counters.stale_served);
+                    #[cfg(feature = "metrics")]
+                    crate::metrics::cache_stale_served();
                     tracing::warn!(
                         target: "keyward::store",
                         key_id = %id,

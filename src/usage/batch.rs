@@ -470,6 +470,8 @@ impl Drop for Stopped {
         }
         lost += core.held.swap(0, Ordering::Relaxed);
         if lost > 0 {
+            #[cfg(feature = "metrics")]
+            crate::metrics::usage_dropped(crate::metrics::Dropped::Stopped, lost as u64);
             core.count_dropped(lost as u64);
         }
         // Answered after counting, so that a flush that returns sees the
@@ -565,6 +567,8 @@ impl UsageSink for BatchingSink {
             if buffer.closed {
                 drop(buffer);
                 drop(event);
+                #[cfg(feature = "metrics")]
+                crate::metrics::usage_dropped(crate::metrics::Dropped::Closed, 1);
                 core.count_dropped(1);
                 return;
             }
@@ -573,6 +577,8 @@ impl UsageSink for BatchingSink {
             if granted == 0 {
                 drop(buffer);
                 drop(event);
+                #[cfg(feature = "metrics")]
+                crate::metrics::usage_dropped(crate::metrics::Dropped::Full, 1);
                 core.count_dropped(1);
                 // Full: make sure the worker exports now rather than at
                 // the interval.

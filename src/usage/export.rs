@@ -104,6 +104,8 @@ impl Retry {
             counters.failures.fetch_add(1, Relaxed);
             if tried == self.retries {
                 let before = counters.dropped.fetch_add(events as u64, Relaxed);
+                #[cfg(feature = "metrics")]
+                crate::metrics::usage_dropped(crate::metrics::Dropped::ExportFailed, events as u64);
                 tracing::warn!(
                     target: "keyward::usage",
                     exporter = target,
