@@ -18,6 +18,11 @@
 //! curl -H "X-API-Key: $ADMIN_KEY" http://127.0.0.1:3000/usage
 //! ```
 //!
+//! `/keys` and `/usage` are keyward's admin API (`keyward::admin`), so the
+//! rest of it is here too: `GET /keys?owner=..`, rotate, disable, enable,
+//! scopes, limits, usage per key and owner, its OpenAPI document at
+//! `/openapi.json`, and the usage page at `/usage` in a browser.
+//!
 //! The reader key may make 5 requests a second (burst 5); the sixth gets
 //! `429` with `Retry-After`. Every answer carries `RateLimit` fields.
 
@@ -26,21 +31,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use keyward::admin::AdminApi;
 use keyward::auth::{AuthLayer, FailureThrottle, Principal};
-use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId};
+use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::limit::{Limits, MemoryLimiter, PolicyError, RateLimitLayer, RatePolicy};
-use keyward::manager::{IssueOptions, KeyManager, ManagerError};
+use keyward::manager::KeyManager;
 use keyward::record::KeyRecord;
 use keyward::reject::Rejection;
-use keyward::scope::{Scope, ScopeError, ScopeSet};
+use keyward::scope::{Scope, ScopeError};
 use keyward::store::{KeyStore, MemoryStore};
-use keyward::usage::{AggregatingSink, TracingSink, UsageLayer};
+use keyward::usage::{RollupSink, TracingSink, UsageLayer};
 use keyward::RequireScopes;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -102,36 +108,45 @@ fn per_second(n: u32) -> Result<Limits, PolicyError> {
 /// What the handlers share.
 #[derive(Clone)]
 struct AppState {
-    manager: KeyManager,
     pets: Arc<Mutex<Vec<Value>>>,
-    usage: AggregatingSink,
-    /// The tier of keys made through `POST /keys`.
-    standard: Limits,
 }
 
 /// The routes and the layers around them, outermost first:
 ///
-/// - `UsageLayer` counts every request (also the refused ones) per key;
+/// - `UsageLayer` counts every request (also the refused ones) per key and
+///   per minute, into the `RollupSink` that `/usage` reads;
 /// - the request log;
 /// - `AuthLayer` (with a failed-attempt throttle): `/health` is added after
 ///   it, so it needs no key;
 /// - `RateLimitLayer`: each key's own limits, `RateLimit` fields;
 /// - `RequireScopes`, per route (`route_layer`).
+///
+/// `/keys` and `/usage` are keyward's admin API (`keyward::admin`), merged
+/// at the root with the same authentication and limiter: `keys:admin` to
+/// manage keys, `usage:read` to read usage.
 pub(crate) fn app(
     store: MemoryStore,
     format: KeyFormat,
 ) -> Result<Router, Box<dyn std::error::Error>> {
-    let usage = AggregatingSink::new();
+    let usage = RollupSink::new();
+    // Issued, rotated and revoked keys are logged as lifecycle events.
+    let manager = KeyManager::new(store.clone(), format.clone()).with_events(TracingSink::info());
     let state = AppState {
-        // Issued, rotated and revoked keys are logged as lifecycle events.
-        manager: KeyManager::new(store.clone(), format.clone()).with_events(TracingSink::info()),
         pets: Arc::new(Mutex::new(vec![
             json!({"id": 1, "name": "Rex", "kind": "dog"}),
             json!({"id": 2, "name": "Tom", "kind": "cat"}),
         ])),
-        usage: usage.clone(),
-        standard: per_second(5)?,
     };
+    let auth = AuthLayer::new(store, format)
+        .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60)));
+    let limit = RateLimitLayer::new(MemoryLimiter::new());
+    let admin = AdminApi::new(manager, usage.clone())
+        .scope(Scope::new("keys:admin")?)
+        .usage_scope(Scope::new("usage:read")?)
+        .auth_layer(auth.clone())
+        .rate_limit_layer(limit.clone())
+        // The tier of keys made through `POST /keys`.
+        .default_limits(per_second(5)?);
     let require = |scope: &str| Ok::<_, ScopeError>(RequireScopes::all([Scope::new(scope)?]));
     Ok(Router::new()
         .route("/pets", get(list_pets).route_layer(require("pets:read")?))
@@ -140,29 +155,12 @@ pub(crate) fn app(
             post(create_pet).route_layer(require("pets:write")?),
         )
         .route("/me", get(me))
-        .route(
-            "/keys",
-            post(create_key).route_layer(require("keys:admin")?),
-        )
-        .route(
-            "/keys/{key_id}",
-            delete(revoke_key).route_layer(require("keys:admin")?),
-        )
-        .route(
-            "/usage",
-            get(usage_report).route_layer(require("usage:read")?),
-        )
         .with_state(state)
         // One `Router::layer` per group, composed with `ServiceBuilder`
         // (outermost first): every `Router::layer` boxes each route again.
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    AuthLayer::new(store, format)
-                        .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60))),
-                )
-                .layer(RateLimitLayer::new(MemoryLimiter::new())),
-        )
+        .layer(ServiceBuilder::new().layer(auth).layer(limit))
+        // The admin routes bring their own (the same) authentication.
+        .merge(admin.router())
         .route("/health", get(|| async { "ok" }))
         .layer(
             ServiceBuilder::new()
@@ -213,116 +211,6 @@ async fn create_pet(State(state): State<AppState>, body: Bytes) -> Response {
     (StatusCode::CREATED, Json(pet)).into_response()
 }
 
-/// `POST /keys` (`keys:admin`): `{"scopes": [...], "owner": "...",
-/// "expires_in_seconds": N}` → `{"key": ..., "key_id": ...}`. The caller
-/// may only hand out scopes it holds itself.
-async fn create_key(State(state): State<AppState>, caller: Principal, body: Bytes) -> Response {
-    let Some(body) = json_object(&body) else {
-        return problem(StatusCode::BAD_REQUEST, "The body must be a JSON object.");
-    };
-    let Some(owner) = body
-        .get("owner")
-        .and_then(Value::as_str)
-        .filter(|o| !o.is_empty())
-    else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "\"owner\" must be a non-empty string.",
-        );
-    };
-    let Some(scopes) = body.get("scopes").and_then(Value::as_array) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "\"scopes\" must be an array of strings.",
-        );
-    };
-    let mut parsed = Vec::with_capacity(scopes.len());
-    for scope in scopes {
-        let Some(scope) = scope.as_str() else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "\"scopes\" must be an array of strings.",
-            );
-        };
-        match Scope::new(scope) {
-            Ok(scope) => parsed.push(scope),
-            Err(error) => {
-                return problem(StatusCode::BAD_REQUEST, &format!("Invalid scope: {error}."))
-            }
-        }
-    }
-    let scopes: ScopeSet = parsed.into_iter().collect();
-    if let Some(beyond) = scopes.iter().find(|s| !caller.scopes().grants(s)) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &format!("You cannot grant the scope {beyond}, which you do not hold."),
-        );
-    }
-    let mut options = IssueOptions::new(owner)
-        .scopes(scopes)
-        .limits(state.standard.clone())
-        .metadata("issued_by", caller.key_id().to_string());
-    match body.get("expires_in_seconds") {
-        None | Some(Value::Null) => {}
-        Some(value) => match value.as_u64().filter(|&secs| secs > 0) {
-            Some(secs) => options = options.expires_in(Duration::from_secs(secs)),
-            None => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "\"expires_in_seconds\" must be a positive integer.",
-                )
-            }
-        },
-    }
-    match state.manager.issue(options).await {
-        Ok(issued) => (
-            StatusCode::CREATED,
-            Json(json!({
-                "key": issued.key.expose_secret(),
-                "key_id": issued.record.id.to_string(),
-                "owner": issued.record.owner,
-                "scopes": issued.record.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response(),
-        Err(ManagerError::ExpiryOutOfRange) => problem(
-            StatusCode::BAD_REQUEST,
-            "\"expires_in_seconds\" is too large.",
-        ),
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "issuing a key failed"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The key could not be issued.",
-            )
-        }
-    }
-}
-
-/// `DELETE /keys/{key_id}` (`keys:admin`): revokes the key at once.
-async fn revoke_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Response {
-    let Ok(id) = key_id.parse::<KeyId>() else {
-        return problem(StatusCode::BAD_REQUEST, "That is not a key id.");
-    };
-    match state.manager.revoke(&id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(ManagerError::NotFound(_)) => problem(StatusCode::NOT_FOUND, "No key has this id."),
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "revoking a key failed"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The key could not be revoked.",
-            )
-        }
-    }
-}
-
 fn json_object(body: &[u8]) -> Option<serde_json::Map<String, Value>> {
     match serde_json::from_slice(body) {
         Ok(Value::Object(map)) => Some(map),
@@ -357,16 +245,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// metadata): never the key itself.
 async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
-}
-
-/// `GET /usage` (`usage:read`): the usage of every key, from the aggregate
-/// (`KeyUsage`'s JSON), and of the requests no key authenticated.
-async fn usage_report(State(state): State<AppState>) -> Response {
-    Json(json!({
-        "keys": state.usage.snapshot(),
-        "anonymous": state.usage.anonymous(),
-    }))
-    .into_response()
 }
 
 /// Logs each request: key id, method, path, status and latency; never a

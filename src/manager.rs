@@ -185,7 +185,7 @@ impl From<StoreError> for ManagerError {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct IssueOptions {
-    owner: String,
+    owner: Arc<str>,
     name: String,
     scopes: ScopeSet,
     expiry: Option<Expiry>,
@@ -205,7 +205,7 @@ enum Expiry {
 
 impl IssueOptions {
     /// A key for `owner` with no scopes, no expiry and no restrictions.
-    pub fn new(owner: impl Into<String>) -> Self {
+    pub fn new(owner: impl Into<Arc<str>>) -> Self {
         Self {
             owner: owner.into(),
             name: String::new(),
@@ -311,9 +311,9 @@ impl IssueOptions {
             .with_scopes(self.scopes.clone())
             .with_allowed_networks(self.allowed_networks.iter().copied());
         record.expires_at = expires_at;
-        record.not_before = self.not_before;
-        record.metadata = self.metadata.clone();
-        record.environment = self.environment;
+        record.set_not_before(self.not_before);
+        record.set_metadata(self.metadata.clone());
+        record.set_environment(self.environment);
         record.limits = self.limits.clone();
         if let Some(origins) = &self.publishable {
             record = record.with_publishable(origins.iter().cloned());
@@ -422,7 +422,7 @@ impl KeyManager {
     /// let key = manager
     ///     .issue(IssueOptions::new("acme").publishable([origin.clone()]).scopes("catalog:read".parse()?))
     ///     .await?;
-    /// assert!(key.record.publishable);
+    /// assert!(key.record.publishable());
     /// let refused = manager
     ///     .issue(IssueOptions::new("acme").publishable([origin]).scopes("keys:admin".parse()?))
     ///     .await;
@@ -467,7 +467,7 @@ impl KeyManager {
             events.record(UsageEvent::lifecycle(
                 lifecycle,
                 record.id,
-                record.owner.as_str(),
+                Arc::clone(&record.owner),
                 self.clock.now(),
             ));
         }
@@ -677,7 +677,7 @@ impl KeyManager {
     /// rotated.
     pub async fn rotate(&self, id: &KeyId, grace: Duration) -> Result<Rotated, ManagerError> {
         let old = self.load(id).await?;
-        if old.verification_key.is_some() {
+        if old.verification_key().is_some() {
             return Err(ManagerError::SigningKey(*id));
         }
         let now = self.clock.now();
@@ -688,11 +688,12 @@ impl KeyManager {
             .checked_add(grace)
             .ok_or(ManagerError::ExpiryOutOfRange)?;
         let (key, record) = self
-            .insert_fresh(|new_id, hash| KeyRecord {
-                id: new_id,
-                hash,
-                created_at: now,
-                ..old.clone()
+            .insert_fresh(|new_id, hash| {
+                let mut successor = KeyRecord::clone(&old);
+                successor.id = new_id;
+                successor.hash = hash;
+                successor.created_at = now;
+                successor
             })
             .await?;
         let mut previous = old.clone();
@@ -769,7 +770,7 @@ impl KeyManager {
         scopes: ScopeSet,
     ) -> Result<KeyRecord, ManagerError> {
         let record = self.load(id).await?;
-        if record.publishable {
+        if record.publishable() {
             self.check_publishable(&scopes)?;
         }
         self.change(id, Lifecycle::ScopesChanged, move |record| {
@@ -789,11 +790,11 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         let origins: Vec<AllowedOrigin> = origins.into_iter().collect();
         let record = self.load(id).await?;
-        if record.publishable && origins.is_empty() {
+        if record.publishable() && origins.is_empty() {
             return Err(ManagerError::NoAllowedOrigins);
         }
         self.change(id, Lifecycle::OriginsChanged, move |record| {
-            record.allowed_origins = origins;
+            record.set_allowed_origins(origins);
         })
         .await
     }
@@ -820,7 +821,7 @@ impl KeyManager {
         metadata: BTreeMap<String, String>,
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::MetadataChanged, move |record| {
-            record.metadata = metadata;
+            record.set_metadata(metadata);
         })
         .await
     }
@@ -859,7 +860,7 @@ impl KeyManager {
         not_before: Option<SystemTime>,
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::NotBeforeChanged, move |record| {
-            record.not_before = not_before;
+            record.set_not_before(not_before);
         })
         .await
     }

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use ipnet::IpNet;
@@ -59,8 +60,13 @@ impl fmt::Display for KeyStatus {
 /// Everything a store keeps about one key: its id, the hash of its secret,
 /// who owns it, what it may do and when.
 ///
-/// Plain data. Build one with [`KeyRecord::new`] and the `with_*` methods;
-/// the fields are public for reading and for updates.
+/// Plain data. Build one with [`KeyRecord::new`] and the `with_*` methods.
+/// The fields every key has are public, for reading and for updates; the
+/// ones few keys set (environment, not-before, allowed networks, revocation
+/// time, metadata, verification key) are boxed together, read and set
+/// through methods ([`metadata`](Self::metadata),
+/// [`set_revoked_at`](Self::set_revoked_at), ...), so that the many keys
+/// without them stay small.
 ///
 /// # As stored data (feature `serde`)
 ///
@@ -110,13 +116,15 @@ impl fmt::Display for KeyStatus {
 ///   `"window": {"secs": .., "nanos": ..}`, a refill as the pair
 ///   `[amount, {"secs": .., "nanos": ..}]`, a hash as bare hex (plain
 ///   SHA-256); fields added since (`revoked_at`) default to `null`.
-#[derive(Clone, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[derive(Clone)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(from = "stored::Stored"))]
 #[non_exhaustive]
-// Declared in the order authentication reads them (repr(C) keeps it): the
-// hash, id, status and environment share the allocation's first cache line
-// with the Arc's counts, and times and networks come next, so that a look-up
-// in a large store touches two lines, not four.
+// Compact: what most keys have inline, what few have (networks, metadata,
+// not-before, environment, revocation time, verification key) in one
+// boxed part, absent for most keys. Declared in the order authentication
+// reads the fields (repr(C) keeps it): the hash, id and status share the
+// allocation's first cache line with the Arc's counts.
 #[repr(C)]
 pub struct KeyRecord {
     /// The hash of the key's secret.
@@ -124,121 +132,107 @@ pub struct KeyRecord {
     /// The public key id.
     pub id: KeyId,
     /// Active, disabled or revoked.
-    #[cfg_attr(feature = "serde", serde(default))]
     pub status: KeyStatus,
-    /// The environment the key belongs to; `None` for any. A service
-    /// configured with [`AuthLayer::environment`](crate::AuthLayer::environment)
-    /// refuses keys of another environment.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub environment: Option<Environment>,
     /// From when on the key is refused; `None` for never.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, with = "crate::rfc3339::serde::option")
-    )]
     pub expires_at: Option<SystemTime>,
-    /// Until when the key is refused; `None` for no such time.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, with = "crate::rfc3339::serde::option")
-    )]
-    pub not_before: Option<SystemTime>,
-    /// The client networks (IPv4 or IPv6 CIDR) the key may be used from;
-    /// empty for anywhere. Checked by [`AuthLayer`](crate::AuthLayer)
-    /// against the client address (see [`auth::client`](crate::auth::client)).
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub allowed_networks: Vec<IpNet>,
-    /// A publishable key: one meant to sit in a browser or an app, which
-    /// identifies the caller for quotas and usage but holds no secret
-    /// power. [`AuthLayer`](crate::AuthLayer) accepts it only from one of
-    /// its [`allowed_origins`](Self::allowed_origins) (none: from nowhere),
-    /// and [`KeyManager`](crate::KeyManager) gives it only the scopes the
-    /// service allows publishable keys
-    /// ([`KeyManager::with_publishable_scopes`](crate::KeyManager::with_publishable_scopes)).
-    #[cfg_attr(feature = "serde", serde(default, skip_serializing_if = "is_false"))]
-    pub publishable: bool,
-    /// The origins (`https://app.example.com`, `https://*.example.com`) the
-    /// key may be used from, checked by [`AuthLayer`](crate::AuthLayer)
-    /// against the request's `Origin` (or `Referer`): see
-    /// [`auth::origin`](crate::auth::origin). Empty: any origin, unless the
-    /// key is [`publishable`](Self::publishable), which then is refused
-    /// everywhere.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, skip_serializing_if = "Vec::is_empty")
-    )]
-    pub allowed_origins: Vec<AllowedOrigin>,
-    /// What the key may do.
-    #[cfg_attr(feature = "serde", serde(default))]
+    /// What the key may do (shared, not copied, between records that
+    /// clone one set).
     pub scopes: ScopeSet,
     /// Rate limits and credits, checked by
     /// [`RateLimitLayer`](crate::limit::RateLimitLayer); none by default.
-    #[cfg_attr(feature = "serde", serde(default))]
     pub limits: Limits,
-    /// The owner: a user, tenant or service account id.
-    pub owner: String,
+    /// The owner: a user, tenant or service account id (shared, not
+    /// copied, between records that clone one `Arc`).
+    pub owner: Arc<str>,
     /// A human name, such as "CI deploy key"; may be empty.
-    #[cfg_attr(feature = "serde", serde(default))]
     pub name: String,
     /// When the key was made.
-    #[cfg_attr(feature = "serde", serde(with = "crate::rfc3339::serde"))]
     pub created_at: SystemTime,
-    /// When the key was revoked: set by [`KeyStore::revoke`](crate::KeyStore::revoke)
-    /// (to the first revocation's time; revoking again keeps it). `None`
-    /// while the key is not revoked.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, with = "crate::rfc3339::serde::option")
-    )]
-    pub revoked_at: Option<SystemTime>,
-    /// Free-form labels, handed to the service in the `Principal`.
-    #[cfg_attr(feature = "serde", serde(default))]
-    pub metadata: BTreeMap<String, String>,
-    /// For a key that signs requests (HTTP Message Signatures, feature
-    /// `signatures`): the public key (or shared secret) its signatures are
-    /// checked with. Such a record's [`hash`](Self::hash) is of a secret
-    /// nobody holds, so it is never a bearer key. `None` for API keys.
-    #[cfg_attr(
-        feature = "serde",
-        serde(default, skip_serializing_if = "Option::is_none")
-    )]
-    pub verification_key: Option<VerificationKey>,
+    /// The fields few keys set; `None` while all are at their defaults.
+    rare: Option<Box<Rare>>,
     /// A [`MemoryLimiter`](crate::limit::MemoryLimiter)'s shortcut to this
     /// key's limit state, planted by its first check: the record travels
     /// with the `Principal` and stays in the store, so later requests find
     /// the state without a second look-up. Not data: never compared,
     /// cloned or stored.
-    #[cfg_attr(feature = "serde", serde(skip))]
     pub(crate) limit_slot: LimitSlot,
 }
 
+/// The fields of a [`KeyRecord`] that few keys set, boxed together.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Rare {
+    environment: Option<Environment>,
+    not_before: Option<SystemTime>,
+    allowed_networks: Vec<IpNet>,
+    revoked_at: Option<SystemTime>,
+    metadata: BTreeMap<String, String>,
+    verification_key: Option<VerificationKey>,
+    publishable: bool,
+    allowed_origins: Vec<AllowedOrigin>,
+}
+
+/// What a record without rare fields reads.
+static NO_RARE: Rare = Rare {
+    environment: None,
+    not_before: None,
+    allowed_networks: Vec::new(),
+    revoked_at: None,
+    metadata: BTreeMap::new(),
+    verification_key: None,
+    publishable: false,
+    allowed_origins: Vec::new(),
+};
+
+impl PartialEq for KeyRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash
+            && self.id == other.id
+            && self.status == other.status
+            && self.expires_at == other.expires_at
+            && self.scopes == other.scopes
+            && self.limits == other.limits
+            && self.owner == other.owner
+            && self.name == other.name
+            && self.created_at == other.created_at
+            && self.rare() == other.rare()
+    }
+}
+
+impl Eq for KeyRecord {}
+
 impl fmt::Debug for KeyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rare = self.rare();
         f.debug_struct("KeyRecord")
             .field("hash", &self.hash)
             .field("id", &self.id)
             .field("status", &self.status)
-            .field("environment", &self.environment)
+            .field("environment", &rare.environment)
             .field("expires_at", &self.expires_at)
-            .field("not_before", &self.not_before)
-            .field("allowed_networks", &self.allowed_networks)
-            .field("publishable", &self.publishable)
-            .field("allowed_origins", &self.allowed_origins)
+            .field("not_before", &rare.not_before)
+            .field("allowed_networks", &rare.allowed_networks)
+            .field("publishable", &rare.publishable)
+            .field("allowed_origins", &rare.allowed_origins)
             .field("scopes", &self.scopes)
             .field("limits", &self.limits)
             .field("owner", &self.owner)
             .field("name", &self.name)
             .field("created_at", &self.created_at)
-            .field("revoked_at", &self.revoked_at)
-            .field("metadata", &self.metadata)
-            .field("verification_key", &self.verification_key)
+            .field("revoked_at", &rare.revoked_at)
+            .field("metadata", &rare.metadata)
+            .field("verification_key", &rare.verification_key)
             .finish()
     }
 }
 
 impl KeyRecord {
     /// An active record with no scopes, no expiry and no metadata.
-    pub fn new(id: KeyId, hash: KeyHash, owner: impl Into<String>, created_at: SystemTime) -> Self {
+    pub fn new(
+        id: KeyId,
+        hash: KeyHash,
+        owner: impl Into<Arc<str>>,
+        created_at: SystemTime,
+    ) -> Self {
         Self {
             id,
             hash,
@@ -246,19 +240,146 @@ impl KeyRecord {
             name: String::new(),
             scopes: ScopeSet::new(),
             created_at,
-            revoked_at: None,
             expires_at: None,
-            not_before: None,
             status: KeyStatus::Active,
-            metadata: BTreeMap::new(),
             limits: Limits::none(),
-            allowed_networks: Vec::new(),
-            publishable: false,
-            allowed_origins: Vec::new(),
-            environment: None,
-            verification_key: None,
+            rare: None,
             limit_slot: LimitSlot::default(),
         }
+    }
+
+    fn rare(&self) -> &Rare {
+        self.rare.as_deref().unwrap_or(&NO_RARE)
+    }
+
+    /// Changes the rare fields; a record whose rare fields are all back
+    /// to their defaults drops the box.
+    fn set_rare(&mut self, change: impl FnOnce(&mut Rare)) {
+        let mut rare = self.rare.take().unwrap_or_default();
+        change(&mut rare);
+        if *rare != NO_RARE {
+            self.rare = Some(rare);
+        }
+    }
+
+    /// The environment the key belongs to; `None` for any. A service
+    /// configured with [`AuthLayer::environment`](crate::AuthLayer::environment)
+    /// refuses keys of another environment.
+    pub fn environment(&self) -> Option<Environment> {
+        self.rare().environment
+    }
+
+    /// Until when the key is refused; `None` for no such time.
+    pub fn not_before(&self) -> Option<SystemTime> {
+        self.rare.as_ref().and_then(|rare| rare.not_before)
+    }
+
+    /// The client networks (IPv4 or IPv6 CIDR) the key may be used from;
+    /// empty for anywhere. Checked by [`AuthLayer`](crate::AuthLayer)
+    /// against the client address (see [`auth::client`](crate::auth::client)).
+    pub fn allowed_networks(&self) -> &[IpNet] {
+        &self.rare().allowed_networks
+    }
+
+    /// When the key was revoked: set by [`KeyStore::revoke`](crate::KeyStore::revoke)
+    /// (to the first revocation's time; revoking again keeps it). `None`
+    /// while the key is not revoked.
+    pub fn revoked_at(&self) -> Option<SystemTime> {
+        self.rare().revoked_at
+    }
+
+    /// Free-form labels, handed to the service in the `Principal`.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.rare().metadata
+    }
+
+    /// For a key that signs requests (HTTP Message Signatures, feature
+    /// `signatures`): the public key (or shared secret) its signatures are
+    /// checked with. Such a record's [`hash`](Self::hash) is of a secret
+    /// nobody holds, so it is never a bearer key. `None` for API keys.
+    pub fn verification_key(&self) -> Option<&VerificationKey> {
+        self.rare().verification_key.as_ref()
+    }
+
+    /// Whether this is a publishable key: one meant to sit in a browser or
+    /// an app, which identifies the caller for quotas and usage but holds
+    /// no secret power. [`AuthLayer`](crate::AuthLayer) accepts it only
+    /// from one of its [`allowed_origins`](Self::allowed_origins) (none:
+    /// from nowhere), and [`KeyManager`](crate::KeyManager) gives it only
+    /// the scopes the service allows publishable keys
+    /// ([`KeyManager::with_publishable_scopes`](crate::KeyManager::with_publishable_scopes)).
+    pub fn publishable(&self) -> bool {
+        self.rare().publishable
+    }
+
+    /// The origins (`https://app.example.com`, `https://*.example.com`) the
+    /// key may be used from, checked by [`AuthLayer`](crate::AuthLayer)
+    /// against the request's `Origin` (or `Referer`): see
+    /// [`auth::origin`](crate::auth::origin). Empty: any origin, unless the
+    /// key is [`publishable`](Self::publishable), which then is refused
+    /// everywhere.
+    pub fn allowed_origins(&self) -> &[AllowedOrigin] {
+        &self.rare().allowed_origins
+    }
+
+    /// Whether the request's origin must be checked: a publishable key, or
+    /// one with allowed origins. (No read beyond the record for most keys.)
+    pub(crate) fn checks_origin(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| rare.publishable || !rare.allowed_origins.is_empty())
+    }
+
+    /// Marks the key publishable or not (see [`publishable`](Self::publishable)).
+    pub fn set_publishable(&mut self, publishable: bool) {
+        self.set_rare(|rare| rare.publishable = publishable);
+    }
+
+    /// Replaces the allowed origins (see [`allowed_origins`](Self::allowed_origins)).
+    pub fn set_allowed_origins(&mut self, origins: impl IntoIterator<Item = AllowedOrigin>) {
+        let origins = origins.into_iter().collect();
+        self.set_rare(|rare| rare.allowed_origins = origins);
+    }
+
+    /// Makes the key publishable, usable from `origins` only (see
+    /// [`publishable`](Self::publishable)).
+    #[must_use]
+    pub fn with_publishable(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.set_publishable(true);
+        self.set_allowed_origins(origins);
+        self
+    }
+
+    /// Sets or clears the environment (see [`environment`](Self::environment)).
+    pub fn set_environment(&mut self, environment: Option<Environment>) {
+        self.set_rare(|rare| rare.environment = environment);
+    }
+
+    /// Sets or clears the not-before time (see [`not_before`](Self::not_before)).
+    pub fn set_not_before(&mut self, at: Option<SystemTime>) {
+        self.set_rare(|rare| rare.not_before = at);
+    }
+
+    /// Replaces the allowed networks (an empty list allows any address).
+    pub fn set_allowed_networks(&mut self, networks: impl IntoIterator<Item = IpNet>) {
+        let networks = networks.into_iter().collect();
+        self.set_rare(|rare| rare.allowed_networks = networks);
+    }
+
+    /// Sets or clears the revocation time (see [`revoked_at`](Self::revoked_at)).
+    pub fn set_revoked_at(&mut self, at: Option<SystemTime>) {
+        self.set_rare(|rare| rare.revoked_at = at);
+    }
+
+    /// Replaces the metadata.
+    pub fn set_metadata(&mut self, metadata: BTreeMap<String, String>) {
+        self.set_rare(|rare| rare.metadata = metadata);
+    }
+
+    /// Sets or clears the verification key (see
+    /// [`verification_key`](Self::verification_key)).
+    pub fn set_verification_key(&mut self, key: Option<VerificationKey>) {
+        self.set_rare(|rare| rare.verification_key = key);
     }
 
     /// Sets the key's limits (share one [`Limits`] among a tier's keys).
@@ -292,7 +413,7 @@ impl KeyRecord {
     /// Sets the time before which the key is refused.
     #[must_use]
     pub fn with_not_before(mut self, at: SystemTime) -> Self {
-        self.not_before = Some(at);
+        self.set_not_before(Some(at));
         self
     }
 
@@ -306,7 +427,9 @@ impl KeyRecord {
     /// Adds one metadata entry.
     #[must_use]
     pub fn with_metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.metadata.insert(key.into(), value.into());
+        self.set_rare(|rare| {
+            rare.metadata.insert(key.into(), value.into());
+        });
         self
     }
 
@@ -314,23 +437,14 @@ impl KeyRecord {
     /// allows any address).
     #[must_use]
     pub fn with_allowed_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
-        self.allowed_networks = networks.into_iter().collect();
-        self
-    }
-
-    /// Makes the key publishable, usable from `origins` only (see
-    /// [`publishable`](Self::publishable)).
-    #[must_use]
-    pub fn with_publishable(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
-        self.publishable = true;
-        self.allowed_origins = origins.into_iter().collect();
+        self.set_allowed_networks(networks);
         self
     }
 
     /// Tags the key with an environment.
     #[must_use]
     pub fn with_environment(mut self, environment: Environment) -> Self {
-        self.environment = Some(environment);
+        self.set_environment(Some(environment));
         self
     }
 
@@ -338,7 +452,7 @@ impl KeyRecord {
     /// `key` (see [`verification_key`](Self::verification_key)).
     #[must_use]
     pub fn with_verification_key(mut self, key: VerificationKey) -> Self {
-        self.verification_key = Some(key);
+        self.set_verification_key(Some(key));
         self
     }
 
@@ -358,7 +472,7 @@ impl KeyRecord {
         if self.expires_at.is_some_and(|at| now >= at) {
             return Err(Invalidity::Expired);
         }
-        if self.not_before.is_some_and(|at| now < at) {
+        if self.not_before().is_some_and(|at| now < at) {
             return Err(Invalidity::NotYetValid);
         }
         Ok(())
@@ -370,22 +484,182 @@ mod tests {
     use super::*;
 
     /// What authentication reads of every record (the hash with its
-    /// algorithm, the id, status and environment) fits in one cache line
-    /// with the `Arc`'s two counts before it.
+    /// algorithm, the id and status) fits in one cache line with the
+    /// `Arc`'s two counts before it.
     #[test]
     fn the_hot_fields_fit_one_cache_line() {
         use std::mem::{offset_of, size_of};
         let arc_counts = 2 * size_of::<usize>();
-        let end = offset_of!(KeyRecord, environment) + size_of::<Option<Environment>>();
+        let end = offset_of!(KeyRecord, status) + size_of::<KeyStatus>();
         assert!(arc_counts + end <= 64, "{}", arc_counts + end);
         assert!(offset_of!(KeyRecord, id) < offset_of!(KeyRecord, status));
     }
+
+    /// A record without rare fields stays small: its `Arc` allocation
+    /// (with the two counts) in a 192-byte block, not the 320 of a record
+    /// with every field inline.
+    #[test]
+    fn a_record_is_compact() {
+        assert!(
+            std::mem::size_of::<KeyRecord>() + 16 <= 192,
+            "{}",
+            std::mem::size_of::<KeyRecord>()
+        );
+    }
+
+    #[test]
+    fn rare_fields_set_and_cleared_compare_as_never_set() {
+        let id = "abcdefghijkl".parse().unwrap();
+        let hash = KeyHash::from_bytes([1; 32]);
+        let plain = KeyRecord::new(id, hash, "acme", std::time::UNIX_EPOCH);
+        let mut touched = plain.clone();
+        touched.set_not_before(Some(std::time::UNIX_EPOCH));
+        assert_ne!(plain, touched);
+        assert_eq!(touched.not_before(), Some(std::time::UNIX_EPOCH));
+        touched.set_not_before(None);
+        assert_eq!(plain, touched);
+        assert!(plain.metadata().is_empty() && plain.allowed_networks().is_empty());
+    }
 }
 
+/// The stored shape (see [`KeyRecord`]): every field by name, in the
+/// order the earlier, flat record wrote them.
 #[cfg(feature = "serde")]
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
-fn is_false(value: &bool) -> bool {
-    !*value
+mod stored {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use ipnet::IpNet;
+    use serde::{Deserialize, Serialize, Serializer};
+
+    use super::{Environment, KeyRecord, KeyStatus, Rare};
+    use crate::auth::origin::AllowedOrigin;
+    use crate::key::{KeyHash, KeyId, VerificationKey};
+    use crate::limit::{LimitSlot, Limits};
+    use crate::scope::ScopeSet;
+
+    #[derive(Deserialize)]
+    pub(super) struct Stored {
+        hash: KeyHash,
+        id: KeyId,
+        #[serde(default)]
+        status: KeyStatus,
+        #[serde(default)]
+        environment: Option<Environment>,
+        #[serde(default, with = "crate::rfc3339::serde::option")]
+        expires_at: Option<SystemTime>,
+        #[serde(default, with = "crate::rfc3339::serde::option")]
+        not_before: Option<SystemTime>,
+        #[serde(default)]
+        allowed_networks: Vec<IpNet>,
+        #[serde(default)]
+        scopes: ScopeSet,
+        #[serde(default)]
+        limits: Limits,
+        owner: Arc<str>,
+        #[serde(default)]
+        name: String,
+        #[serde(with = "crate::rfc3339::serde")]
+        created_at: SystemTime,
+        #[serde(default, with = "crate::rfc3339::serde::option")]
+        revoked_at: Option<SystemTime>,
+        #[serde(default)]
+        metadata: BTreeMap<String, String>,
+        #[serde(default)]
+        verification_key: Option<VerificationKey>,
+        #[serde(default)]
+        publishable: bool,
+        #[serde(default)]
+        allowed_origins: Vec<AllowedOrigin>,
+    }
+
+    #[derive(Serialize)]
+    struct StoredRef<'a> {
+        hash: &'a KeyHash,
+        id: &'a KeyId,
+        status: KeyStatus,
+        environment: Option<Environment>,
+        #[serde(with = "crate::rfc3339::serde::option")]
+        expires_at: Option<SystemTime>,
+        #[serde(with = "crate::rfc3339::serde::option")]
+        not_before: Option<SystemTime>,
+        allowed_networks: &'a [IpNet],
+        scopes: &'a ScopeSet,
+        limits: &'a Limits,
+        owner: &'a str,
+        name: &'a str,
+        #[serde(with = "crate::rfc3339::serde")]
+        created_at: SystemTime,
+        #[serde(with = "crate::rfc3339::serde::option")]
+        revoked_at: Option<SystemTime>,
+        metadata: &'a BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        verification_key: Option<&'a VerificationKey>,
+        #[serde(skip_serializing_if = "is_false")]
+        publishable: bool,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        allowed_origins: &'a [AllowedOrigin],
+    }
+
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+    fn is_false(value: &bool) -> bool {
+        !*value
+    }
+
+    impl From<Stored> for KeyRecord {
+        fn from(stored: Stored) -> Self {
+            let rare = Rare {
+                environment: stored.environment,
+                not_before: stored.not_before,
+                allowed_networks: stored.allowed_networks,
+                revoked_at: stored.revoked_at,
+                metadata: stored.metadata,
+                verification_key: stored.verification_key,
+                publishable: stored.publishable,
+                allowed_origins: stored.allowed_origins,
+            };
+            KeyRecord {
+                hash: stored.hash,
+                id: stored.id,
+                status: stored.status,
+                expires_at: stored.expires_at,
+                scopes: stored.scopes,
+                limits: stored.limits,
+                owner: stored.owner,
+                name: stored.name,
+                created_at: stored.created_at,
+                rare: (rare != Rare::default()).then(|| Box::new(rare)),
+                limit_slot: LimitSlot::default(),
+            }
+        }
+    }
+
+    impl Serialize for KeyRecord {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let rare = self.rare();
+            StoredRef {
+                hash: &self.hash,
+                id: &self.id,
+                status: self.status,
+                environment: rare.environment,
+                expires_at: self.expires_at,
+                not_before: rare.not_before,
+                allowed_networks: &rare.allowed_networks,
+                scopes: &self.scopes,
+                limits: &self.limits,
+                owner: &self.owner,
+                name: &self.name,
+                created_at: self.created_at,
+                revoked_at: rare.revoked_at,
+                metadata: &rare.metadata,
+                verification_key: rare.verification_key.as_ref(),
+                publishable: rare.publishable,
+                allowed_origins: &rare.allowed_origins,
+            }
+            .serialize(serializer)
+        }
+    }
 }
 
 /// Why a record is not usable at a given time.

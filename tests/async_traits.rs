@@ -60,14 +60,14 @@ impl KeyStore for MapStore {
         let record = Arc::make_mut(records.get_mut(id).ok_or(StoreError::NotFound(*id))?);
         if record.status != KeyStatus::Revoked {
             record.status = KeyStatus::Revoked;
-            record.revoked_at = Some(at);
+            record.set_revoked_at(Some(at));
         }
         Ok(())
     }
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         let mut found: Vec<_> = (self.records.read().unwrap().values())
-            .filter(|record| record.owner == owner)
+            .filter(|record| *record.owner == *owner)
             .cloned()
             .collect();
         found.sort_by_key(|record| (record.created_at, record.id));
@@ -169,7 +169,7 @@ async fn a_store_and_a_sink_written_with_keyward_async_trait_work_through_the_la
     // The store keeps the revocation final, as the trait asks.
     let record = store.find(&issued.record.id).await.unwrap().unwrap();
     assert_eq!(record.status, KeyStatus::Revoked);
-    assert!(record.revoked_at.is_some());
+    assert!(record.revoked_at().is_some());
     let again = (*record).clone().with_status(KeyStatus::Active);
     assert!(matches!(
         store.update(again).await,

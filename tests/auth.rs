@@ -303,12 +303,12 @@ async fn expiry_status_and_not_before_are_enforced() {
     assert_eq!(reason(&response), RejectReason::Expired);
 
     record.expires_at = None;
-    record.not_before = Some(now + Duration::from_secs(3600));
+    record.set_not_before(Some(now + Duration::from_secs(3600)));
     f.store.update(record.clone()).await.unwrap();
     let (response, _) = send(layer(&f), bearer(f.key.expose_secret())).await;
     assert_eq!(reason(&response), RejectReason::NotYetValid);
 
-    record.not_before = None;
+    record.set_not_before(None);
     record.status = KeyStatus::Disabled;
     f.store.update(record.clone()).await.unwrap();
     let (response, _) = send(layer(&f), bearer(f.key.expose_secret())).await;

@@ -86,16 +86,16 @@ async fn issue_stores_a_hash_and_returns_the_key_once() {
     assert!(KeyHasher::sha256()
         .hash(issued.key.secret())
         .verify(&stored.hash));
-    assert_eq!(stored.owner, "acme");
+    assert_eq!(&*stored.owner, "acme");
     assert_eq!(stored.name, "CI");
     assert_eq!(stored.created_at, f.clock.now());
     assert_eq!(
         stored.expires_at,
         Some(f.clock.now() + Duration::from_secs(3600))
     );
-    assert_eq!(stored.metadata["team"], "core");
-    assert_eq!(stored.environment, Some(Environment::Live));
-    assert_eq!(stored.allowed_networks.len(), 1);
+    assert_eq!(stored.metadata()["team"], "core");
+    assert_eq!(stored.environment(), Some(Environment::Live));
+    assert_eq!(stored.allowed_networks().len(), 1);
     // Nothing the manager keeps or prints holds the secret.
     let shown = format!("{issued:?} {:?} {stored:?}", f.manager);
     assert!(!shown.contains(issued.key.secret()));
@@ -137,9 +137,9 @@ async fn rotated_predecessor_works_inside_the_grace_period_only() {
     assert_eq!(new.owner, old.record.owner);
     assert_eq!(new.name, old.record.name);
     assert_eq!(new.scopes, old.record.scopes);
-    assert_eq!(new.metadata, old.record.metadata);
-    assert_eq!(new.environment, old.record.environment);
-    assert_eq!(new.allowed_networks, old.record.allowed_networks);
+    assert_eq!(new.metadata(), old.record.metadata());
+    assert_eq!(new.environment(), old.record.environment());
+    assert_eq!(new.allowed_networks(), old.record.allowed_networks());
     assert_eq!(new.expires_at, None);
     assert_eq!(new.status, KeyStatus::Active);
     assert_eq!(rotated.previous.expires_at, Some(f.clock.now() + grace));
@@ -412,7 +412,7 @@ async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events
         .update_metadata(&id, metadata.clone())
         .await
         .unwrap();
-    assert_eq!(record.metadata, metadata);
+    assert_eq!(record.metadata(), &metadata);
     let record = manager.update_name(&id, "deploy").await.unwrap();
     assert_eq!(record.name, "deploy");
     let until = now + Duration::from_secs(3600);
@@ -420,7 +420,7 @@ async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events
     assert_eq!(record.expires_at, Some(until));
     let from = now + Duration::from_secs(60);
     let record = manager.update_not_before(&id, Some(from)).await.unwrap();
-    assert_eq!(record.not_before, Some(from));
+    assert_eq!(record.not_before(), Some(from));
     let record = manager
         .update_scopes(&id, "pets:read".parse().unwrap())
         .await
@@ -437,7 +437,7 @@ async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events
         ),
         (pro, "deploy", Some(until))
     );
-    assert_eq!(stored.metadata, metadata);
+    assert_eq!(stored.metadata(), &metadata);
 
     // The key answers to its new times: refused before not-before, then
     // accepted, then refused after the expiry; `None` lifts both.
@@ -543,7 +543,7 @@ async fn revoke_records_when() {
     f.clock.advance(Duration::from_secs(10));
     f.manager.revoke(&id).await.unwrap();
     let record = f.manager.find(&id).await.unwrap().unwrap();
-    assert_eq!(record.revoked_at, Some(at));
+    assert_eq!(record.revoked_at(), Some(at));
     assert_eq!(
         f.check(&issued.key).await,
         (StatusCode::UNAUTHORIZED, Some(RejectReason::Revoked))

@@ -213,7 +213,7 @@ async fn secret_keys_ignore_origins_and_a_publishable_key_without_origins_is_ref
     // refused everywhere.
     let key = f.publishable(&["https://shop.example.com"]).await;
     let mut record = (*f.manager.find(&key.id()).await.unwrap().unwrap()).clone();
-    record.allowed_origins.clear();
+    record.set_allowed_origins([]);
     keyward::KeyStore::update(&f.store, record).await.unwrap();
     let (status, reason, _) = send(f.auth(), &key, &[("origin", "https://shop.example.com")]).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -246,7 +246,7 @@ async fn scope_allow_list_is_enforced_at_issue_and_on_change() {
         .issue(shop().scopes("catalog:read search:query".parse().unwrap()))
         .await
         .unwrap();
-    assert!(issued.record.publishable);
+    assert!(issued.record.publishable());
     assert_eq!(
         f.manager.list_by_owner("shop").await.unwrap().len(),
         2,
@@ -286,7 +286,7 @@ async fn scope_allow_list_is_enforced_at_issue_and_on_change() {
         .await
         .unwrap();
     assert_eq!(
-        moved.allowed_origins,
+        moved.allowed_origins(),
         vec![origin("https://new.example.com")]
     );
     // Rotation keeps the flag and the origins.
@@ -295,8 +295,8 @@ async fn scope_allow_list_is_enforced_at_issue_and_on_change() {
         .rotate(&id, std::time::Duration::ZERO)
         .await
         .unwrap();
-    assert!(rotated.record.publishable);
-    assert_eq!(rotated.record.allowed_origins, moved.allowed_origins);
+    assert!(rotated.record.publishable());
+    assert_eq!(rotated.record.allowed_origins(), moved.allowed_origins());
     // Secret keys are not limited by the list.
     f.manager
         .issue(IssueOptions::new("backend").scopes("keys:admin".parse().unwrap()))

@@ -339,8 +339,8 @@ fn records_default_to_no_restrictions() {
         "acme",
         SystemTime::now(),
     );
-    assert!(record.allowed_networks.is_empty());
-    assert_eq!(record.environment, None);
+    assert!(record.allowed_networks().is_empty());
+    assert_eq!(record.environment(), None);
     assert_eq!("live".parse::<Environment>().unwrap(), Environment::Live);
     assert!("prod".parse::<Environment>().is_err());
     assert_eq!(Environment::Test.to_string(), "test");

@@ -888,7 +888,7 @@ async fn key_pairs_are_registered_or_issued_never_rotated() {
     assert!(!format!("{issued:?}").contains(written.as_str()));
     let stored = keys.store.find(&issued.record.id).await.unwrap().unwrap();
     assert_eq!(
-        stored.verification_key,
+        stored.verification_key().cloned(),
         Some(issued.signing_key.verification_key())
     );
     // It signs.

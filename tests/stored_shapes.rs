@@ -54,7 +54,7 @@ fn sample() -> KeyRecord {
     .with_environment(Environment::Live)
     .with_allowed_networks(["10.0.0.0/8".parse().unwrap()])
     .with_metadata("team", "billing");
-    record.revoked_at = None;
+    record.set_revoked_at(None);
     record
 }
 
@@ -121,11 +121,11 @@ fn times_with_an_offset_or_before_1970_read() {
     let record: KeyRecord = serde_json::from_value(json).unwrap();
     assert_eq!(record.created_at, sample().created_at);
     assert_eq!(
-        record.not_before,
+        record.not_before(),
         UNIX_EPOCH.checked_sub(Duration::from_secs(14_182_940))
     );
     assert_eq!(
-        record.revoked_at,
+        record.revoked_at(),
         Some(UNIX_EPOCH + Duration::from_millis(1_709_254_799_500))
     );
     // Before 1970 is written as it was read.
@@ -197,7 +197,7 @@ fn records_written_by_earlier_versions_still_read() {
     .with_limits(limits());
     assert_eq!(record, expected);
     assert_eq!(record.hash.algorithm(), HashAlgorithm::Sha256);
-    assert_eq!(record.revoked_at, None);
+    assert_eq!(record.revoked_at(), None);
 
     // Written back, it takes the new shapes.
     let json = serde_json::to_value(&record).unwrap();
@@ -360,12 +360,15 @@ async fn revoke_keeps_its_time_in_the_record() {
     let manager = KeyManager::new(store.clone(), KeyFormat::new("sk_live").unwrap())
         .with_clock(clock.clone());
     let issued = manager.issue(IssueOptions::new("acme")).await.unwrap();
-    assert_eq!(issued.record.revoked_at, None);
+    assert_eq!(issued.record.revoked_at(), None);
     clock.advance(Duration::from_secs(90));
     manager.revoke(&issued.record.id).await.unwrap();
     let record = store.find(&issued.record.id).await.unwrap().unwrap();
     assert_eq!(record.status, KeyStatus::Revoked);
-    assert_eq!(record.revoked_at, Some(keyward::clock::Clock::now(&clock)));
+    assert_eq!(
+        record.revoked_at(),
+        Some(keyward::clock::Clock::now(&clock))
+    );
     let json = serde_json::to_value(&*record).unwrap();
     assert_eq!(json["revoked_at"], "2025-01-01T00:01:30Z");
 }

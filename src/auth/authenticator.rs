@@ -227,14 +227,14 @@ impl Authenticator {
             }
         }
         // The clock is read only when the record has a time to check.
-        let now = if record.expires_at.is_some() || record.not_before.is_some() {
+        let now = if record.expires_at.is_some() || record.not_before().is_some() {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
         };
         match record.validity_at(now) {
             Ok(()) => {
-                let kind = if record.publishable {
+                let kind = if record.publishable() {
                     CredentialKind::Publishable
                 } else {
                     CredentialKind::ApiKey

@@ -206,20 +206,20 @@ pub(crate) fn restrict<B>(
         );
         Err(Rejection::new(RejectReason::Restricted).with_key_id(record.id))
     };
-    if let (Some(service), Some(key)) = (config.environment, record.environment) {
+    if let (Some(service), Some(key)) = (config.environment, record.environment()) {
         if service != key {
             return refuse("environment");
         }
     }
-    if !record.allowed_networks.is_empty()
+    if !record.allowed_networks().is_empty()
         && !allowed(
-            &record.allowed_networks,
+            record.allowed_networks(),
             client.unwrap_or_else(|| config.trusted_proxies.client_addr(request)),
         )
     {
         return refuse("network");
     }
-    if record.publishable || !record.allowed_origins.is_empty() {
+    if record.checks_origin() {
         check_origin(record, request.headers())?;
     }
     Ok(())
@@ -231,7 +231,7 @@ fn check_origin(record: &crate::record::KeyRecord, headers: &HeaderMap) -> Resul
     let origin = super::origin::RequestOrigin::of(headers);
     let allowed = origin.as_ref().is_some_and(|origin| {
         record
-            .allowed_origins
+            .allowed_origins()
             .iter()
             .any(|allowed| allowed.matches(origin))
     });

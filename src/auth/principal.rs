@@ -67,7 +67,7 @@ impl Principal {
 
     /// The key's metadata.
     pub fn metadata(&self) -> &BTreeMap<String, String> {
-        &self.record.metadata
+        self.record.metadata()
     }
 
     /// The whole record, as the store returned it.
@@ -87,10 +87,10 @@ impl serde::Serialize for Principal {
         use serde::ser::SerializeStruct;
         let mut out = serializer.serialize_struct("Principal", 6)?;
         out.serialize_field("key_id", &self.record.id)?;
-        out.serialize_field("owner", &self.record.owner)?;
+        out.serialize_field("owner", &*self.record.owner)?;
         out.serialize_field("name", &self.record.name)?;
         out.serialize_field("scopes", &self.record.scopes)?;
-        out.serialize_field("metadata", &self.record.metadata)?;
+        out.serialize_field("metadata", self.record.metadata())?;
         out.serialize_field("credential", &self.credential)?;
         out.end()
     }

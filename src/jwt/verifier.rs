@@ -441,7 +441,7 @@ impl JwtVerifier {
             .expires_at
             .is_some_and(|at| at.checked_add(leeway).is_some_and(|end| now >= end));
         let early = record
-            .not_before
+            .not_before()
             .is_some_and(|at| now.checked_add(leeway).is_some_and(|t| t < at));
         match record.validity_at(now) {
             Err(Invalidity::Disabled) => return refuse(RejectReason::Disabled),
@@ -450,7 +450,7 @@ impl JwtVerifier {
             _ if early => return refuse(RejectReason::NotYetValid),
             _ => {}
         }
-        if record.owner != checked.subject
+        if *record.owner != *checked.subject
             || !checked
                 .scopes
                 .iter()
@@ -474,7 +474,7 @@ impl JwtVerifier {
     fn stateless_principal(&self, checked: Checked) -> Principal {
         let inner = &*self.inner;
         let id = derived_key_id(&inner.issuer, &checked.subject);
-        let mut record = KeyRecord::new(
+        let record = KeyRecord::new(
             id,
             // No secret: this record is never stored nor compared against.
             KeyHash::from_bytes([0; 32]),
@@ -483,10 +483,8 @@ impl JwtVerifier {
         )
         .with_scopes(checked.scopes)
         .with_limits(inner.limits.clone())
-        .with_expires_at(checked.expires_at);
-        record
-            .metadata
-            .insert("jwt_issuer".to_owned(), inner.issuer.to_string());
+        .with_expires_at(checked.expires_at)
+        .with_metadata("jwt_issuer", inner.issuer.to_string());
         Principal::with_credential(Arc::new(record), CredentialKind::Jwt)
     }
 }

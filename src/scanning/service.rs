@@ -562,7 +562,7 @@ impl SecretScanning {
             UsageEvent::lifecycle(
                 Lifecycle::LeakReported,
                 id,
-                record.owner.as_str(),
+                Arc::clone(&record.owner),
                 self.manager.clock().now(),
             )
             .with_tags(tags),

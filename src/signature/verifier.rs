@@ -309,7 +309,7 @@ impl SignatureVerifier {
                 return Err(Rejection::new(RejectReason::StoreUnavailable).with_key_id(id));
             }
         };
-        let Some(key) = &record.verification_key else {
+        let Some(key) = record.verification_key() else {
             keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
             return fail(SignatureError::NotASigningKey);
         };

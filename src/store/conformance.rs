@@ -62,7 +62,7 @@ async fn revocation_is_final<S: KeyStore + ?Sized>(store: &S) {
     let found = store.find(&record.id).await.expect("find").expect("found");
     assert_eq!(found.status, KeyStatus::Revoked, "revocation is final");
     assert_eq!(
-        found.revoked_at,
+        found.revoked_at(),
         Some(epoch(1_700_000_100)),
         "a refused update must keep revoked_at"
     );
@@ -81,7 +81,7 @@ async fn revoking_again_keeps_the_first_time<S: KeyStore + ?Sized>(store: &S) {
         .expect("revoking a revoked key must succeed");
     let found = store.find(&record.id).await.expect("find").expect("found");
     assert_eq!(
-        found.revoked_at,
+        found.revoked_at(),
         Some(epoch(1_700_000_100)),
         "revoking again must keep the first revoked_at"
     );
@@ -122,7 +122,7 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
     let mut imported = fresh_record(&fresh_owner(), epoch(1_600_000_000))
         .with_status(KeyStatus::Revoked)
         .with_metadata("source", "import");
-    imported.revoked_at = Some(at(1_650_000_000, 999));
+    imported.set_revoked_at(Some(at(1_650_000_000, 999)));
     records.push(imported);
     // Keys that sign requests: a public key, and a shared secret the store
     // must keep readable.
@@ -141,7 +141,7 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
     );
     // Origins on a key that is not publishable.
     let mut with_origins = fresh_record(&fresh_owner(), epoch(1_700_000_000));
-    with_origins.allowed_origins = vec!["http://localhost:3000".parse().expect("valid origin")];
+    with_origins.set_allowed_origins(["http://localhost:3000".parse().expect("valid origin")]);
     records.push(with_origins);
     for record in records {
         store.insert(record.clone()).await.expect("insert");
@@ -274,7 +274,7 @@ async fn revoke_takes_effect_at_once<S: KeyStore + ?Sized>(store: &S) {
         "revoke must show on the next find"
     );
     assert_eq!(
-        found.revoked_at,
+        found.revoked_at(),
         Some(epoch(1_700_000_500)),
         "revoke must set revoked_at to the time it is given"
     );
@@ -379,7 +379,7 @@ async fn lifecycle_updates_show_on_the_next_find<S: KeyStore + ?Sized>(store: &S
         ("name", record.clone().with_name("renamed")),
         ("metadata", {
             let mut changed = record.clone();
-            changed.metadata = [("tier".to_owned(), "pro".to_owned())].into();
+            changed.set_metadata([("tier".to_owned(), "pro".to_owned())].into());
             changed
         }),
     ];
@@ -419,7 +419,7 @@ async fn revoke_keeps_every_other_field<S: KeyStore + ?Sized>(store: &S) {
         .expect("revoke");
     let found = store.find(&record.id).await.expect("find").expect("found");
     let mut expected = record.with_status(KeyStatus::Revoked);
-    expected.revoked_at = Some(epoch(1_700_000_100));
+    expected.set_revoked_at(Some(epoch(1_700_000_100)));
     assert_eq!(
         *found, expected,
         "revoke must change the status and revoked_at, and nothing else"

@@ -110,7 +110,7 @@ impl KeyStore for MemoryStore {
             let mut record = KeyRecord::clone(current);
             record.status = KeyStatus::Revoked;
             // The first revocation's time stays: revoking again is a no-op.
-            record.revoked_at = record.revoked_at.or(Some(at));
+            record.set_revoked_at(record.revoked_at().or(Some(at)));
             Arc::new(record)
         });
         match revoked {
@@ -124,7 +124,7 @@ impl KeyStore for MemoryStore {
             .records
             .pin()
             .values()
-            .filter(|record| record.owner == owner)
+            .filter(|record| *record.owner == *owner)
             .cloned()
             .collect();
         records.sort_by_key(|record| (record.created_at, record.id));

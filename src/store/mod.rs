@@ -29,7 +29,7 @@
 //! store.insert(KeyRecord::new(key.id(), hash, "acme", SystemTime::now())).await?;
 //!
 //! let found = store.find(&key.id()).await?.expect("just inserted");
-//! assert_eq!(found.owner, "acme");
+//! assert_eq!(&*found.owner, "acme");
 //! assert_eq!(store.list_by_owner("acme").await?.len(), 1);
 //! # Ok(())
 //! # }

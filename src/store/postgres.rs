@@ -255,15 +255,15 @@ impl PgStore {
     {
         check_storable(record)?;
         let limits = serde_json::to_string(&record.limits).map_err(StoreError::backend)?;
-        let metadata = serde_json::to_string(&record.metadata).map_err(StoreError::backend)?;
+        let metadata = serde_json::to_string(record.metadata()).map_err(StoreError::backend)?;
         Ok(query
             .bind(record.id.as_str())
             .bind(record.hash.as_bytes().as_slice())
             .bind(record.hash.algorithm().to_string())
-            .bind(record.owner.as_str())
+            .bind(&*record.owner)
             .bind(record.name.as_str())
             .bind(record.status.to_string())
-            .bind(record.environment.map(|e| e.as_str()))
+            .bind(record.environment().map(|e| e.as_str()))
             .bind(
                 record
                     .scopes
@@ -273,7 +273,7 @@ impl PgStore {
             )
             .bind(
                 record
-                    .allowed_networks
+                    .allowed_networks()
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>(),
@@ -282,13 +282,13 @@ impl PgStore {
             .bind(metadata)
             .bind(micros(record.created_at))
             .bind(record.expires_at.map(micros))
-            .bind(record.not_before.map(micros))
-            .bind(record.revoked_at.map(micros))
-            .bind(record.verification_key.as_ref().map(ToString::to_string))
-            .bind(record.publishable)
+            .bind(record.not_before().map(micros))
+            .bind(record.revoked_at().map(micros))
+            .bind(record.verification_key().map(ToString::to_string))
+            .bind(record.publishable())
             .bind(
                 record
-                    .allowed_origins
+                    .allowed_origins()
                     .iter()
                     .map(ToString::to_string)
                     .collect::<Vec<_>>(),
@@ -308,7 +308,7 @@ fn check_storable(record: &KeyRecord) -> Result<(), StoreError> {
         return Err(StoreError::Unstorable(Field::Name));
     }
     if record
-        .metadata
+        .metadata()
         .iter()
         .any(|(k, v)| has_nul(k) || has_nul(v))
     {
@@ -366,42 +366,52 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         _ => return Err(unreadable("status")),
     };
     let environment: Option<String> = row.try_get(6).map_err(StoreError::backend)?;
-    record.environment = environment
-        .map(|e| e.parse::<Environment>())
-        .transpose()
-        .map_err(|_| unreadable("environment"))?;
+    record.set_environment(
+        environment
+            .map(|e| e.parse::<Environment>())
+            .transpose()
+            .map_err(|_| unreadable("environment"))?,
+    );
     let scopes: Vec<String> = row.try_get(7).map_err(StoreError::backend)?;
     record.scopes = ScopeSet::parse(scopes).map_err(|_| unreadable("scopes"))?;
     let networks: Vec<String> = row.try_get(8).map_err(StoreError::backend)?;
-    record.allowed_networks = networks
-        .iter()
-        .map(|n| n.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| unreadable("allowed_networks"))?;
+    record.set_allowed_networks(
+        networks
+            .iter()
+            .map(|n| n.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unreadable("allowed_networks"))?,
+    );
     let limits: String = row.try_get(9).map_err(StoreError::backend)?;
     record.limits = serde_json::from_str::<Limits>(&limits).map_err(|_| unreadable("limits"))?;
     let metadata: String = row.try_get(10).map_err(StoreError::backend)?;
-    record.metadata = serde_json::from_str::<BTreeMap<String, String>>(&metadata)
-        .map_err(|_| unreadable("metadata"))?;
+    record.set_metadata(
+        serde_json::from_str::<BTreeMap<String, String>>(&metadata)
+            .map_err(|_| unreadable("metadata"))?,
+    );
     let time = |index: usize| -> Result<Option<SystemTime>, StoreError> {
         let micros: Option<i64> = row.try_get(index).map_err(StoreError::backend)?;
         Ok(micros.map(from_micros))
     };
     record.expires_at = time(12)?;
-    record.not_before = time(13)?;
-    record.revoked_at = time(14)?;
+    record.set_not_before(time(13)?);
+    record.set_revoked_at(time(14)?);
     let verification_key: Option<String> = row.try_get(15).map_err(StoreError::backend)?;
-    record.verification_key = verification_key
-        .map(|key| key.parse())
-        .transpose()
-        .map_err(|_| unreadable("verification_key"))?;
-    record.publishable = row.try_get(16).map_err(StoreError::backend)?;
+    record.set_verification_key(
+        verification_key
+            .map(|key| key.parse())
+            .transpose()
+            .map_err(|_| unreadable("verification_key"))?,
+    );
+    record.set_publishable(row.try_get(16).map_err(StoreError::backend)?);
     let origins: Vec<String> = row.try_get(17).map_err(StoreError::backend)?;
-    record.allowed_origins = origins
-        .iter()
-        .map(|o| o.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|_| unreadable("allowed_origins"))?;
+    record.set_allowed_origins(
+        origins
+            .iter()
+            .map(|o| o.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unreadable("allowed_origins"))?,
+    );
     Ok(record)
 }
 

@@ -183,7 +183,7 @@ impl RedisStore {
             .key(self.owner_key(&record.owner))
             .arg(json)
             .arg(record.status.to_string())
-            .arg(record.revoked_at.map(nanos).unwrap_or_default())
+            .arg(record.revoked_at().map(nanos).unwrap_or_default())
             .arg(score(record.created_at))
             .arg(record.id.as_str())
             .invoke_async(&mut connection)
@@ -263,7 +263,7 @@ fn decode(
     };
     if let Some(revoked_at) = revoked_at {
         let nanos: u64 = revoked_at.parse().map_err(|_| unreadable("revoked_at"))?;
-        record.revoked_at = Some(UNIX_EPOCH + Duration::from_nanos(nanos));
+        record.set_revoked_at(Some(UNIX_EPOCH + Duration::from_nanos(nanos)));
     }
     Ok(Some(record))
 }
@@ -350,7 +350,7 @@ impl KeyStore for RedisStore {
                 .await?
                 .into_iter()
                 // Owners whose digests share 128 bits share an index.
-                .filter(|record| record.owner == owner)
+                .filter(|record| *record.owner == *owner)
                 .collect();
             records.sort_by_key(|record| (record.created_at, record.id));
             Ok(records.into_iter().map(Arc::new).collect())
