@@ -9,6 +9,9 @@
 //!   field of the old record (owner, name, scopes, limits, metadata,
 //!   restrictions, expiry), and makes the old key expire after a grace
 //!   period you choose, so clients can switch over without downtime.
+//! - [`import_legacy`](KeyManager::import_legacy) imports keys issued
+//!   before keyward by their hash, for
+//!   [`rotate`](KeyManager::rotate) to move their owners to keyward keys.
 //! - [`revoke`](KeyManager::revoke) is immediate and final;
 //!   [`disable`](KeyManager::disable) / [`enable`](KeyManager::enable) switch
 //!   a key off and on again.
@@ -75,7 +78,8 @@ use ipnet::IpNet;
 use crate::auth::origin::AllowedOrigin;
 use crate::clock::{Clock, SystemClock};
 use crate::key::{
-    ApiKey, GenerateError, InvalidVerificationKey, KeyFormat, KeyGenerator, KeyHasher, KeyId,
+    ApiKey, GenerateError, HashAlgorithm, InvalidVerificationKey, KeyFormat, KeyGenerator,
+    KeyHasher, KeyId, LegacyFormat,
 };
 use crate::limit::Limits;
 use crate::record::{Environment, KeyRecord, KeyStatus};
@@ -151,6 +155,12 @@ pub enum ManagerError {
     #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
     #[error("could not mint the JWT")]
     Jwt(#[source] crate::jwt::JwtError),
+    /// The key to import does not have the old format given.
+    #[error("the key to import does not have the format given")]
+    NotOfFormat,
+    /// A key with this hash was imported already.
+    #[error("a key with this hash was imported already")]
+    AlreadyImported,
 }
 
 impl From<StoreError> for ManagerError {
@@ -158,6 +168,7 @@ impl From<StoreError> for ManagerError {
         match error {
             StoreError::NotFound(id) => ManagerError::NotFound(id),
             StoreError::Revoked(id) => ManagerError::Revoked(id),
+            StoreError::DuplicateHash => ManagerError::AlreadyImported,
             other => ManagerError::Store(other),
         }
     }
@@ -441,6 +452,16 @@ impl KeyManager {
         &self.publishable_scopes
     }
 
+    /// Refuses a publishable key without origins or with scopes it may
+    /// not have.
+    fn check_publishable_options(&self, options: &IssueOptions) -> Result<(), ManagerError> {
+        match &options.publishable {
+            None => Ok(()),
+            Some(origins) if origins.is_empty() => Err(ManagerError::NoAllowedOrigins),
+            Some(_) => self.check_publishable(&options.scopes),
+        }
+    }
+
     /// Refuses scopes a publishable key may not have.
     fn check_publishable(&self, scopes: &ScopeSet) -> Result<(), ManagerError> {
         match scopes
@@ -521,12 +542,7 @@ impl KeyManager {
     /// Mints a key and stores its record. The plaintext is returned here
     /// once and kept nowhere.
     pub async fn issue(&self, options: IssueOptions) -> Result<IssuedKey, ManagerError> {
-        if let Some(origins) = &options.publishable {
-            if origins.is_empty() {
-                return Err(ManagerError::NoAllowedOrigins);
-            }
-            self.check_publishable(&options.scopes)?;
-        }
+        self.check_publishable_options(&options)?;
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
         self.insert_fresh(|id, hash| options.record(id, hash, now, expires_at))
@@ -557,6 +573,7 @@ impl KeyManager {
         if let crate::key::VerificationKey::Ed25519(public) = &key {
             crate::signature::ed25519_public_key(public)?;
         }
+        self.check_publishable_options(&options)?;
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
         let (_, record) = self
@@ -665,6 +682,59 @@ impl KeyManager {
         };
         self.audit(Lifecycle::Issued, &record);
         Ok(IssuedJwt { token, record })
+    }
+
+    /// Imports a key issued before keyward, in the old `format`, by the
+    /// SHA-256 `digest` of the whole old key (what a team that kept only
+    /// hashes has; [`import_legacy_key`](Self::import_legacy_key) takes the
+    /// key itself). The record gets a fresh id, the owner, scopes, limits,
+    /// restrictions and times of `options`, and the hash as
+    /// [`HashAlgorithm::ImportedSha256`]; the old key is then accepted by an
+    /// [`AuthLayer`](crate::AuthLayer) told of the format
+    /// ([`imported_keys`](crate::AuthLayer::imported_keys)), with kind
+    /// [`Imported`](crate::CredentialKind::Imported).
+    ///
+    /// `format` must hold at least [`MIN_LEGACY_BITS`](crate::key::MIN_LEGACY_BITS)
+    /// bits (a weaker one cannot be made): only high-entropy old keys
+    /// qualify. Importing one hash twice is refused
+    /// ([`ManagerError::AlreadyImported`]). Move the owner to a keyward key
+    /// with [`rotate`](Self::rotate): the successor is a keyward key with
+    /// the same owner, scopes and limits, and the old key expires after
+    /// the grace period.
+    pub async fn import_legacy(
+        &self,
+        format: &LegacyFormat,
+        digest: [u8; 32],
+        options: IssueOptions,
+    ) -> Result<KeyRecord, ManagerError> {
+        self.check_publishable_options(&options)?;
+        let hash = crate::key::KeyHash::new(HashAlgorithm::ImportedSha256, digest);
+        let now = self.clock.now();
+        let expires_at = options.expiry_from(now)?;
+        let (_, record) = self
+            .insert_fresh(|id, _| options.record(id, hash, now, expires_at))
+            .await?;
+        tracing::info!(
+            target: "keyward::manager",
+            key_id = %record.id,
+            entropy_bits = format.entropy_bits(),
+            "legacy key imported"
+        );
+        self.audit(Lifecycle::Issued, &record);
+        Ok(record)
+    }
+
+    /// [`import_legacy`](Self::import_legacy) with the old key itself,
+    /// which must have `format` ([`ManagerError::NotOfFormat`]); only its
+    /// hash is stored.
+    pub async fn import_legacy_key(
+        &self,
+        format: &LegacyFormat,
+        key: &str,
+        options: IssueOptions,
+    ) -> Result<KeyRecord, ManagerError> {
+        let hash = format.hash(key).ok_or(ManagerError::NotOfFormat)?;
+        self.import_legacy(format, *hash.as_bytes(), options).await
     }
 
     /// Mints a successor to key `id` and lets the old key expire `grace`

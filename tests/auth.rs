@@ -320,6 +320,106 @@ async fn expiry_status_and_not_before_are_enforced() {
     assert_eq!(reason(&response), RejectReason::Revoked);
 }
 
+/// A fake clock that counts its readings.
+#[derive(Debug, Clone, Default)]
+struct CountingClock {
+    clock: FakeClock,
+    readings: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingClock {
+    fn take(&self) -> usize {
+        self.readings.swap(0, std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Clock for CountingClock {
+    fn now(&self) -> SystemTime {
+        self.readings
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.clock.now()
+    }
+}
+
+/// Every refusal takes the same steps (so that timing does not tell which
+/// ids exist or why a key failed): each reads the clock once, and the
+/// reason still follows the documented order whatever else is wrong.
+#[tokio::test]
+async fn every_refusal_reads_the_clock_and_reasons_keep_their_order() {
+    let f = fixture().await;
+    let clock = CountingClock::default();
+    let generator = KeyGenerator::new(f.format.clone());
+    let now = clock.now();
+    let issue = |edit: fn(KeyRecord, SystemTime) -> KeyRecord| {
+        let key = generator.generate().unwrap();
+        let record = KeyRecord::new(
+            key.id(),
+            KeyHasher::sha256().hash(key.secret()),
+            "acme",
+            now,
+        );
+        (key, edit(record, now))
+    };
+    let wrong_secret = |key: &ApiKey| {
+        let other = generator.generate().unwrap();
+        f.format.key_from_parts(key.id(), other.secret()).unwrap()
+    };
+    let cases = [
+        issue(|r, _| r),
+        issue(|r, _| r.with_status(KeyStatus::Revoked)),
+        issue(|r, now| r.with_status(KeyStatus::Disabled).with_expires_at(now)),
+        issue(|r, now| {
+            r.with_expires_at(now)
+                .with_not_before(now + Duration::from_secs(1))
+        }),
+        issue(|r, now| r.with_not_before(now + Duration::from_secs(1))),
+    ];
+    for (_, record) in &cases {
+        f.store.insert(record.clone()).await.unwrap();
+    }
+    let layer = AuthLayer::new(f.store.clone(), f.format.clone()).clock(clock.clone());
+    let refused = |layer: &AuthLayer, key: &ApiKey| {
+        let layer = layer.clone();
+        let request = bearer(key.expose_secret());
+        async move {
+            let (response, body) = send(layer, request).await;
+            assert_invalid_token(&response, &body);
+            reason(&response)
+        }
+    };
+    clock.take();
+
+    // A usable key without validity times does not read the clock.
+    let (response, _) = send(layer.clone(), bearer(cases[0].0.expose_secret())).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(clock.take(), 0);
+
+    let unknown = generator.generate().unwrap();
+    assert_eq!(refused(&layer, &unknown).await, RejectReason::UnknownKey);
+    assert_eq!(clock.take(), 1, "unknown id");
+    for ((key, _), right) in cases.iter().zip([
+        RejectReason::WrongSecret,
+        RejectReason::Revoked,
+        RejectReason::Disabled,
+        RejectReason::Expired,
+        RejectReason::NotYetValid,
+    ]) {
+        let wrong = wrong_secret(key);
+        assert_eq!(refused(&layer, &wrong).await, RejectReason::WrongSecret);
+        assert_eq!(clock.take(), 1, "wrong secret, then {right:?}");
+        if right != RejectReason::WrongSecret {
+            assert_eq!(refused(&layer, key).await, right);
+            assert_eq!(clock.take(), 1, "{right:?}");
+        }
+    }
+
+    // Under a peppered hasher an unknown id is still an unknown key (the
+    // stand-in it is checked against uses the hasher's own algorithm),
+    // never a pepper the service lacks.
+    let peppered = layer.hasher(KeyHasher::with_pepper(PepperId::new(7), b"pepper"));
+    assert_eq!(refused(&peppered, &unknown).await, RejectReason::UnknownKey);
+}
+
 #[tokio::test]
 async fn peppered_hashes_need_the_same_pepper() {
     let f = fixture().await;

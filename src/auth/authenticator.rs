@@ -1,19 +1,65 @@
 use std::fmt;
-use std::hint::black_box;
 use std::sync::Arc;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::credential::CredentialKind;
-use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
-use crate::record::Invalidity;
+use crate::key::{
+    HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
+};
+use crate::record::{Invalidity, KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup};
 
-/// Compared against when the id is unknown, so that an unknown id costs the
-/// same hash and compare as a known one. (Its algorithm need not match:
-/// `KeyHash::verify` compares the bytes in full whatever the algorithms.)
-const DUMMY_HASH: KeyHash = KeyHash::from_bytes([0x5a; 32]);
+/// How many stand-in records unknown ids are checked against.
+const STAND_INS: usize = 1024;
+
+/// What an unknown id is checked against: a record that no secret matches
+/// (its hash is not the hash of any known input), by the hasher's current
+/// algorithm, active, without validity times; beside an id to compare, as
+/// a map's entry holds its key beside its value.
+///
+/// There are many (about 230 KiB, made once per `Authenticator` and shared
+/// by its clones), each in its own allocations, and an id always meets the
+/// same one: an unknown id touches memory about as cold or as warm as a
+/// known id would (a first request meets a cold record, a repeated one a
+/// warm one). SECURITY.md reports what a timing test still finds.
+struct StandIn {
+    id: KeyId,
+    record: Arc<KeyRecord>,
+}
+
+fn stand_ins(hasher: &KeyHasher) -> Arc<[Box<StandIn>]> {
+    let hash = KeyHash::new(hasher.algorithm(), [0x5a; 32]);
+    let id = KeyId::from_checked(*b"000000000000");
+    (0..STAND_INS)
+        .map(|_| {
+            Box::new(StandIn {
+                id,
+                record: Arc::new(KeyRecord::new(id, hash, "", std::time::UNIX_EPOCH)),
+            })
+        })
+        .collect()
+}
+
+/// The stand-in an id meets: ids are random, so a few of their bytes
+/// spread them evenly.
+fn stand_in_slot(id: &KeyId) -> usize {
+    let [a, b, c, d, e, f, g, h, ..] = *id.as_bytes();
+    let spread = u64::from_le_bytes([a, b, c, d, e, f, g, h]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (spread >> 54) as usize % STAND_INS
+}
+
+/// The reasons a key is refused, in the order they are reported: bit `i`
+/// of the failures in [`Authenticator::check`] stands for `REFUSALS[i]`.
+const REFUSALS: [RejectReason; 6] = [
+    RejectReason::UnknownKey,
+    RejectReason::WrongSecret,
+    RejectReason::Disabled,
+    RejectReason::Revoked,
+    RejectReason::Expired,
+    RejectReason::NotYetValid,
+];
 
 /// Checks presented keys against a store: parse, hash, look up, compare in
 /// constant time, check status and validity times.
@@ -54,6 +100,9 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    stand_ins: Arc<[Box<StandIn>]>,
+    /// The old format of imported keys, if they are accepted.
+    imported: Option<Arc<LegacyFormat>>,
 }
 
 /// The first half of a check: either decided, or waiting for a store.
@@ -62,16 +111,17 @@ pub(crate) enum Begun {
     Lookup(Pending),
 }
 
-/// A key that parsed, whose record must still be fetched: the secret is
-/// kept (inline, wiped on drop) to be hashed by the algorithm the record
-/// names.
-pub(crate) struct Pending {
-    pub(crate) id: KeyId,
-    secret: SecretCopy,
+/// A key whose record must still be fetched.
+pub(crate) enum Pending {
+    /// A keyward key that parsed: the secret is kept (inline, wiped on
+    /// drop) to be hashed by the algorithm the record names.
+    Key { id: KeyId, secret: SecretCopy },
+    /// An imported key, by its hash.
+    Imported { hash: KeyHash },
 }
 
 /// A copy of a presented secret (base62, so ASCII), zeroed on drop.
-struct SecretCopy {
+pub(crate) struct SecretCopy {
     len: usize,
     bytes: zeroize::Zeroizing<[u8; MAX_SECRET_LEN]>,
 }
@@ -95,12 +145,39 @@ impl Authenticator {
     /// Checks keys of `format` against `store`, with plain SHA-256 and the
     /// system clock.
     pub fn new(store: impl KeyStore, format: KeyFormat) -> Self {
+        let hasher = KeyHasher::sha256();
         Self {
             store: crate::store::shared(store),
             format,
-            hasher: KeyHasher::sha256(),
+            stand_ins: stand_ins(&hasher),
+            hasher,
             clock: Arc::new(SystemClock),
+            imported: None,
         }
+    }
+
+    /// Also accepts imported keys of the old `format`: a presented value
+    /// that is no key of this authenticator's format but matches `format`
+    /// is looked up by the SHA-256 of the whole value
+    /// ([`KeyStore::find_by_hash`]) and, if an imported record (made by
+    /// [`KeyManager::import_legacy`](crate::KeyManager::import_legacy))
+    /// has that hash, authenticates as it, with kind
+    /// [`Imported`](CredentialKind::Imported). Off by default.
+    ///
+    /// The look-up is by the hash of the whole key, so no comparison on
+    /// the request path depends on the secret's bytes (see
+    /// [`KeyStore::find_by_hash`]); the record found is then compared with
+    /// the hash in constant time all the same. Only formats of at least
+    /// [`MIN_LEGACY_BITS`](crate::key::MIN_LEGACY_BITS) bits exist.
+    #[must_use]
+    pub fn with_imported_keys(mut self, format: LegacyFormat) -> Self {
+        self.imported = Some(Arc::new(format));
+        self
+    }
+
+    /// The old format of imported keys, if they are accepted.
+    pub fn imported_keys(&self) -> Option<&LegacyFormat> {
+        self.imported.as_deref()
     }
 
     /// Uses `hasher` to verify secrets. Each record is verified by the
@@ -108,6 +185,7 @@ impl Authenticator {
     /// refused (`503`, logged as [`UnknownPepper`](crate::key::UnknownPepper)).
     #[must_use]
     pub fn with_hasher(mut self, hasher: KeyHasher) -> Self {
+        self.stand_ins = stand_ins(&hasher);
         self.hasher = hasher;
         self
     }
@@ -147,6 +225,11 @@ impl Authenticator {
         let parsed = match self.format.parse(presented) {
             Ok(parsed) => parsed,
             Err(error) => {
+                // Not a keyward key; perhaps an imported one (rare: off
+                // the valid keys' path).
+                if let Some(hash) = self.imported.as_ref().and_then(|f| f.hash(presented)) {
+                    return Begun::Lookup(Pending::Imported { hash });
+                }
                 tracing::info!(target: "keyward::auth", %error, "API key refused: malformed");
                 return Begun::Done(Err(Rejection::new(RejectReason::MalformedKey)));
             }
@@ -154,7 +237,7 @@ impl Authenticator {
         let id = parsed.id();
         match self.store.find_immediate(&id) {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
-            None => Begun::Lookup(Pending {
+            None => Begun::Lookup(Pending::Key {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
             }),
@@ -164,13 +247,58 @@ impl Authenticator {
     /// Looks the record of a parsed key up (awaiting the store), then
     /// checks it.
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
-        self.finish(pending, lookup)
+        match pending {
+            Pending::Key { id, secret } => {
+                let lookup = crate::store::find_awaited(&*self.store, &id).await;
+                self.check(id, secret.as_str(), lookup)
+            }
+            Pending::Imported { hash } => {
+                #[cfg(feature = "metrics")]
+                let started = std::time::Instant::now();
+                let lookup = self.store.find_by_hash(&hash).await;
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_lookup(started.elapsed());
+                self.check_imported(&hash, lookup)
+            }
+        }
     }
 
-    /// Compares and checks the record a look-up returned.
-    pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
-        self.check(pending.id, pending.secret.as_str(), lookup)
+    /// Checks the record an imported key's hash found.
+    fn check_imported(&self, hash: &KeyHash, lookup: Lookup) -> Result<Principal, Rejection> {
+        let record = match lookup {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::info!(target: "keyward::auth", "imported key refused: unknown");
+                return Err(Rejection::new(RejectReason::UnknownKey));
+            }
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
+                tracing::error!(
+                    target: "keyward::auth",
+                    error = &error as &dyn std::error::Error,
+                    "key store failed on an imported key; refusing (fail closed)"
+                );
+                return Err(Rejection::new(RejectReason::StoreUnavailable));
+            }
+        };
+        let id = record.id;
+        let refuse = |reason: RejectReason| {
+            tracing::info!(target: "keyward::auth", key_id = %id, %reason, "imported key refused");
+            Err(Rejection::new(reason).with_key_id(id))
+        };
+        // The store looked the digest up; compare it all the same, in
+        // constant time, algorithm included.
+        if !record.hash.verify(hash) {
+            return refuse(RejectReason::WrongSecret);
+        }
+        match record.validity_at(self.clock.now()) {
+            Ok(()) => Ok(Principal::with_credential(record, CredentialKind::Imported)),
+            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
+            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
+            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
+            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+        }
     }
 
     /// Whether `presented` looks like an API key of this authenticator
@@ -181,24 +309,33 @@ impl Authenticator {
     /// is still an API key, refused as such.
     pub fn recognises(&self, presented: &str) -> bool {
         let prefix = self.format.prefix();
-        presented.len() > prefix.len()
+        (presented.len() > prefix.len()
             && presented.as_bytes()[prefix.len()] == b'_'
-            && presented.starts_with(prefix)
+            && presented.starts_with(prefix))
+            || self
+                .imported
+                .as_ref()
+                .is_some_and(|format| format.matches(presented))
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
     /// record's hash and checks the record.
+    ///
+    /// Every refusal takes the same steps, so that timing tells neither
+    /// which ids exist nor why a key was refused: an unknown id is checked
+    /// against a stand-in record (see [`StandIn`]: the same id compare,
+    /// reference count, hash and hash compare as a known one), the
+    /// record's status and times are checked whatever the secret (the
+    /// clock is read for every refusal), and the reason is picked from a
+    /// mask of failures rather than by early returns. Only a usable key
+    /// without validity times skips reading the clock.
     fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
         let refuse = |reason: RejectReason| {
             tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
             Err(Rejection::new(reason).with_key_id(id))
         };
-        let record = match lookup {
-            Ok(Some(record)) => record,
-            Ok(None) => {
-                black_box(self.hasher.hash(secret).verify(&DUMMY_HASH));
-                return refuse(RejectReason::UnknownKey);
-            }
+        let found = match lookup {
+            Ok(found) => found,
             Err(error) => {
                 #[cfg(feature = "metrics")]
                 crate::metrics::store_error(&error);
@@ -211,12 +348,20 @@ impl Authenticator {
                 return refuse(RejectReason::StoreUnavailable);
             }
         };
-        match self.hasher.verify(secret, &record.hash) {
-            Ok(true) => {}
-            Ok(false) => return refuse(RejectReason::WrongSecret),
+        let known = found.is_some();
+        let slot = stand_in_slot(&id);
+        let record = found.unwrap_or_else(|| {
+            let stand_in = &self.stand_ins[slot];
+            // As a map compares the id it found with the one asked for.
+            std::hint::black_box(stand_in.id == id);
+            Arc::clone(&stand_in.record)
+        });
+        let matched = match self.hasher.verify(secret, &record.hash) {
+            Ok(matched) => matched,
             Err(error) => {
                 // The service's configuration, not the client: answered as
-                // an unavailable dependency (503), never as a bad key.
+                // an unavailable dependency (503), never as a bad key. (Not
+                // for the stand-in: it uses the hasher's own algorithm.)
                 tracing::error!(
                     target: "keyward::auth",
                     key_id = %id,
@@ -225,27 +370,41 @@ impl Authenticator {
                 );
                 return refuse(RejectReason::StoreUnavailable);
             }
-        }
-        // The clock is read only when the record has a time to check.
-        let now = if record.expires_at.is_some() || record.not_before().is_some() {
+        };
+        let active = record.status == KeyStatus::Active;
+        // An imported record is found by its hash, never by its id: refused
+        // here as a wrong secret, after the same hash and compare.
+        let imported = record.hash.algorithm() == HashAlgorithm::ImportedSha256;
+        let timed = record.expires_at.is_some() | record.not_before().is_some();
+        let now = if timed | !(known & matched & active & !imported) {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
         };
-        match record.validity_at(now) {
-            Ok(()) => {
-                let kind = if record.publishable() {
-                    CredentialKind::Publishable
-                } else {
-                    CredentialKind::ApiKey
-                };
-                Ok(Principal::with_credential(record, kind))
-            }
-            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
-            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
-            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
-            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+        let expired = record.expires_at.is_some_and(|at| now >= at);
+        let early = record.not_before().is_some_and(|at| now < at);
+        // Non-short-circuit operators: every condition is evaluated.
+        let failures = u32::from(!known)
+            | u32::from(!matched | imported) << 1
+            | u32::from(record.status == KeyStatus::Disabled) << 2
+            | u32::from(record.status == KeyStatus::Revoked) << 3
+            | u32::from(expired) << 4
+            | u32::from(early) << 5;
+        if failures == 0 {
+            let kind = if record.publishable() {
+                CredentialKind::Publishable
+            } else {
+                CredentialKind::ApiKey
+            };
+            return Ok(Principal::with_credential(record, kind));
         }
+        let first = failures.trailing_zeros() as usize;
+        refuse(
+            REFUSALS
+                .get(first)
+                .copied()
+                .unwrap_or(RejectReason::WrongSecret),
+        )
     }
 }
 
@@ -256,6 +415,7 @@ impl fmt::Debug for Authenticator {
             .field("format", &self.format)
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("imported", &self.imported)
             .finish()
     }
 }

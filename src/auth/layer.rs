@@ -14,7 +14,7 @@ use super::source::{KeySource, MAX_SOURCES};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
 use crate::credential::Verifier;
-use crate::key::{KeyFormat, KeyHasher};
+use crate::key::{KeyFormat, KeyHasher, LegacyFormat};
 use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
 
@@ -155,6 +155,16 @@ impl AuthLayer {
     pub fn credential(mut self, verifier: impl Verifier) -> Self {
         let verifier: Arc<dyn Verifier> = Arc::new(verifier);
         Arc::make_mut(&mut self.config).verifiers.push(verifier);
+        self
+    }
+
+    /// Also accepts imported keys of the old `format` (see
+    /// [`Authenticator::with_imported_keys`] and
+    /// [`KeyManager::import_legacy`](crate::KeyManager::import_legacy)),
+    /// from the same key sources as API keys. Off by default.
+    pub fn imported_keys(mut self, format: LegacyFormat) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_imported_keys(format);
         self
     }
 

@@ -6,10 +6,12 @@
 //!    `Authorization: Bearer` and `X-API-Key`), refusing a key sent twice or
 //!    two different keys (`400`), and values that are not visible ASCII;
 //! 2. parses it — exact length, prefix, alphabet, checksum — with no I/O;
-//! 3. hashes the secret and looks the record up by its public id; an unknown
-//!    id is compared against a dummy hash, so it costs the same;
+//! 3. looks the record up by its public id and hashes the secret; an unknown
+//!    id is checked against a stand-in record instead, through the same
+//!    steps, so that timing does not tell which ids exist;
 //! 4. compares the hashes in constant time, then checks status, expiry and
-//!    not-before against the injected [`Clock`](crate::clock::Clock), then
+//!    not-before against the injected [`Clock`](crate::clock::Clock)
+//!    (whatever the secret: every refusal takes the same steps), then
 //!    the key's restrictions: its environment against the service's
 //!    ([`AuthLayer::environment`]), the client's address against its
 //!    allowed networks (see [`client`]), and, for a publishable key or one

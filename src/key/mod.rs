@@ -32,6 +32,7 @@
 mod format;
 mod generator;
 mod hash;
+mod legacy;
 mod verification;
 
 use std::fmt;
@@ -51,6 +52,10 @@ pub use generator::{GenerateError, KeyGenerator};
 pub use hash::{
     DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
     KeyHash, KeyHasher, PepperId, UnknownPepper,
+};
+pub(crate) use legacy::imported_hash;
+pub use legacy::{
+    LegacyAlphabet, LegacyFormat, LegacyFormatError, MAX_LEGACY_LEN, MIN_LEGACY_BITS,
 };
 pub use verification::{InvalidVerificationKey, SharedSecret, VerificationKey};
 
@@ -72,6 +77,11 @@ impl KeyId {
     pub fn as_str(&self) -> &str {
         // Constructed only from checked base62 bytes, so always valid UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The id's characters, unchecked (they are base62 ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8; KEY_ID_LEN] {
+        &self.0
     }
 
     pub(crate) fn from_checked(bytes: [u8; KEY_ID_LEN]) -> Self {

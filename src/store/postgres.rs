@@ -49,6 +49,14 @@ COMMENT ON COLUMN {{table}}.last_used_at IS 'filled by the keyward usage exporte
     },
     Migration {
         version: 2,
+        description: "imported keys found by hash",
+        sql: r#"
+CREATE UNIQUE INDEX "{{table_name}}_imported_hash_idx" ON {{table}} (hash)
+    WHERE hash_algorithm = 'imported-sha256';
+"#,
+    },
+    Migration {
+        version: 3,
         description: "publishable keys and their allowed origins",
         sql: r#"
 ALTER TABLE {{table}}
@@ -83,6 +91,7 @@ struct Queries {
     update: String,
     revoke: String,
     list: String,
+    find_by_hash: String,
 }
 
 impl Queries {
@@ -119,6 +128,10 @@ impl Queries {
             list: format!(
                 "SELECT {COLUMNS} FROM {table} WHERE owner = $1 ORDER BY created_at, id COLLATE \"C\""
             ),
+            // The partial unique index of migration 2 answers it.
+            find_by_hash: format!(
+                "SELECT {COLUMNS} FROM {table} WHERE hash = $1 AND hash_algorithm = 'imported-sha256'"
+            ),
         }
     }
 }
@@ -132,7 +145,9 @@ impl Queries {
 /// `status`, `environment`, `scopes text[]`, `allowed_networks inet[]`,
 /// `limits` and `metadata` as `jsonb`, `verification_key` (for keys that
 /// sign requests), `publishable` and `allowed_origins text[]` (for keys
-/// meant for browsers), times as `timestamptz` (`created_at`,
+/// meant for browsers, migration 3), a unique index on the hashes of
+/// imported keys (migration 2, for [`find_by_hash`](KeyStore::find_by_hash)),
+/// times as `timestamptz` (`created_at`,
 /// `expires_at`, `not_before`, `revoked_at`, and `last_used_at`, which the
 /// usage exporter fills when given this [`table`](Self::table) with
 /// [`PgUsage::keys_table`](crate::usage::PgUsage::keys_table)), and a
@@ -443,10 +458,16 @@ impl KeyStore for PgStore {
         let id = record.id;
         self.run("insert", Some(&id), async {
             let query = Self::bind_record(sqlx::query(&self.queries.insert), &record)?;
-            let done = query
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::backend)?;
+            let done = query.execute(&self.pool).await.map_err(|error| {
+                // The only unique index besides the primary key (whose
+                // conflicts `ON CONFLICT` absorbs): imported hashes.
+                match &error {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StoreError::DuplicateHash
+                    }
+                    _ => StoreError::backend(error),
+                }
+            })?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::AlreadyExists(id));
             }
@@ -486,6 +507,21 @@ impl KeyStore for PgStore {
                 return Err(StoreError::NotFound(*id));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        if hash.algorithm() != HashAlgorithm::ImportedSha256 {
+            return Ok(None);
+        }
+        self.run("find_by_hash", None, async {
+            let row = sqlx::query(&self.queries.find_by_hash)
+                .bind(hash.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+            row.map(|row| decode(&row).map(Arc::new)).transpose()
         })
         .await
     }
