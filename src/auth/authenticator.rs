@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
@@ -9,7 +10,12 @@ use crate::key::{
 };
 use crate::record::{Invalidity, KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup};
+use crate::store::{KeyStore, Lookup, StoreError};
+use crate::unwind;
+
+/// How long a request waits for the key store by default (with the
+/// `tokio` feature): see [`Authenticator::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many stand-in records unknown ids are checked against.
 const STAND_INS: usize = 1024;
@@ -100,6 +106,8 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// Cuts a look-up that takes longer (with the `tokio` feature).
+    store_timeout: Option<Duration>,
     stand_ins: Arc<[Box<StandIn>]>,
     /// The old format of imported keys, if they are accepted.
     imported: Option<Arc<LegacyFormat>>,
@@ -152,6 +160,7 @@ impl Authenticator {
             stand_ins: stand_ins(&hasher),
             hasher,
             clock: Arc::new(SystemClock),
+            store_timeout: cfg!(feature = "tokio").then_some(DEFAULT_STORE_TIMEOUT),
             imported: None,
         }
     }
@@ -178,6 +187,31 @@ impl Authenticator {
     /// The old format of imported keys, if they are accepted.
     pub fn imported_keys(&self) -> Option<&LegacyFormat> {
         self.imported.as_deref()
+    }
+
+    /// Refuses a request whose look-up takes longer than `timeout`
+    /// ([`DEFAULT_STORE_TIMEOUT`], 5 s, unless set): `503`, reason
+    /// [`StoreUnavailable`](RejectReason::StoreUnavailable), logged as
+    /// [`StoreError::Timeout`]. `None` waits as long as the store does.
+    ///
+    /// The timer is tokio's: a look-up awaited outside a tokio runtime is
+    /// not cut, and the runtime must have its timers enabled. A store
+    /// that answers at once ([`KeyStore::find_immediate`]) is never
+    /// timed. Set a remote store's own timeout shorter than this one, so
+    /// that it gives up (and counts) first.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a look-up may take (see
+    /// [`with_store_timeout`](Self::with_store_timeout)); `None` without
+    /// the `tokio` feature.
+    pub fn store_timeout(&self) -> Option<Duration> {
+        self.store_timeout
     }
 
     /// Uses `hasher` to verify secrets. Each record is verified by the
@@ -235,7 +269,8 @@ impl Authenticator {
             }
         };
         let id = parsed.id();
-        match self.store.find_immediate(&id) {
+        // A store that panics fails this request (503), never the service.
+        match crate::store::find_now(&*self.store, &id) {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
             None => Begun::Lookup(Pending::Key {
                 id,
@@ -245,17 +280,23 @@ impl Authenticator {
     }
 
     /// Looks the record of a parsed key up (awaiting the store), then
-    /// checks it.
+    /// checks it. Fails closed: a store that panics answers an error, one
+    /// that takes longer than the timeout [`StoreError::Timeout`].
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
+        let timeout = |limit| Err(StoreError::Timeout(limit));
         match pending {
             Pending::Key { id, secret } => {
-                let lookup = crate::store::find_awaited(&*self.store, &id).await;
+                let find = crate::store::find_awaited(&*self.store, &id);
+                let lookup = unwind::within(self.store_timeout, find, timeout).await;
                 self.check(id, secret.as_str(), lookup)
             }
             Pending::Imported { hash } => {
                 #[cfg(feature = "metrics")]
                 let started = std::time::Instant::now();
-                let lookup = self.store.find_by_hash(&hash).await;
+                let find = unwind::CatchUnwind::new("key store", self.store.find_by_hash(&hash));
+                let lookup = unwind::within(self.store_timeout, find, |limit| Ok(timeout(limit)))
+                    .await
+                    .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
                 #[cfg(feature = "metrics")]
                 crate::metrics::store_lookup(started.elapsed());
                 self.check_imported(&hash, lookup)
@@ -415,6 +456,7 @@ impl fmt::Debug for Authenticator {
             .field("format", &self.format)
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("store_timeout", &self.store_timeout)
             .field("imported", &self.imported)
             .finish()
     }

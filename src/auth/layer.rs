@@ -147,6 +147,17 @@ impl AuthLayer {
         self
     }
 
+    /// Refuses a request whose key look-up takes longer than `timeout`
+    /// (`503`; 5 s unless set, `None` to wait as long as the store):
+    /// see [`Authenticator::with_store_timeout`].
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn store_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_store_timeout(timeout);
+        self
+    }
+
     /// Accepts another kind of credential besides API keys, verified by
     /// `verifier` (a [`SignatureVerifier`](crate::signature::SignatureVerifier),
     /// your own [`Verifier`]). Verifiers are asked in the order they are

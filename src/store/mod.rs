@@ -315,13 +315,27 @@ pub(crate) fn shared(store: impl KeyStore) -> Arc<dyn KeyStore> {
     }
 }
 
+/// [`KeyStore::find_immediate`] on the request path: a store that panics
+/// answers an error (the request is refused, `503`), never a panic in the
+/// service.
+#[inline]
+pub(crate) fn find_now(store: &dyn KeyStore, id: &KeyId) -> Option<Lookup> {
+    crate::unwind::call("key store", || store.find_immediate(id))
+        .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))))
+}
+
 /// A look-up on the request path that the store could not answer at once,
 /// timed with the `metrics` feature. (One that answers at once, from
 /// memory, costs less than the clock reads that would time it.)
+///
+/// A store that panics answers an error (the request is refused, `503`),
+/// never a panic in the service.
 pub(crate) async fn find_awaited(store: &dyn KeyStore, id: &KeyId) -> Lookup {
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
-    let lookup = store.find(id).await;
+    let lookup = crate::unwind::CatchUnwind::new("key store", store.find(id))
+        .await
+        .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
     #[cfg(feature = "metrics")]
     crate::metrics::store_lookup(started.elapsed());
     lookup
