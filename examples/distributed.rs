@@ -56,7 +56,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use keyward::auth::{FailureThrottle, Principal};
+use keyward::auth::{FailureThrottle, Principal, PrincipalSlot};
 use keyward::key::{ApiKey, KeyFormat, KeyId};
 use keyward::limit::{Limits, PolicyError, RatePolicy, RedisLimiter};
 use keyward::manager::{IssueOptions, KeyManager, ManagerError};
@@ -674,13 +674,15 @@ async fn me(principal: Principal) -> Json<Principal> {
 
 /// Logs each request: key id, method, path, status and latency; never a
 /// secret (AuthLayer has removed the credential before handlers run).
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // AuthLayer (inside this middleware) leaves the caller here.
+    let caller = PrincipalSlot::plant(&mut request);
     let response = next.run(request).await;
     let rejection = response.extensions().get::<Rejection>();
-    let key_id = match response.extensions().get::<Principal>() {
+    let key_id = match caller.get() {
         Some(principal) => Some(principal.key_id()),
         None => rejection.and_then(Rejection::key_id),
     };

@@ -38,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use keyward::admin::AdminApi;
-use keyward::auth::{AuthLayer, FailureThrottle, Principal};
+use keyward::auth::{AuthLayer, FailureThrottle, Principal, PrincipalSlot};
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::limit::{Limits, MemoryLimiter, PolicyError, RateLimitLayer, RatePolicy};
 use keyward::manager::KeyManager;
@@ -249,13 +249,15 @@ async fn me(principal: Principal) -> Json<Principal> {
 
 /// Logs each request: key id, method, path, status and latency; never a
 /// secret (AuthLayer has removed the credential before handlers run).
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    // AuthLayer (inside this middleware) leaves the caller here.
+    let caller = PrincipalSlot::plant(&mut request);
     let response = next.run(request).await;
     let rejection = response.extensions().get::<Rejection>();
-    let key_id = match response.extensions().get::<Principal>() {
+    let key_id = match caller.get() {
         Some(principal) => Some(principal.key_id()),
         None => rejection.and_then(Rejection::key_id),
     };

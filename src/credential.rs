@@ -4,7 +4,9 @@
 //!
 //! A key is one credential among several: key pairs that sign each request
 //! ([`signature`](crate::signature), feature `signatures`), JWT-based keys,
-//! publishable keys, keys in Basic auth and imported legacy keys. Every
+//! publishable keys, keys in Basic auth
+//! ([`KeySource::basic_user`](crate::auth::KeySource::basic_user)) and
+//! imported legacy keys ([`LegacyFormat`](crate::key::LegacyFormat)). Every
 //! one ends in the same [`Principal`], so scopes, limits, usage and gRPC
 //! work unchanged behind it, and [`Principal::credential`] says which kind
 //! it was.
@@ -25,7 +27,9 @@
 //!    verifier was added, this step costs nothing;
 //! 3. decides:
 //!    - the value found in step 1 is the API key's when it looks like one (it
-//!      begins with the format's prefix and `_`), or when no verifier
+//!      begins with the format's prefix and `_`, or matches the
+//!      [`LegacyFormat`](crate::key::LegacyFormat) of imported keys the
+//!      layer accepts), or when no verifier
 //!      recognised anything (so junk in `Authorization: Bearer` is still
 //!      refused as a malformed key);
 //!    - **two credentials** (an API key and a recognised verifier, or two
@@ -34,7 +38,8 @@
 //!      either is valid: which one should count is not for the server to
 //!      guess;
 //!    - exactly one: it is verified. An API key goes through the built-in
-//!      [`Authenticator`](crate::auth::Authenticator); anything else through its verifier's
+//!      [`Authenticator`](crate::auth::Authenticator) (looked up by id, or
+//!      by hash for an imported key); anything else through its verifier's
 //!      [`verify`](Verifier::verify);
 //!    - none: `401` without an error code (reason
 //!      [`MissingKey`](RejectReason::MissingKey));
@@ -169,7 +174,8 @@ pub enum CredentialKind {
     /// A publishable key: identifies the caller (quotas, usage) from a
     /// browser or an app, holds no secret power.
     Publishable,
-    /// An old-format key imported by its hash.
+    /// An old-format key imported by its hash
+    /// ([`KeyManager::import_legacy`](crate::KeyManager::import_legacy)).
     Imported,
     /// A request signed with a key pair or a shared secret (HTTP Message
     /// Signatures, RFC 9421).

@@ -118,6 +118,7 @@ pub mod scope;
 pub mod signature;
 pub mod stack;
 pub mod store;
+mod unwind;
 pub mod usage;
 
 /// The attribute keyward's async traits are declared with

@@ -9,6 +9,9 @@
 //!   field of the old record (owner, name, scopes, limits, metadata,
 //!   restrictions, expiry), and makes the old key expire after a grace
 //!   period you choose, so clients can switch over without downtime.
+//! - [`import_legacy`](KeyManager::import_legacy) imports keys issued
+//!   before keyward by their hash, for
+//!   [`rotate`](KeyManager::rotate) to move their owners to keyward keys.
 //! - [`revoke`](KeyManager::revoke) is immediate and final;
 //!   [`disable`](KeyManager::disable) / [`enable`](KeyManager::enable) switch
 //!   a key off and on again.
@@ -74,7 +77,8 @@ use ipnet::IpNet;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::{
-    ApiKey, GenerateError, InvalidVerificationKey, KeyFormat, KeyGenerator, KeyHasher, KeyId,
+    ApiKey, GenerateError, HashAlgorithm, InvalidVerificationKey, KeyFormat, KeyGenerator,
+    KeyHasher, KeyId, LegacyFormat,
 };
 use crate::limit::Limits;
 use crate::record::{Environment, KeyRecord, KeyStatus};
@@ -131,6 +135,12 @@ pub enum ManagerError {
     /// The public key to register is not a usable key.
     #[error("invalid verification key")]
     InvalidVerificationKey(#[from] InvalidVerificationKey),
+    /// The key to import does not have the old format given.
+    #[error("the key to import does not have the format given")]
+    NotOfFormat,
+    /// A key with this hash was imported already.
+    #[error("a key with this hash was imported already")]
+    AlreadyImported,
 }
 
 impl From<StoreError> for ManagerError {
@@ -138,6 +148,7 @@ impl From<StoreError> for ManagerError {
         match error {
             StoreError::NotFound(id) => ManagerError::NotFound(id),
             StoreError::Revoked(id) => ManagerError::Revoked(id),
+            StoreError::DuplicateHash => ManagerError::AlreadyImported,
             other => ManagerError::Store(other),
         }
     }
@@ -492,6 +503,58 @@ impl KeyManager {
             signing_key,
             record,
         })
+    }
+
+    /// Imports a key issued before keyward, in the old `format`, by the
+    /// SHA-256 `digest` of the whole old key (what a team that kept only
+    /// hashes has; [`import_legacy_key`](Self::import_legacy_key) takes the
+    /// key itself). The record gets a fresh id, the owner, scopes, limits,
+    /// restrictions and times of `options`, and the hash as
+    /// [`HashAlgorithm::ImportedSha256`]; the old key is then accepted by an
+    /// [`AuthLayer`](crate::AuthLayer) told of the format
+    /// ([`imported_keys`](crate::AuthLayer::imported_keys)), with kind
+    /// [`Imported`](crate::CredentialKind::Imported).
+    ///
+    /// `format` must hold at least [`MIN_LEGACY_BITS`](crate::key::MIN_LEGACY_BITS)
+    /// bits (a weaker one cannot be made): only high-entropy old keys
+    /// qualify. Importing one hash twice is refused
+    /// ([`ManagerError::AlreadyImported`]). Move the owner to a keyward key
+    /// with [`rotate`](Self::rotate): the successor is a keyward key with
+    /// the same owner, scopes and limits, and the old key expires after
+    /// the grace period.
+    pub async fn import_legacy(
+        &self,
+        format: &LegacyFormat,
+        digest: [u8; 32],
+        options: IssueOptions,
+    ) -> Result<KeyRecord, ManagerError> {
+        let hash = crate::key::KeyHash::new(HashAlgorithm::ImportedSha256, digest);
+        let now = self.clock.now();
+        let expires_at = options.expiry_from(now)?;
+        let (_, record) = self
+            .insert_fresh(|id, _| options.record(id, hash, now, expires_at))
+            .await?;
+        tracing::info!(
+            target: "keyward::manager",
+            key_id = %record.id,
+            entropy_bits = format.entropy_bits(),
+            "legacy key imported"
+        );
+        self.audit(Lifecycle::Issued, &record);
+        Ok(record)
+    }
+
+    /// [`import_legacy`](Self::import_legacy) with the old key itself,
+    /// which must have `format` ([`ManagerError::NotOfFormat`]); only its
+    /// hash is stored.
+    pub async fn import_legacy_key(
+        &self,
+        format: &LegacyFormat,
+        key: &str,
+        options: IssueOptions,
+    ) -> Result<KeyRecord, ManagerError> {
+        let hash = format.hash(key).ok_or(ManagerError::NotOfFormat)?;
+        self.import_legacy(format, *hash.as_bytes(), options).await
     }
 
     /// Mints a successor to key `id` and lets the old key expire `grace`

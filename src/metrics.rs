@@ -310,6 +310,7 @@ pub(crate) enum Dropped {
     /// exporter panicked) with events not exported.
     Stopped,
     /// An exporter gave a batch up after its retries.
+    #[cfg(any(feature = "postgres", feature = "redis"))]
     ExportFailed,
 }
 
@@ -319,6 +320,7 @@ pub(crate) fn usage_dropped(why: Dropped, events: u64) {
         Dropped::Full => static_key!(USAGE_EVENTS_DROPPED, "reason" => "full"),
         Dropped::Closed => static_key!(USAGE_EVENTS_DROPPED, "reason" => "closed"),
         Dropped::Stopped => static_key!(USAGE_EVENTS_DROPPED, "reason" => "stopped"),
+        #[cfg(any(feature = "postgres", feature = "redis"))]
         Dropped::ExportFailed => static_key!(USAGE_EVENTS_DROPPED, "reason" => "export_failed"),
     };
     increment(key, events);

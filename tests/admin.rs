@@ -924,3 +924,77 @@ async fn postgres_usage_plugs_in() {
         .await
         .unwrap();
 }
+
+fn json_value() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        "[a-z:*. ]{0,12}".prop_map(Value::from),
+        "\\PC{0,12}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("owner".to_owned()),
+                    Just("scopes".to_owned()),
+                    Just("name".to_owned()),
+                    Just("expires_in_seconds".to_owned()),
+                    Just("grace_seconds".to_owned()),
+                    Just("limits".to_owned()),
+                    Just("rate".to_owned()),
+                    Just("quota".to_owned()),
+                    Just("window_ms".to_owned()),
+                    Just("metadata".to_owned()),
+                    "[a-z]{1,6}",
+                ],
+                inner,
+                0..5,
+            )
+            .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever body arrives, the answer is a success or a problem
+    /// document, never a server error, and a refused request changes
+    /// nothing.
+    #[test]
+    fn any_body_gets_an_answer_and_refusals_change_nothing(
+        body in proptest::prop_oneof![
+            proptest::strategy::Strategy::prop_map(json_value(), |v| v.to_string()),
+            "\\PC{0,60}",
+        ],
+        target in 0usize..4,
+    ) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let f = fixture().await;
+            let existing = f.issue(json!({"owner": "acme", "scopes": ["pets:read"]})).await;
+            let id = existing["key_id"].as_str().unwrap().to_owned();
+            let before = f.admin("GET", &format!("/admin/keys/{id}"), "").await.body;
+            let (method, path) = [
+                ("POST", "/admin/keys".to_owned()),
+                ("POST", format!("/admin/keys/{id}/rotate")),
+                ("PUT", format!("/admin/keys/{id}/scopes")),
+                ("PUT", format!("/admin/keys/{id}/limits")),
+            ][target].clone();
+            let answer = f.admin(method, &path, &body).await;
+            assert!(answer.status.as_u16() < 500, "{method} {path} {body:?}: {}", answer.body);
+            if !answer.status.is_success() {
+                assert_eq!(answer.headers["content-type"], "application/problem+json");
+                let after = f.admin("GET", &format!("/admin/keys/{id}"), "").await.body;
+                assert_eq!(after, before, "{body:?}");
+                let all = f.keyward.store().list_by_owner("acme").await.unwrap();
+                assert_eq!(all.len(), 1);
+            }
+        });
+    }
+}

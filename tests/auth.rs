@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use keyward::auth::{AuthLayer, KeySource, Principal};
+use keyward::auth::{AuthLayer, KeySource, Principal, PrincipalSlot};
 use keyward::clock::{Clock, FakeClock};
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher, KeyId, PepperId};
 use keyward::record::{KeyRecord, KeyStatus};
@@ -112,11 +112,25 @@ fn assert_invalid_token(response: &Response<()>, body: &str) {
 #[tokio::test]
 async fn valid_bearer_key_reaches_the_service_without_its_credential() {
     let f = fixture().await;
-    let (response, body) = send(layer(&f), bearer(f.key.expose_secret())).await;
+    // An outer layer's slot receives the principal; the response carries
+    // no copy of it.
+    let mut request = bearer(f.key.expose_secret());
+    let slot = PrincipalSlot::plant(&mut request);
+    // A second middleware asking gets the same slot, not a new one that
+    // would take the first one's away.
+    let same = PrincipalSlot::plant(&mut request);
+    let (response, body) = send(layer(&f), request).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body, "acme leaked=false");
-    let principal = response.extensions().get::<Principal>().unwrap();
-    assert_eq!(principal.key_id(), f.key.id());
+    assert_eq!(slot.get().unwrap().key_id(), f.key.id());
+    assert_eq!(same.get().map(Principal::key_id), Some(f.key.id()));
+    assert!(response.extensions().get::<Principal>().is_none());
+    // Without a slot, nothing changes for the service.
+    let (response, body) = send(layer(&f), bearer(f.key.expose_secret())).await;
+    assert_eq!(
+        (response.status(), body.as_str()),
+        (StatusCode::OK, "acme leaked=false")
+    );
 }
 
 #[tokio::test]
@@ -508,10 +522,12 @@ impl KeyStore for Down {
 async fn stores_that_must_be_awaited_work_the_same() {
     let f = fixture().await;
     let layer = AuthLayer::new(AsyncOnly(f.store.clone()), f.format.clone()).clock(f.clock.clone());
-    let (response, body) = send(layer.clone(), bearer(f.key.expose_secret())).await;
+    let mut request = bearer(f.key.expose_secret());
+    let slot = PrincipalSlot::plant(&mut request);
+    let (response, body) = send(layer.clone(), request).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(body, "acme leaked=false");
-    assert!(response.extensions().get::<Principal>().is_some());
+    assert_eq!(slot.get().map(Principal::key_id), Some(f.key.id()));
 
     let unknown = KeyGenerator::new(f.format.clone()).generate().unwrap();
     let (response, body) = send(layer, bearer(unknown.expose_secret())).await;

@@ -182,3 +182,57 @@ async fn revocation_takes_effect_on_the_next_request() {
     assert_eq!(status, 401);
     assert!(text.contains(r#"error="invalid_token""#));
 }
+
+/// User middleware outside `AuthLayer` asks for the caller with a
+/// `PrincipalSlot`, as a logging middleware would: filled for a served
+/// request and for one an inner layer refused, empty for a refused key.
+#[tokio::test]
+async fn middleware_outside_the_layer_receives_the_principal_in_its_slot() {
+    use axum::extract::Request;
+    use axum::middleware::{from_fn, Next};
+    use axum::response::Response;
+    use keyward::auth::PrincipalSlot;
+    use keyward::authorize::RequireScopes;
+
+    async fn log(mut request: Request, next: Next) -> Response {
+        let caller = PrincipalSlot::plant(&mut request);
+        let mut response = next.run(request).await;
+        let owner = caller.get().map_or("-", |p| p.owner()).to_owned();
+        response
+            .headers_mut()
+            .insert("x-logged-owner", owner.parse().unwrap());
+        response
+    }
+
+    let (_, key, store) = app().await;
+    let auth = AuthLayer::new(store, KeyFormat::new("sk_live").unwrap());
+    let router = Router::new()
+        .route(
+            "/me",
+            get(|p: Principal| async move { p.owner().to_owned() }),
+        )
+        .route(
+            "/admin",
+            get(|| async { "admin" })
+                .route_layer(RequireScopes::all(["admin:all".parse().unwrap()])),
+        )
+        .layer(auth)
+        .layer(from_fn(log));
+    let bearer = format!("authorization: Bearer {}", key.expose_secret());
+
+    let (status, text) = raw(router.clone(), &request("/me", &[bearer.as_bytes()])).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("x-logged-owner: acme"), "{text}");
+    // Refused by an inner layer: the slot still names the caller.
+    let (status, text) = raw(router.clone(), &request("/admin", &[bearer.as_bytes()])).await;
+    assert_eq!(status, 403, "{text}");
+    assert!(text.contains("x-logged-owner: acme"), "{text}");
+    // Refused by AuthLayer: empty.
+    let (status, text) = raw(
+        router,
+        &request("/me", &[b"authorization: Bearer sk_live_nope"]),
+    )
+    .await;
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("x-logged-owner: -"), "{text}");
+}

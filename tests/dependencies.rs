@@ -183,11 +183,6 @@ async fn a_failing_store_and_a_failing_limiter_answer_503_with_different_reasons
 
 #[tokio::test]
 async fn both_are_unavailable_to_grpc_clients() {
-    // Logged through a capturing subscriber too, though unread: this test
-    // hits the same log call sites as the one above, in parallel, and a
-    // call site first registered while no interested subscriber exists
-    // can be cached as never enabled, losing the other test's lines.
-    let (_logs, _guard) = CapturedLogs::start();
     let f = Fixture::new().await;
     let usage = AggregatingSink::new();
     for app in [

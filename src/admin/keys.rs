@@ -457,4 +457,21 @@ mod tests {
             assert!(Cursor::parse(junk).is_err(), "{junk:?}");
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_cursor_text_is_an_answer_never_a_panic(text in "\\PC{0,40}") {
+            let _ = Cursor::parse(&text);
+        }
+
+        #[test]
+        fn every_cursor_reads_back(
+            secs in 0u64..=4_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            id in "[A-Za-z0-9]{12}",
+        ) {
+            let cursor = Cursor(Duration::new(secs, nanos), id.parse().unwrap());
+            proptest::prop_assert_eq!(Cursor::parse(&cursor.to_string()).unwrap(), cursor);
+        }
+    }
 }

@@ -133,4 +133,15 @@ mod tests {
         assert!(policy.contains(&hash(script)));
         assert!(!policy.contains("unsafe"));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_accept_header_is_read_without_a_panic(value in "[ -~]{0,80}") {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                let mut headers = HeaderMap::new();
+                headers.insert(header::ACCEPT, value);
+                let _ = wants_html(&headers);
+            }
+        }
+    }
 }

@@ -1,12 +1,21 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
-use crate::key::{KeyFormat, KeyHash, KeyHasher, KeyId, MAX_SECRET_LEN};
-use crate::record::{KeyRecord, KeyStatus};
+use crate::credential::CredentialKind;
+use crate::key::{
+    HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
+};
+use crate::record::{Invalidity, KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup};
+use crate::store::{KeyStore, Lookup, StoreError};
+use crate::unwind;
+
+/// How long a request waits for the key store by default (with the
+/// `tokio` feature): see [`Authenticator::with_store_timeout`].
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many stand-in records unknown ids are checked against.
 const STAND_INS: usize = 1024;
@@ -97,7 +106,11 @@ pub struct Authenticator {
     format: KeyFormat,
     hasher: KeyHasher,
     clock: Arc<dyn Clock>,
+    /// Cuts a look-up that takes longer (with the `tokio` feature).
+    store_timeout: Option<Duration>,
     stand_ins: Arc<[Box<StandIn>]>,
+    /// The old format of imported keys, if they are accepted.
+    imported: Option<Arc<LegacyFormat>>,
 }
 
 /// The first half of a check: either decided, or waiting for a store.
@@ -106,16 +119,17 @@ pub(crate) enum Begun {
     Lookup(Pending),
 }
 
-/// A key that parsed, whose record must still be fetched: the secret is
-/// kept (inline, wiped on drop) to be hashed by the algorithm the record
-/// names.
-pub(crate) struct Pending {
-    pub(crate) id: KeyId,
-    secret: SecretCopy,
+/// A key whose record must still be fetched.
+pub(crate) enum Pending {
+    /// A keyward key that parsed: the secret is kept (inline, wiped on
+    /// drop) to be hashed by the algorithm the record names.
+    Key { id: KeyId, secret: SecretCopy },
+    /// An imported key, by its hash.
+    Imported { hash: KeyHash },
 }
 
 /// A copy of a presented secret (base62, so ASCII), zeroed on drop.
-struct SecretCopy {
+pub(crate) struct SecretCopy {
     len: usize,
     bytes: zeroize::Zeroizing<[u8; MAX_SECRET_LEN]>,
 }
@@ -146,7 +160,58 @@ impl Authenticator {
             stand_ins: stand_ins(&hasher),
             hasher,
             clock: Arc::new(SystemClock),
+            store_timeout: cfg!(feature = "tokio").then_some(DEFAULT_STORE_TIMEOUT),
+            imported: None,
         }
+    }
+
+    /// Also accepts imported keys of the old `format`: a presented value
+    /// that is no key of this authenticator's format but matches `format`
+    /// is looked up by the SHA-256 of the whole value
+    /// ([`KeyStore::find_by_hash`]) and, if an imported record (made by
+    /// [`KeyManager::import_legacy`](crate::KeyManager::import_legacy))
+    /// has that hash, authenticates as it, with kind
+    /// [`Imported`](CredentialKind::Imported). Off by default.
+    ///
+    /// The look-up is by the hash of the whole key, so no comparison on
+    /// the request path depends on the secret's bytes (see
+    /// [`KeyStore::find_by_hash`]); the record found is then compared with
+    /// the hash in constant time all the same. Only formats of at least
+    /// [`MIN_LEGACY_BITS`](crate::key::MIN_LEGACY_BITS) bits exist.
+    #[must_use]
+    pub fn with_imported_keys(mut self, format: LegacyFormat) -> Self {
+        self.imported = Some(Arc::new(format));
+        self
+    }
+
+    /// The old format of imported keys, if they are accepted.
+    pub fn imported_keys(&self) -> Option<&LegacyFormat> {
+        self.imported.as_deref()
+    }
+
+    /// Refuses a request whose look-up takes longer than `timeout`
+    /// ([`DEFAULT_STORE_TIMEOUT`], 5 s, unless set): `503`, reason
+    /// [`StoreUnavailable`](RejectReason::StoreUnavailable), logged as
+    /// [`StoreError::Timeout`]. `None` waits as long as the store does.
+    ///
+    /// The timer is tokio's: a look-up awaited outside a tokio runtime is
+    /// not cut, and the runtime must have its timers enabled. A store
+    /// that answers at once ([`KeyStore::find_immediate`]) is never
+    /// timed. Set a remote store's own timeout shorter than this one, so
+    /// that it gives up (and counts) first.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn with_store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.store_timeout = timeout;
+        self
+    }
+
+    /// How long a look-up may take (see
+    /// [`with_store_timeout`](Self::with_store_timeout)); `None` without
+    /// the `tokio` feature.
+    pub fn store_timeout(&self) -> Option<Duration> {
+        self.store_timeout
     }
 
     /// Uses `hasher` to verify secrets. Each record is verified by the
@@ -194,14 +259,20 @@ impl Authenticator {
         let parsed = match self.format.parse(presented) {
             Ok(parsed) => parsed,
             Err(error) => {
+                // Not a keyward key; perhaps an imported one (rare: off
+                // the valid keys' path).
+                if let Some(hash) = self.imported.as_ref().and_then(|f| f.hash(presented)) {
+                    return Begun::Lookup(Pending::Imported { hash });
+                }
                 tracing::info!(target: "keyward::auth", %error, "API key refused: malformed");
                 return Begun::Done(Err(Rejection::new(RejectReason::MalformedKey)));
             }
         };
         let id = parsed.id();
-        match self.store.find_immediate(&id) {
+        // A store that panics fails this request (503), never the service.
+        match crate::store::find_now(&*self.store, &id) {
             Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
-            None => Begun::Lookup(Pending {
+            None => Begun::Lookup(Pending::Key {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
             }),
@@ -209,15 +280,66 @@ impl Authenticator {
     }
 
     /// Looks the record of a parsed key up (awaiting the store), then
-    /// checks it.
+    /// checks it. Fails closed: a store that panics answers an error, one
+    /// that takes longer than the timeout [`StoreError::Timeout`].
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let lookup = crate::store::find_awaited(&*self.store, &pending.id).await;
-        self.finish(pending, lookup)
+        let timeout = |limit| Err(StoreError::Timeout(limit));
+        match pending {
+            Pending::Key { id, secret } => {
+                let find = crate::store::find_awaited(&*self.store, &id);
+                let lookup = unwind::within(self.store_timeout, find, timeout).await;
+                self.check(id, secret.as_str(), lookup)
+            }
+            Pending::Imported { hash } => {
+                #[cfg(feature = "metrics")]
+                let started = std::time::Instant::now();
+                let find = unwind::CatchUnwind::new("key store", self.store.find_by_hash(&hash));
+                let lookup = unwind::within(self.store_timeout, find, |limit| Ok(timeout(limit)))
+                    .await
+                    .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_lookup(started.elapsed());
+                self.check_imported(&hash, lookup)
+            }
+        }
     }
 
-    /// Compares and checks the record a look-up returned.
-    pub(crate) fn finish(&self, pending: Pending, lookup: Lookup) -> Result<Principal, Rejection> {
-        self.check(pending.id, pending.secret.as_str(), lookup)
+    /// Checks the record an imported key's hash found.
+    fn check_imported(&self, hash: &KeyHash, lookup: Lookup) -> Result<Principal, Rejection> {
+        let record = match lookup {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                tracing::info!(target: "keyward::auth", "imported key refused: unknown");
+                return Err(Rejection::new(RejectReason::UnknownKey));
+            }
+            Err(error) => {
+                #[cfg(feature = "metrics")]
+                crate::metrics::store_error(&error);
+                tracing::error!(
+                    target: "keyward::auth",
+                    error = &error as &dyn std::error::Error,
+                    "key store failed on an imported key; refusing (fail closed)"
+                );
+                return Err(Rejection::new(RejectReason::StoreUnavailable));
+            }
+        };
+        let id = record.id;
+        let refuse = |reason: RejectReason| {
+            tracing::info!(target: "keyward::auth", key_id = %id, %reason, "imported key refused");
+            Err(Rejection::new(reason).with_key_id(id))
+        };
+        // The store looked the digest up; compare it all the same, in
+        // constant time, algorithm included.
+        if !record.hash.verify(hash) {
+            return refuse(RejectReason::WrongSecret);
+        }
+        match record.validity_at(self.clock.now()) {
+            Ok(()) => Ok(Principal::with_credential(record, CredentialKind::Imported)),
+            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
+            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
+            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
+            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+        }
     }
 
     /// Whether `presented` looks like an API key of this authenticator
@@ -228,9 +350,13 @@ impl Authenticator {
     /// is still an API key, refused as such.
     pub fn recognises(&self, presented: &str) -> bool {
         let prefix = self.format.prefix();
-        presented.len() > prefix.len()
+        (presented.len() > prefix.len()
             && presented.as_bytes()[prefix.len()] == b'_'
-            && presented.starts_with(prefix)
+            && presented.starts_with(prefix))
+            || self
+                .imported
+                .as_ref()
+                .is_some_and(|format| format.matches(presented))
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
@@ -287,8 +413,11 @@ impl Authenticator {
             }
         };
         let active = record.status == KeyStatus::Active;
+        // An imported record is found by its hash, never by its id: refused
+        // here as a wrong secret, after the same hash and compare.
+        let imported = record.hash.algorithm() == HashAlgorithm::ImportedSha256;
         let timed = record.expires_at.is_some() | record.not_before().is_some();
-        let now = if timed | !(known & matched & active) {
+        let now = if timed | !(known & matched & active & !imported) {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
@@ -297,7 +426,7 @@ impl Authenticator {
         let early = record.not_before().is_some_and(|at| now < at);
         // Non-short-circuit operators: every condition is evaluated.
         let failures = u32::from(!known)
-            | u32::from(!matched) << 1
+            | u32::from(!matched | imported) << 1
             | u32::from(record.status == KeyStatus::Disabled) << 2
             | u32::from(record.status == KeyStatus::Revoked) << 3
             | u32::from(expired) << 4
@@ -322,6 +451,8 @@ impl fmt::Debug for Authenticator {
             .field("format", &self.format)
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
+            .field("store_timeout", &self.store_timeout)
+            .field("imported", &self.imported)
             .finish()
     }
 }

@@ -11,7 +11,6 @@ use tower_service::Service;
 
 use super::layer::AuthConfig;
 use super::service::{admit, Found};
-use super::Principal;
 use crate::body::ResponseBody;
 use crate::credential::VerifyFuture;
 
@@ -27,7 +26,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, S, ReqBody> {
         // Authenticated: waiting for the inner service.
-        Inner { #[pin] future: F, principal: Option<Principal> },
+        Inner { #[pin] future: F },
         // Waiting for a store that does not answer at once, or a
         // verifier's I/O. (boxed: the rare case must not make every
         // future larger)
@@ -47,12 +46,9 @@ struct Waiting<S, ReqBody> {
 }
 
 impl<F, S, ReqBody> ResponseFuture<F, S, ReqBody> {
-    pub(crate) fn inner(future: F, principal: Principal) -> Self {
+    pub(crate) fn inner(future: F) -> Self {
         Self {
-            state: State::Inner {
-                future,
-                principal: Some(principal),
-            },
+            state: State::Inner { future },
         }
     }
 
@@ -98,11 +94,8 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Inner { future, principal } => {
-                    let mut response = ready!(future.poll(cx))?;
-                    if let Some(principal) = principal.take() {
-                        response.extensions_mut().insert(principal);
-                    }
+                StateProj::Inner { future } => {
+                    let response = ready!(future.poll(cx))?;
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                 }
                 StateProj::Rejected { response } => {
@@ -123,11 +116,10 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let next = match verified.and_then(|principal| {
-                        admit(&config, found, &mut request, &principal, client).map(|()| principal)
+                        admit(&config, found, &mut request, principal, client)
                     }) {
-                        Ok(principal) => State::Inner {
+                        Ok(()) => State::Inner {
                             future: service.call(request),
-                            principal: Some(principal),
                         },
                         Err(rejection) => State::Rejected {
                             response: Some(config.refuse(

@@ -14,7 +14,7 @@ use super::source::{KeySource, MAX_SOURCES};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
 use crate::credential::Verifier;
-use crate::key::{KeyFormat, KeyHasher};
+use crate::key::{KeyFormat, KeyHasher, LegacyFormat};
 use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
 
@@ -147,6 +147,17 @@ impl AuthLayer {
         self
     }
 
+    /// Refuses a request whose key look-up takes longer than `timeout`
+    /// (`503`; 5 s unless set, `None` to wait as long as the store):
+    /// see [`Authenticator::with_store_timeout`].
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn store_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_store_timeout(timeout);
+        self
+    }
+
     /// Accepts another kind of credential besides API keys, verified by
     /// `verifier` (a [`SignatureVerifier`](crate::signature::SignatureVerifier),
     /// your own [`Verifier`]). Verifiers are asked in the order they are
@@ -155,6 +166,16 @@ impl AuthLayer {
     pub fn credential(mut self, verifier: impl Verifier) -> Self {
         let verifier: Arc<dyn Verifier> = Arc::new(verifier);
         Arc::make_mut(&mut self.config).verifiers.push(verifier);
+        self
+    }
+
+    /// Also accepts imported keys of the old `format` (see
+    /// [`Authenticator::with_imported_keys`] and
+    /// [`KeyManager::import_legacy`](crate::KeyManager::import_legacy)),
+    /// from the same key sources as API keys. Off by default.
+    pub fn imported_keys(mut self, format: LegacyFormat) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_imported_keys(format);
         self
     }
 

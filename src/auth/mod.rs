@@ -16,13 +16,16 @@
 //!    ([`AuthLayer::environment`]) and the client's address against its
 //!    allowed networks (see [`client`]);
 //! 5. removes the credential from the request (configurable), inserts the
-//!    [`Principal`] into the request's extensions (and the response's), and
+//!    [`Principal`] into the request's extensions (and into the
+//!    [`PrincipalSlot`] an outer layer planted there, if any), and
 //!    calls the inner service.
 //!
 //! Refusals are `Ok` responses (see [`reject`](crate::reject)): `401` with
 //! `WWW-Authenticate: Bearer`, the same for every kind of bad key (expired,
 //! disabled and revoked included); `403` when a restriction refuses a good
-//! key; `503` when the store fails (fail closed). The exact reason goes to the logs
+//! key; `503` when the store fails, panics or takes longer than the store
+//! timeout (fail closed; 5 s by default with the `tokio` feature, see
+//! [`AuthLayer::store_timeout`]). The exact reason goes to the logs
 //! (target `keyward::auth`, never the key) and to the [`Rejection`] in the
 //! response's extensions.
 //!
@@ -135,12 +138,12 @@ mod service;
 mod source;
 mod throttle;
 
-pub use authenticator::Authenticator;
+pub use authenticator::{Authenticator, DEFAULT_STORE_TIMEOUT};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 #[cfg(feature = "axum")]
 pub use principal::MissingPrincipal;
-pub use principal::Principal;
+pub use principal::{Principal, PrincipalSlot};
 pub use service::AuthService;
 pub use source::{KeySource, MAX_BASIC_LEN};
 pub use throttle::FailureThrottle;

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::credential::CredentialKind;
 use crate::key::KeyId;
@@ -10,9 +10,11 @@ use crate::scope::ScopeSet;
 /// Who is calling: the authenticated key's id, owner, scopes and metadata,
 /// and the [kind of credential](CredentialKind) that proved it.
 ///
-/// [`AuthLayer`](super::AuthLayer) puts it into the request's extensions
-/// (and the response's). Read it with the axum extractor (feature `axum`)
-/// or `request.extensions().get::<Principal>()`. It never holds the key;
+/// [`AuthLayer`](super::AuthLayer) puts it into the request's extensions,
+/// and into the [`PrincipalSlot`] an outer layer planted there, if any.
+/// Read it with the axum extractor (feature `axum`) or
+/// `request.extensions().get::<Principal>()` in the service, and through a
+/// [`PrincipalSlot`] in middleware outside `AuthLayer`. It never holds the key;
 /// cloning it is one reference-count increment. With feature `serde` it
 /// serializes as `{"key_id", "owner", "name", "scopes", "metadata",
 /// "credential"}`, what a `/me` route answers.
@@ -73,6 +75,90 @@ impl Principal {
     /// The whole record, as the store returned it.
     pub fn record(&self) -> &Arc<KeyRecord> {
         &self.record
+    }
+}
+
+/// Where middleware outside [`AuthLayer`](super::AuthLayer) receives the
+/// caller's [`Principal`]: take the request's slot with
+/// [`plant`](Self::plant) on the way in, and read it once the response is
+/// back. `AuthLayer`
+/// fills it when the request authenticates, before the inner service runs,
+/// so it holds the principal also when an inner layer refused the request
+/// (`403`, `429`). Empty when authentication refused the request (read the
+/// [`Rejection`](crate::reject::Rejection) in the response's extensions
+/// then) or when no `AuthLayer` saw it. [`UsageLayer`](crate::usage::UsageLayer)
+/// plants one itself.
+///
+/// A request has one slot, shared by every layer that asks (a request's
+/// extensions hold one value of a type: inserting a second slot would
+/// take the first one's away from the layer that planted it).
+///
+/// The principal is not copied into the response's extensions: a slot is
+/// one small allocation, where a copy in the response made the response's
+/// extension map (a map, its table and a box) for every request.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::SystemTime;
+/// use http::{Request, Response};
+/// use keyward::auth::{AuthLayer, PrincipalSlot};
+/// use keyward::key::{KeyFormat, KeyGenerator, KeyHasher};
+/// use keyward::record::KeyRecord;
+/// use keyward::store::{KeyStore, MemoryStore};
+/// use tower::{service_fn, Layer, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let format = KeyFormat::new("sk_live")?;
+/// let key = KeyGenerator::new(format.clone()).generate()?;
+/// let store = MemoryStore::new();
+/// let hash = KeyHasher::sha256().hash(key.secret());
+/// store.insert(KeyRecord::new(key.id(), hash, "acme", SystemTime::now())).await?;
+/// let service = AuthLayer::new(store, format)
+///     .layer(service_fn(|_| async { Ok::<_, Infallible>(Response::new(String::new())) }));
+///
+/// // In your logging middleware, before calling the next service:
+/// let mut request = Request::get("/pets")
+///     .header("authorization", format!("Bearer {}", key.expose_secret()))
+///     .body(String::new())?;
+/// let slot = PrincipalSlot::plant(&mut request);
+/// let response = service.oneshot(request).await?;
+/// // ... and after:
+/// assert_eq!(slot.get().map(|who| who.owner()), Some("acme"));
+/// assert_eq!(response.status(), 200);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PrincipalSlot(Arc<OnceLock<Principal>>);
+
+impl PrincipalSlot {
+    /// The request's slot: the one an outer layer planted, or an empty
+    /// one planted now.
+    pub fn plant<B>(request: &mut http::Request<B>) -> Self {
+        if let Some(slot) = request.extensions().get::<Self>() {
+            return slot.clone();
+        }
+        let slot = Self(Arc::default());
+        request.extensions_mut().insert(slot.clone());
+        slot
+    }
+
+    /// The principal of the request, once `AuthLayer` authenticated it.
+    pub fn get(&self) -> Option<&Principal> {
+        self.0.get()
+    }
+
+    /// Leaves the principal (the first `AuthLayer` to authenticate the
+    /// request fills the slot; later ones leave it).
+    pub(crate) fn fill(&self, principal: &Principal) {
+        let _ = self.0.set(principal.clone());
+    }
+}
+
+impl fmt::Debug for PrincipalSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PrincipalSlot").field(&self.get()).finish()
     }
 }
 

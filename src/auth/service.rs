@@ -135,14 +135,14 @@ where
         };
         match verified {
             Ok(principal) => {
-                if let Err(rejection) = admit(config, found, &mut request, &principal, resolved) {
+                if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
                     return ResponseFuture::rejected(config.refuse(
                         request.headers(),
                         rejection,
                         client,
                     ));
                 }
-                ResponseFuture::inner(self.inner.call(request), principal)
+                ResponseFuture::inner(self.inner.call(request))
             }
             Err(rejection) => {
                 ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
@@ -232,17 +232,22 @@ pub(crate) fn admit<B>(
     config: &AuthConfig,
     found: Found,
     request: &mut Request<B>,
-    principal: &Principal,
+    principal: Principal,
     client: Option<Option<IpAddr>>,
 ) -> Result<(), Rejection> {
-    super::client::restrict(config, request, principal, client)?;
+    super::client::restrict(config, request, &principal, client)?;
     if config.strip_credentials {
         match found {
             Found::Key(sources) => source::strip(&config.sources, sources, request),
             Found::Verifier(index) => strip_verifier(config, index, request),
         }
     }
-    request.extensions_mut().insert(principal.clone());
+    // An outer layer's slot (looked up before the insert below, while the
+    // map is smallest), then the copy handlers read.
+    if let Some(slot) = request.extensions().get::<super::PrincipalSlot>() {
+        slot.fill(&principal);
+    }
+    request.extensions_mut().insert(principal);
     #[cfg(feature = "metrics")]
     crate::metrics::auth_allowed();
     Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::clock::{epoch_nanos, saturating_nanos as nanos};
 use crate::clock::{Clock, SystemClock};
-use crate::limit::{BoundedMap, Expiring, Gcra, GcraOutcome, RatePolicy};
+use crate::limit::{forgettable, BoundedMap, Expiring, Gcra, GcraOutcome, RatePolicy};
 
 /// Counts refused keys per client address; once a client has had
 /// `max_failures` refused within `window`, every request of it that
@@ -64,6 +64,10 @@ struct Failures {
 impl Expiring for Failures {
     fn is_idle(&self, now: u64) -> bool {
         self.tat.load(Ordering::Relaxed) <= now
+    }
+
+    fn is_forgettable(&self, now: u64) -> bool {
+        forgettable(&self.tat, now)
     }
 }
 

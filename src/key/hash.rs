@@ -79,13 +79,18 @@ pub enum HashAlgorithm {
     Sha256,
     /// HMAC-SHA-256 of the secret, keyed with this pepper.
     HmacSha256(PepperId),
+    /// SHA-256 of a whole imported old-format key (see
+    /// [`LegacyFormat`](super::LegacyFormat)): such a record is found by
+    /// this hash, never by its id, and its kind is
+    /// [`Imported`](crate::CredentialKind::Imported).
+    ImportedSha256,
 }
 
 impl HashAlgorithm {
     /// The pepper, for HMAC.
     pub fn pepper_id(&self) -> Option<PepperId> {
         match self {
-            HashAlgorithm::Sha256 => None,
+            HashAlgorithm::Sha256 | HashAlgorithm::ImportedSha256 => None,
             HashAlgorithm::HmacSha256(id) => Some(*id),
         }
     }
@@ -96,13 +101,14 @@ impl fmt::Display for HashAlgorithm {
         match self {
             HashAlgorithm::Sha256 => f.write_str("sha256"),
             HashAlgorithm::HmacSha256(id) => write!(f, "hmac-sha256:{id}"),
+            HashAlgorithm::ImportedSha256 => f.write_str("imported-sha256"),
         }
     }
 }
 
 /// Why a string is not a [`HashAlgorithm`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a hash algorithm is \"sha256\" or \"hmac-sha256:<pepper id 0-255>\"")]
+#[error("a hash algorithm is \"sha256\", \"hmac-sha256:<pepper id 0-255>\" or \"imported-sha256\"")]
 pub struct InvalidHashAlgorithm;
 
 impl FromStr for HashAlgorithm {
@@ -111,6 +117,9 @@ impl FromStr for HashAlgorithm {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == "sha256" {
             return Ok(HashAlgorithm::Sha256);
+        }
+        if s == "imported-sha256" {
+            return Ok(HashAlgorithm::ImportedSha256);
         }
         let id = s.strip_prefix("hmac-sha256:").ok_or(InvalidHashAlgorithm)?;
         id.parse()
@@ -170,7 +179,7 @@ pub struct KeyHash {
 
 /// Why a string is not a [`KeyHash`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("a key hash is \"sha256:<64 hex digits>\", \"hmac-sha256:<pepper id>:<64 hex digits>\" or 64 hex digits")]
+#[error("a key hash is \"sha256:<64 hex digits>\", \"hmac-sha256:<pepper id>:<64 hex digits>\", \"imported-sha256:<64 hex digits>\" or 64 hex digits")]
 pub struct InvalidKeyHash;
 
 impl KeyHash {
@@ -460,6 +469,7 @@ impl KeyHasher {
     ) -> Result<KeyHash, UnknownPepper> {
         match algorithm {
             HashAlgorithm::Sha256 => Ok(Self::plain(secret)),
+            HashAlgorithm::ImportedSha256 => Ok(super::legacy::imported_hash(secret)),
             HashAlgorithm::HmacSha256(id) => self
                 .peppers
                 .iter()
@@ -478,7 +488,7 @@ impl KeyHasher {
     /// Whether this hasher can verify hashes made by `algorithm`.
     pub fn can_verify(&self, algorithm: HashAlgorithm) -> bool {
         match algorithm {
-            HashAlgorithm::Sha256 => true,
+            HashAlgorithm::Sha256 | HashAlgorithm::ImportedSha256 => true,
             HashAlgorithm::HmacSha256(id) => self.peppers.iter().any(|p| p.id == id),
         }
     }

@@ -32,6 +32,7 @@
 mod format;
 mod generator;
 mod hash;
+mod legacy;
 mod verification;
 
 use std::fmt;
@@ -51,6 +52,10 @@ pub use generator::{GenerateError, KeyGenerator};
 pub use hash::{
     DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
     KeyHash, KeyHasher, PepperId, UnknownPepper,
+};
+pub(crate) use legacy::imported_hash;
+pub use legacy::{
+    LegacyAlphabet, LegacyFormat, LegacyFormatError, MAX_LEGACY_LEN, MIN_LEGACY_BITS,
 };
 pub use verification::{InvalidVerificationKey, SharedSecret, VerificationKey};
 

@@ -13,8 +13,38 @@ pub(crate) trait Expiring {
     /// to what a fresh one would be.
     fn is_idle(&self, now: u64) -> bool;
 
+    /// Whether a sweep may drop it now. The default: when it is idle.
+    /// State that a request makes and then spends on overrides it with
+    /// [`forgettable`], so that a sweep between the making and the
+    /// spending cannot drop the spend.
+    fn is_forgettable(&self, now: u64) -> bool {
+        self.is_idle(now)
+    }
+
     /// Told once the map has dropped the state (idle, or evicted).
     fn forgotten(&self) {}
+}
+
+/// A time word (nanoseconds since the epoch, 0 until first spent on) that
+/// a sweep has seen never spent on: 1 ns after the epoch, so, as a time,
+/// long past (the state reads as fresh).
+pub(crate) const SWEPT: u64 = 1;
+
+/// For a sweep: whether the state whose time word is `word` (0 until it
+/// is first spent on, then a time after which the state is idle) may be
+/// forgotten at `now`.
+///
+/// A state never spent on was just made by a request that is about to
+/// spend on it: dropping it then would lose that spend (the request
+/// spends on a state no longer in the map, and the next one starts from a
+/// fresh state). So the first sweep to see it only marks it
+/// ([`SWEPT`]); a later sweep drops it if it is still unspent. A spend
+/// racing the mark fails its compare-and-swap and retries.
+pub(crate) fn forgettable(word: &AtomicU64, now: u64) -> bool {
+    match word.compare_exchange(0, SWEPT, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => false,
+        Err(time) => time <= now,
+    }
 }
 
 /// A papaya map that never holds more than `max` entries: before a new
@@ -84,11 +114,12 @@ where
         // Collect, then remove: papaya's `retain` copies the whole table.
         let idle: Vec<K> = map
             .iter()
-            .filter(|(_, state)| state.is_idle(now))
+            .filter(|(_, state)| state.is_forgettable(now))
             .map(|(key, _)| key.clone())
             .collect();
         for key in &idle {
-            if let Some(state) = map.remove(key) {
+            // Checked again: a request may have spent on it meanwhile.
+            if let Ok(Some((_, state))) = map.remove_if(key, |_, state| state.is_forgettable(now)) {
                 state.forgotten();
             }
         }

@@ -53,7 +53,18 @@ struct LimitConfig {
     responder: Responder,
     cost: u32,
     fail_open: bool,
+    /// Cuts a check that takes longer (with the `tokio` feature).
+    timeout: Option<Duration>,
 }
+
+/// How long a request waits for the limiter by default (with the `tokio`
+/// feature): see [`RateLimitLayer::timeout`].
+pub const DEFAULT_LIMITER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A limiter check that did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the limiter did not answer within {0:?}")]
+struct TimedOut(Duration);
 
 impl RateLimitLayer {
     /// Checks keys against `limiter`; every request costs 1.
@@ -64,6 +75,7 @@ impl RateLimitLayer {
                 responder: Responder::default(),
                 cost: 1,
                 fail_open: false,
+                timeout: cfg!(feature = "tokio").then_some(DEFAULT_LIMITER_TIMEOUT),
             }),
         }
     }
@@ -79,6 +91,20 @@ impl RateLimitLayer {
     /// Answers refusals with `responder` (default: problem details).
     pub fn responder(mut self, responder: Responder) -> Self {
         Arc::make_mut(&mut self.config).responder = responder;
+        self
+    }
+
+    /// Refuses a request whose limit check takes longer than `timeout`
+    /// (`503`, reason
+    /// [`LimiterUnavailable`](RejectReason::LimiterUnavailable); 5 s
+    /// unless set, `None` to wait as long as the limiter). The timer is
+    /// tokio's: a check awaited outside a tokio runtime is not cut. A
+    /// limiter that answers at once
+    /// ([`check_immediate`](Limiter::check_immediate)) is never timed.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.config).timeout = timeout;
         self
     }
 
@@ -156,8 +182,12 @@ where
             .extensions()
             .get::<Cost>()
             .map_or(config.cost, |cost| cost.0);
-        // Matched in place: a decision is worth no copy.
-        let immediate = config.limiter.check_principal_immediate(principal, cost);
+        // Matched in place: a decision is worth no copy. A limiter that
+        // panics fails this request (503), never the service.
+        let immediate = crate::unwind::call("limiter", || {
+            config.limiter.check_principal_immediate(principal, cost)
+        })
+        .unwrap_or_else(|panicked| Some(Err(LimitError::backend(panicked))));
         let Some(result) = &immediate else {
             // The limiter must wait (a remote backend): decide in a
             // future. The ready service goes with it.
@@ -185,7 +215,13 @@ fn remote_check(config: Arc<LimitConfig>, limits: Limits, id: KeyId, cost: u32) 
     Box::pin(async move {
         #[cfg(feature = "metrics")]
         let started = std::time::Instant::now();
-        let result = config.limiter.check(&id, &limits, cost).await;
+        let check =
+            crate::unwind::CatchUnwind::new("limiter", config.limiter.check(&id, &limits, cost));
+        let result = crate::unwind::within(config.timeout, check, |limit| {
+            Ok(Err(LimitError::backend(TimedOut(limit))))
+        })
+        .await
+        .unwrap_or_else(|panicked| Err(LimitError::backend(panicked)));
         #[cfg(feature = "metrics")]
         crate::metrics::limiter_check(started.elapsed());
         (limits, result)

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use papaya::{Compute, Operation};
 
-use super::bounded::{BoundedMap, Expiring};
+use super::bounded::{forgettable, BoundedMap, Expiring, SWEPT};
 use super::decide::{self, rate_verdict, unspent_rate};
 use super::gcra::{load_unlocked, lock_word};
 use super::{
@@ -192,6 +192,17 @@ impl Expiring for KeyState {
         match self {
             KeyState::OneRate(rate) => rate.is_idle(now),
             KeyState::Many(slots) => slots.iter().all(|slot| slot.is_idle(now)),
+        }
+    }
+
+    fn is_forgettable(&self, now: u64) -> bool {
+        match self {
+            KeyState::OneRate(rate) => forgettable(&rate.tat, now),
+            // Every slot asked (no short cut), so that each fresh one is
+            // marked by this sweep.
+            KeyState::Many(slots) => slots
+                .iter()
+                .fold(true, |all, slot| slot.is_forgettable(now) & all),
         }
     }
 
@@ -662,7 +673,24 @@ impl Slot {
         }
     }
 
-    /// Whether anything was ever spent on this state.
+    /// See [`Expiring::is_forgettable`]: a balance never debited is
+    /// marked by a first sweep, forgotten by a later one.
+    fn is_forgettable(&self, now: u64) -> bool {
+        match self {
+            Slot::Rate(rate) => forgettable(&rate.tat, now),
+            Slot::Credits(credits) => {
+                let mut balance = credits.balance();
+                if balance.restored_at == 0 {
+                    balance.restored_at = SWEPT;
+                    return false;
+                }
+                balance.restored_at <= now
+            }
+        }
+    }
+
+    /// Whether anything was ever spent on this state (or a sweep saw it
+    /// unspent: see [`SWEPT`]).
     fn is_used(&self) -> bool {
         match self {
             Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) != 0,
@@ -1042,6 +1070,56 @@ mod tests {
         assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
         assert!(borrowed.decide(&burst, 1, now).unwrap().is_allowed());
         assert!(!allowed(&limiter, &[burst]), "a spend was lost");
+    }
+
+    /// The race behind a flaky `concurrent_first_requests_...`: a sweep
+    /// (the first insertion of a limiter sweeps) found the state another
+    /// request had just made, idle since never spent on, and dropped it;
+    /// that request then spent on a state no longer kept, and the next
+    /// one started full. A state never spent on survives its first sweep.
+    #[test]
+    fn a_sweep_never_drops_a_state_made_for_a_spend_in_flight() {
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let credits = Policy::from(CreditPolicy::new("prepaid", 1).unwrap());
+        let sweeps = [
+            vec![rate("burst", 1, 60)],
+            vec![rate("burst", 1, 60), credits],
+        ];
+        for (round, policies) in (1..).zip(sweeps) {
+            limiter.forget(&id());
+            let now = epoch_nanos(limiter.shared.clock.now());
+            let map = limiter.shared.states.map().pin();
+            let slots: Vec<Slot> = policies
+                .iter()
+                .map(|policy| Slot::new(policy, policy.fingerprint(), now, 0))
+                .collect();
+            map.insert(id(), KeyState::from_slots(slots));
+            let state = map.get(&id()).unwrap();
+            // A sweep, due then, between the making and the spending.
+            limiter
+                .shared
+                .states
+                .make_room(now + round * 61_000_000_000);
+            for policy in &policies {
+                let borrowed = state.find(policy.fingerprint()).unwrap();
+                assert!(borrowed.decide(policy, 1, now).unwrap().is_allowed());
+            }
+            assert!(!allowed(&limiter, &policies[..1]), "a spend was lost");
+            assert_eq!(limiter.tracked_keys(), 1);
+        }
+        // Never spent on after all: the next sweep forgets it.
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let now = epoch_nanos(limiter.shared.clock.now());
+        let burst = rate("burst", 1, 60);
+        let map = limiter.shared.states.map().pin();
+        map.insert(
+            id(),
+            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now, 0)]),
+        );
+        limiter.shared.states.make_room(now + 61_000_000_000);
+        assert_eq!(limiter.tracked_keys(), 1, "marked, kept");
+        limiter.shared.states.make_room(now + 122_000_000_000);
+        assert_eq!(limiter.tracked_keys(), 0, "still unspent: forgotten");
     }
 
     #[test]

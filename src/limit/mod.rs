@@ -23,7 +23,9 @@
 //!   refusing policies, rounded up, and a problem body of type
 //!   `https://iana.org/assignments/http-problem-types#quota-exceeded`
 //!   naming each of them in `violated-policies`;
-//! - if the limiter fails, `503` with reason
+//! - if the limiter fails, panics or takes longer than its timeout (5 s
+//!   by default with the `tokio` feature, see [`RateLimitLayer::timeout`]),
+//!   `503` with reason
 //!   [`LimiterUnavailable`](crate::RejectReason::LimiterUnavailable) (fail
 //!   closed), unless you opted into
 //!   [`insecure_fail_open`](RateLimitLayer::insecure_fail_open).
@@ -93,10 +95,13 @@ mod policy;
 #[cfg(feature = "redis")]
 mod redis;
 
-pub(crate) use bounded::{BoundedMap, Expiring};
+pub(crate) use bounded::{forgettable, BoundedMap, Expiring};
 pub use decide::PolicyState;
 pub use gcra::{Gcra, GcraOutcome};
-pub use layer::{Cost, RateLimit, RateLimitLayer, ResponseFuture, RATELIMIT, RATELIMIT_POLICY};
+pub use layer::{
+    Cost, RateLimit, RateLimitLayer, ResponseFuture, DEFAULT_LIMITER_TIMEOUT, RATELIMIT,
+    RATELIMIT_POLICY,
+};
 pub(crate) use limiter::shared as shared_limiter;
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
 pub(crate) use memory::LimitSlot;

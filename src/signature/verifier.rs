@@ -197,7 +197,7 @@ impl SignatureVerifier {
         let this = self.clone();
         async move {
             let prepared = begun?;
-            let lookup = match this.inner.store.find_immediate(&prepared.id) {
+            let lookup = match crate::store::find_now(&*this.inner.store, &prepared.id) {
                 Some(lookup) => lookup,
                 None => crate::store::find_awaited(&*this.inner.store, &prepared.id).await,
             };
@@ -387,7 +387,7 @@ impl Verifier for SignatureVerifier {
             Ok(prepared) => prepared,
             Err(rejection) => return Verification::Ready(Err(rejection)),
         };
-        match self.inner.store.find_immediate(&prepared.id) {
+        match crate::store::find_now(&*self.inner.store, &prepared.id) {
             Some(lookup) => Verification::Ready(self.finish(prepared, lookup)),
             None => {
                 let this = self.clone();

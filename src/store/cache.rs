@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::invalidation::{Invalidation, InvalidationEvent};
 use super::{KeyStore, Lookup, StoreError};
 use crate::clock::{epoch_nanos, saturating_nanos, Clock, SystemClock};
-use crate::key::{KeyId, KeyIdBuildHasher};
+use crate::key::{KeyHash, KeyId, KeyIdBuildHasher};
 use crate::record::{KeyRecord, KeyStatus};
 
 /// An in-process cache in front of any [`KeyStore`], itself a `KeyStore`.
@@ -161,6 +161,9 @@ fn bump(counter: &AtomicU64) {
 struct Inner<S> {
     backend: S,
     map: papaya::HashMap<KeyId, Slot, KeyIdBuildHasher>,
+    /// Imported keys' hashes to their ids, once the backend found them by
+    /// hash: later look-ups go through the id cache (and its invalidation).
+    imported: papaya::HashMap<[u8; 32], KeyId>,
     config: Config,
     clock: Arc<dyn Clock>,
     /// The system clock's time, refreshed every TICK by a task: what hits
@@ -307,6 +310,7 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
                 // As in MemoryStore: no half-copied table for hits to probe.
                 .resize_mode(papaya::ResizeMode::Blocking)
                 .build(),
+            imported: papaya::HashMap::new(),
             config: self.config,
             coarse_now: AtomicU64::new(epoch_nanos(self.clock.now())),
             ticking: AtomicBool::new(false),
@@ -817,6 +821,37 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         inner
             .call("list_by_owner", None, inner.backend.list_by_owner(owner))
             .await
+    }
+
+    /// Asks the backend the first time; remembers the hash's id, so that
+    /// later look-ups are id look-ups (cached, invalidated like every
+    /// record). Unknown hashes are not cached: each one asks the backend
+    /// (the failure throttle bounds a guesser).
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        let inner = &self.inner;
+        let known = inner.imported.pin().get(hash.as_bytes()).copied();
+        if let Some(id) = known {
+            match self.find(&id).await? {
+                Some(record) if record.hash == *hash => return Ok(Some(record)),
+                // Gone, or its hash changed: ask the backend again.
+                _ => {
+                    inner.imported.pin().remove(hash.as_bytes());
+                }
+            }
+        }
+        let found = inner
+            .call("find_by_hash", None, inner.backend.find_by_hash(hash))
+            .await?;
+        if let Some(record) = &found {
+            let imported = inner.imported.pin();
+            if imported.len() >= inner.config.capacity {
+                // Bounded like the record cache; a forgotten hash only
+                // costs one more backend look-up.
+                imported.clear();
+            }
+            imported.insert(*hash.as_bytes(), record.id);
+        }
+        Ok(found)
     }
 }
 

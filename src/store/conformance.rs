@@ -8,7 +8,7 @@
 //! hash *with its algorithm*, limits, times to at least the millisecond,
 //! `revoked_at`); `revoke` sets `revoked_at` to the time it is given and
 //! keeps the first one when called again; an update never brings a revoked
-//! key back.
+//! key back; imported keys are found by their hash (and only they), once.
 //!
 //! # Example
 //!
@@ -43,6 +43,86 @@ pub async fn run<S: KeyStore + ?Sized>(store: &S) {
     revocation_is_final(store).await;
     revoking_again_keeps_the_first_time(store).await;
     stored_fields_round_trip(store).await;
+    imported_keys_are_found_by_hash(store).await;
+}
+
+async fn imported_keys_are_found_by_hash<S: KeyStore + ?Sized>(store: &S) {
+    // An imported record: a fresh id, the hash of a whole old key.
+    let old_key = fresh_owner(); // random: distinct on every run
+    let hash = crate::key::imported_hash(&old_key);
+    let mut record = fresh_record(&fresh_owner(), epoch(1_700_000_000))
+        .with_scopes("pets:read".parse().expect("valid scope"));
+    record.hash = hash;
+    store
+        .insert(record.clone())
+        .await
+        .expect("insert an imported record");
+    let found = store
+        .find_by_hash(&hash)
+        .await
+        .expect("find_by_hash")
+        .expect("an imported record must be found by its hash");
+    assert_eq!(*found, record, "find_by_hash must return the whole record");
+    assert_eq!(
+        store.find(&record.id).await.expect("find").as_deref(),
+        Some(&record),
+        "an imported record is found by id too"
+    );
+
+    // Another key's hash, and the same digest under another algorithm,
+    // find nothing.
+    let other = crate::key::imported_hash(&fresh_owner());
+    assert!(
+        store
+            .find_by_hash(&other)
+            .await
+            .expect("find_by_hash")
+            .is_none(),
+        "an unknown hash must find nothing"
+    );
+    let plain = crate::key::KeyHash::from_bytes(*hash.as_bytes());
+    assert!(
+        store
+            .find_by_hash(&plain)
+            .await
+            .expect("find_by_hash")
+            .is_none(),
+        "only imported hashes are found by hash"
+    );
+    let api_key = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    store.insert(api_key.clone()).await.expect("insert");
+    assert!(
+        store
+            .find_by_hash(&api_key.hash)
+            .await
+            .expect("find_by_hash")
+            .is_none(),
+        "an API key's hash must not find its record"
+    );
+
+    // The same old key imported twice: refused.
+    let mut twice = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    twice.hash = hash;
+    match store.insert(twice.clone()).await {
+        Err(StoreError::DuplicateHash) => {}
+        other => panic!("a second import of one hash must be DuplicateHash, got {other:?}"),
+    }
+    assert!(
+        store.find(&twice.id).await.expect("find").is_none(),
+        "a refused import must store nothing"
+    );
+
+    // Revoked, it is still found (and refused by its status).
+    store
+        .revoke(&record.id, epoch(1_700_000_100))
+        .await
+        .expect("revoke");
+    let found = store
+        .find_by_hash(&hash)
+        .await
+        .expect("find_by_hash")
+        .expect("a revoked imported record is still found");
+    assert_eq!(found.status, KeyStatus::Revoked);
 }
 
 async fn revocation_is_final<S: KeyStore + ?Sized>(store: &S) {

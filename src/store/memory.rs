@@ -5,7 +5,7 @@ use papaya::{Compute, Operation};
 use std::time::SystemTime;
 
 use super::{KeyStore, Lookup, StoreError};
-use crate::key::{KeyId, KeyIdBuildHasher};
+use crate::key::{HashAlgorithm, KeyHash, KeyId, KeyIdBuildHasher};
 use crate::record::{KeyRecord, KeyStatus};
 
 /// The embedded store: records in a concurrent hash map, in this process.
@@ -16,6 +16,9 @@ use crate::record::{KeyRecord, KeyStatus};
 #[derive(Clone)]
 pub struct MemoryStore {
     records: Arc<papaya::HashMap<KeyId, Arc<KeyRecord>, KeyIdBuildHasher>>,
+    /// Imported keys' hashes, to their ids (see `KeyStore::find_by_hash`):
+    /// only imported records are indexed, so API keys cost nothing here.
+    imported: Arc<papaya::HashMap<[u8; 32], KeyId>>,
 }
 
 impl MemoryStore {
@@ -37,6 +40,7 @@ impl MemoryStore {
                     .resize_mode(papaya::ResizeMode::Blocking)
                     .build(),
             ),
+            imported: Arc::new(papaya::HashMap::new()),
         }
     }
 
@@ -81,9 +85,24 @@ impl KeyStore for MemoryStore {
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
+        let imported = is_imported(&record).then(|| *record.hash.as_bytes());
+        if let Some(hash) = imported {
+            // The hash first: of two imports of one key, one wins.
+            if self.imported.pin().try_insert(hash, id).is_err() {
+                return Err(StoreError::DuplicateHash);
+            }
+        }
         match self.records.pin().try_insert(id, Arc::new(record)) {
             Ok(_) => Ok(()),
-            Err(_) => Err(StoreError::AlreadyExists(id)),
+            Err(_) => {
+                if let Some(hash) = imported {
+                    self.imported
+                        .pin()
+                        .remove_if(&hash, |_, owner| *owner == id)
+                        .ok();
+                }
+                Err(StoreError::AlreadyExists(id))
+            }
         }
     }
 
@@ -100,7 +119,14 @@ impl KeyStore for MemoryStore {
         });
         match outcome {
             Compute::Aborted(error) => Err(error),
-            _ => Ok(()),
+            _ => {
+                if is_imported(&record) {
+                    // Indexed if no other key holds the hash; a look-up
+                    // checks the record's hash anyway.
+                    let _ = self.imported.pin().try_insert(*record.hash.as_bytes(), id);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -130,4 +156,19 @@ impl KeyStore for MemoryStore {
         records.sort_by_key(|record| (record.created_at, record.id));
         Ok(records)
     }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        if hash.algorithm() != HashAlgorithm::ImportedSha256 {
+            return Ok(None);
+        }
+        let Some(id) = self.imported.pin().get(hash.as_bytes()).copied() else {
+            return Ok(None);
+        };
+        // The record's own hash decides (an update may have changed it).
+        Ok(self.get(&id).filter(|record| record.hash == *hash))
+    }
+}
+
+fn is_imported(record: &KeyRecord) -> bool {
+    record.hash.algorithm() == HashAlgorithm::ImportedSha256
 }

@@ -65,7 +65,7 @@ pub use postgres::PgStore;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::{InvalidRedisPrefix, RedisStore};
 
-use crate::key::KeyId;
+use crate::key::{KeyHash, KeyId};
 use crate::record::KeyRecord;
 
 /// The error type of [`KeyStore`] operations.
@@ -92,6 +92,14 @@ pub enum StoreError {
     /// the backend allows, a text with a NUL character for PostgreSQL).
     #[error("the key store cannot store this {0}")]
     Unstorable(Field),
+    /// An imported key with the same hash is stored already (see
+    /// [`KeyStore::find_by_hash`]).
+    #[error("an imported key with this hash exists already")]
+    DuplicateHash,
+    /// The store cannot do this (a store that does not implement
+    /// [`KeyStore::find_by_hash`]).
+    #[error("the key store does not support {0}")]
+    Unsupported(&'static str),
 }
 
 /// The failures of a store on a shared server (`PgStore`, `RedisStore`),
@@ -195,7 +203,7 @@ pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use std::sync::Arc;
 /// use std::time::SystemTime;
-/// use keyward::key::KeyId;
+/// use keyward::key::{KeyHash, KeyId};
 /// use keyward::record::KeyRecord;
 /// use keyward::store::{KeyStore, Lookup, MemoryStore, StoreError};
 ///
@@ -224,6 +232,9 @@ pub type Lookup = Result<Option<Arc<KeyRecord>>, StoreError>;
 ///     }
 ///     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
 ///         self.backend.list_by_owner(owner).await
+///     }
+///     async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+///         self.backend.find_by_hash(hash).await
 ///     }
 /// }
 ///
@@ -268,6 +279,30 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
 
     /// Every record of `owner`, oldest first (ties broken by id).
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError>;
+
+    /// Finds the record of an imported key by its hash (algorithm
+    /// [`ImportedSha256`](crate::key::HashAlgorithm::ImportedSha256): the
+    /// SHA-256 of the whole old key, see
+    /// [`LegacyFormat`](crate::key::LegacyFormat)); `Ok(None)` when there
+    /// is none. Only imported records are found by hash (a hash of another
+    /// algorithm finds nothing: other keys are found by id), revoked ones
+    /// included. [`insert`](Self::insert) refuses a second imported record
+    /// with the same hash ([`StoreError::DuplicateHash`]).
+    ///
+    /// The look-up takes the hash of the whole presented key as its index,
+    /// so its timing (an index walk, a hash-table probe) depends only on a
+    /// digest the caller could compute for any guess, and tells nothing of
+    /// a stored key: steering a digest toward a stored one needs a
+    /// SHA-256 preimage.
+    ///
+    /// The default answers [`StoreError::Unsupported`], so that imported
+    /// keys on a store that cannot find them are refused with `503` and an
+    /// error in the logs, never silently as unknown. `MemoryStore`,
+    /// `CachedStore`, `PgStore` and `RedisStore` implement it.
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        let _ = hash;
+        Err(StoreError::Unsupported("find_by_hash"))
+    }
 }
 
 /// `store` as the `Arc<dyn KeyStore>` the parts keep: an `Arc<dyn
@@ -280,13 +315,27 @@ pub(crate) fn shared(store: impl KeyStore) -> Arc<dyn KeyStore> {
     }
 }
 
+/// [`KeyStore::find_immediate`] on the request path: a store that panics
+/// answers an error (the request is refused, `503`), never a panic in the
+/// service.
+#[inline]
+pub(crate) fn find_now(store: &dyn KeyStore, id: &KeyId) -> Option<Lookup> {
+    crate::unwind::call("key store", || store.find_immediate(id))
+        .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))))
+}
+
 /// A look-up on the request path that the store could not answer at once,
 /// timed with the `metrics` feature. (One that answers at once, from
 /// memory, costs less than the clock reads that would time it.)
+///
+/// A store that panics answers an error (the request is refused, `503`),
+/// never a panic in the service.
 pub(crate) async fn find_awaited(store: &dyn KeyStore, id: &KeyId) -> Lookup {
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
-    let lookup = store.find(id).await;
+    let lookup = crate::unwind::CatchUnwind::new("key store", store.find(id))
+        .await
+        .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
     #[cfg(feature = "metrics")]
     crate::metrics::store_lookup(started.elapsed());
     lookup
@@ -316,6 +365,10 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 
     async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
         (**self).list_by_owner(owner).await
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        (**self).find_by_hash(hash).await
     }
 }
 

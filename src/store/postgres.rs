@@ -16,10 +16,11 @@ use crate::record::{Environment, KeyRecord, KeyStatus};
 use crate::scope::ScopeSet;
 
 /// The records table's migrations. Released versions never change.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "keyward key records",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "keyward key records",
+        sql: r#"
 CREATE TABLE {{table}} (
     id text PRIMARY KEY CHECK (id ~ '^[0-9A-Za-z]{12}$'),
     hash bytea NOT NULL CHECK (octet_length(hash) = 32),
@@ -45,7 +46,16 @@ CREATE INDEX "{{table_name}}_owner_idx" ON {{table}} (owner, created_at, id COLL
 COMMENT ON TABLE {{table}} IS 'keyward API key records: hashes, never keys';
 COMMENT ON COLUMN {{table}}.last_used_at IS 'filled by the keyward usage exporter, if any';
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "imported keys found by hash",
+        sql: r#"
+CREATE UNIQUE INDEX "{{table_name}}_imported_hash_idx" ON {{table}} (hash)
+    WHERE hash_algorithm = 'imported-sha256';
+"#,
+    },
+];
 
 /// The columns read back, in the order `decode` expects. Times travel as
 /// whole microseconds since the epoch (PostgreSQL's own resolution), so no
@@ -71,6 +81,7 @@ struct Queries {
     update: String,
     revoke: String,
     list: String,
+    find_by_hash: String,
 }
 
 impl Queries {
@@ -107,6 +118,10 @@ impl Queries {
             list: format!(
                 "SELECT {COLUMNS} FROM {table} WHERE owner = $1 ORDER BY created_at, id COLLATE \"C\""
             ),
+            // The partial unique index of migration 2 answers it.
+            find_by_hash: format!(
+                "SELECT {COLUMNS} FROM {table} WHERE hash = $1 AND hash_algorithm = 'imported-sha256'"
+            ),
         }
     }
 }
@@ -119,7 +134,9 @@ impl Queries {
 /// with its `hash_algorithm`, `owner` (indexed with `created_at`),
 /// `status`, `environment`, `scopes text[]`, `allowed_networks inet[]`,
 /// `limits` and `metadata` as `jsonb`, `verification_key` (for keys that
-/// sign requests), times as `timestamptz` (`created_at`,
+/// sign requests), a unique index on the hashes of imported keys
+/// (migration 2, for [`find_by_hash`](KeyStore::find_by_hash)), times as
+/// `timestamptz` (`created_at`,
 /// `expires_at`, `not_before`, `revoked_at`, and `last_used_at`, which the
 /// usage exporter fills when given this [`table`](Self::table) with
 /// [`PgUsage::keys_table`](crate::usage::PgUsage::keys_table)), and a
@@ -413,10 +430,16 @@ impl KeyStore for PgStore {
         let id = record.id;
         self.run("insert", Some(&id), async {
             let query = Self::bind_record(sqlx::query(&self.queries.insert), &record)?;
-            let done = query
-                .execute(&self.pool)
-                .await
-                .map_err(StoreError::backend)?;
+            let done = query.execute(&self.pool).await.map_err(|error| {
+                // The only unique index besides the primary key (whose
+                // conflicts `ON CONFLICT` absorbs): imported hashes.
+                match &error {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => {
+                        StoreError::DuplicateHash
+                    }
+                    _ => StoreError::backend(error),
+                }
+            })?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::AlreadyExists(id));
             }
@@ -456,6 +479,21 @@ impl KeyStore for PgStore {
                 return Err(StoreError::NotFound(*id));
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        if hash.algorithm() != HashAlgorithm::ImportedSha256 {
+            return Ok(None);
+        }
+        self.run("find_by_hash", None, async {
+            let row = sqlx::query(&self.queries.find_by_hash)
+                .bind(hash.as_bytes().as_slice())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::backend)?;
+            row.map(|row| decode(&row).map(Arc::new)).transpose()
         })
         .await
     }

@@ -7,15 +7,19 @@ use sha2::{Digest, Sha256};
 
 use super::backend::{Counters, UnreadableRecord, MAX_OWNER_LEN};
 use super::{BackendStats, Field, KeyStore, Lookup, StoreError};
-use crate::key::KeyId;
+use crate::key::{HashAlgorithm, KeyHash, KeyId};
 use crate::record::{KeyRecord, KeyStatus};
 
-/// Adds a record unless its id is taken. KEYS: record, owner index.
-/// ARGV: JSON, status, revoked_at ('' for none), score, id.
+/// Adds a record unless its id (or, for an imported key, its hash) is
+/// taken. KEYS: record, owner index, imported-hash index. ARGV: JSON,
+/// status, revoked_at ('' for none), score, id, '1' if imported.
 static INSERT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
+if ARGV[6] == '1' then
+  if redis.call('SET', KEYS[3], ARGV[5], 'NX') == false then return 'hash exists' end
+end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2], 'o', KEYS[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'ra', ARGV[3]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
@@ -41,6 +45,7 @@ else
 end
 if old and old ~= KEYS[2] then redis.call('ZREM', old, ARGV[5]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+if ARGV[6] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'NX') end
 return 'ok'
 ",
     )
@@ -73,7 +78,10 @@ pub struct InvalidRedisPrefix;
 /// - `{<prefix>}:k:<key id>`: a hash holding the record as JSON (the
 ///   shapes of [`KeyRecord`]'s serde form), its status and `revoked_at`;
 /// - `{<prefix>}:o:<hex of SHA-256 of the owner>`: a sorted set of the
-///   owner's key ids, by creation time.
+///   owner's key ids, by creation time;
+/// - `{<prefix>}:h:<hex of SHA-256 of an imported key's hash>`: the id of
+///   the imported key with that hash (see
+///   [`find_by_hash`](KeyStore::find_by_hash)).
 ///
 /// Names carry the public key id or a digest, never a key, a secret, a hash
 /// or an owner's raw text. Writes are Lua scripts, atomic on the server:
@@ -167,6 +175,17 @@ impl RedisStore {
             .await
     }
 
+    /// The name of the string that holds the id of the imported key with
+    /// this hash: a digest of the hash, never the hash itself.
+    pub fn imported_key(&self, hash: &KeyHash) -> String {
+        let digest = Sha256::digest(hash.as_bytes());
+        let mut name = format!("{}h:", self.namespace);
+        for byte in &digest[..16] {
+            name.push_str(&format!("{byte:02x}"));
+        }
+        name
+    }
+
     /// Runs INSERT or UPDATE with a record's keys and arguments.
     async fn write(
         &self,
@@ -178,14 +197,17 @@ impl RedisStore {
         }
         let json = serde_json::to_string(record).map_err(StoreError::backend)?;
         let mut connection = self.connection.clone();
+        let imported = record.hash.algorithm() == HashAlgorithm::ImportedSha256;
         script
             .key(self.record_key(&record.id))
             .key(self.owner_key(&record.owner))
+            .key(self.imported_key(&record.hash))
             .arg(json)
             .arg(record.status.to_string())
             .arg(record.revoked_at().map(nanos).unwrap_or_default())
             .arg(score(record.created_at))
             .arg(record.id.as_str())
+            .arg(if imported { "1" } else { "" })
             .invoke_async(&mut connection)
             .await
             .map_err(StoreError::backend)
@@ -272,6 +294,7 @@ fn outcome(answer: &str, id: KeyId) -> Result<(), StoreError> {
     match answer {
         "ok" => Ok(()),
         "exists" => Err(StoreError::AlreadyExists(id)),
+        "hash exists" => Err(StoreError::DuplicateHash),
         "missing" => Err(StoreError::NotFound(id)),
         "revoked" => Err(StoreError::Revoked(id)),
         _ => Err(StoreError::backend(UnreadableRecord {
@@ -327,6 +350,30 @@ impl KeyStore for RedisStore {
                 .await
                 .map_err(StoreError::backend)?;
             outcome(&answer, *id)
+        })
+        .await
+    }
+
+    async fn find_by_hash(&self, hash: &KeyHash) -> Lookup {
+        if hash.algorithm() != HashAlgorithm::ImportedSha256 {
+            return Ok(None);
+        }
+        self.run("find_by_hash", None, async {
+            let mut connection = self.connection.clone();
+            let id: Option<String> = redis::cmd("GET")
+                .arg(self.imported_key(hash))
+                .query_async(&mut connection)
+                .await
+                .map_err(StoreError::backend)?;
+            let Some(id) = id.and_then(|id| id.parse::<KeyId>().ok()) else {
+                return Ok(None);
+            };
+            let mut records = self.read(std::slice::from_ref(&id)).await?;
+            // The record's own hash decides (an update may have changed it).
+            Ok(records
+                .pop()
+                .filter(|record| record.hash == *hash)
+                .map(Arc::new))
         })
         .await
     }

@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use super::event::RequestFacts;
 use super::layer::Shared;
 use super::{Outcome, UsageEvent, UsageSink, UsageTags};
-use crate::auth::Principal;
+use crate::auth::{Principal, PrincipalSlot};
 use crate::reject::{RejectReason, Rejection};
 
 pin_project! {
@@ -28,7 +28,9 @@ pin_project! {
     impl<F, K: UsageSink> PinnedDrop for ResponseFuture<F, K> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                pending.unanswered(Outcome::Cancelled);
+                // A sink panicking here, while a panic unwinds, would
+                // abort the process.
+                guarded(|| pending.unanswered(Outcome::Cancelled));
             }
         }
     }
@@ -38,6 +40,8 @@ pub(crate) struct Pending<K> {
     shared: Arc<Shared<K>>,
     facts: RequestFacts,
     started: Option<Instant>,
+    /// Filled by `AuthLayer` if the request authenticated.
+    slot: PrincipalSlot,
 }
 
 impl<F, K: UsageSink> ResponseFuture<F, K> {
@@ -46,6 +50,7 @@ impl<F, K: UsageSink> ResponseFuture<F, K> {
         shared: Arc<Shared<K>>,
         facts: RequestFacts,
         started: Option<Instant>,
+        slot: PrincipalSlot,
     ) -> Self {
         Self {
             future,
@@ -53,6 +58,7 @@ impl<F, K: UsageSink> ResponseFuture<F, K> {
                 shared,
                 facts,
                 started,
+                slot,
             }),
         }
     }
@@ -71,11 +77,23 @@ where
         let result = ready!(this.future.poll(cx));
         if let Some(pending) = this.pending.take() {
             match &result {
-                Ok(response) => pending.answered(response),
-                Err(_) => pending.unanswered(Outcome::Failed),
+                Ok(response) => guarded(|| pending.answered(response)),
+                Err(_) => guarded(|| pending.unanswered(Outcome::Failed)),
             }
         }
         Poll::Ready(result)
+    }
+}
+
+/// Hands events to the sink; a sink that panics loses its events, never
+/// the response (nor, from a drop, the process).
+fn guarded(record: impl FnOnce()) {
+    if let Err(panicked) = crate::unwind::call("usage sink", record) {
+        tracing::error!(
+            target: "keyward::usage",
+            error = &panicked as &dyn std::error::Error,
+            "usage sink panicked; the request's events are lost"
+        );
     }
 }
 
@@ -102,7 +120,9 @@ impl<K: UsageSink> Pending<K> {
         }
         let rejection = extensions.get::<Rejection>();
         let outcome = rejection.map_or(Outcome::Allowed, |r| Outcome::Refused(r.reason()));
-        let principal = extensions.get::<Principal>();
+        // The slot this layer planted; a `Principal` in the response's
+        // extensions for authentication that is not keyward's `AuthLayer`.
+        let principal = self.slot.get().or_else(|| extensions.get::<Principal>());
         let latency = self.latency();
         let sink = &self.shared.sink;
         let at = self.facts.at;

@@ -14,6 +14,7 @@ use tower_service::Service;
 use super::event::{RequestFacts, Route, ShortPath, Size};
 use super::future::ResponseFuture;
 use super::{stripe, UsageSink, UsageTags};
+use crate::auth::PrincipalSlot;
 use crate::clock::{Clock, SystemClock};
 use crate::key::{KeyId, KeyIdBuildHasher};
 
@@ -211,7 +212,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.for_this_thread();
         let started = shared.monotonic.then(Instant::now);
         let facts = RequestFacts {
@@ -224,7 +225,15 @@ where
                 .get::<UsageTags>()
                 .map(|tags| Box::new(tags.clone())),
         };
-        ResponseFuture::new(self.inner.call(request), Arc::clone(shared), facts, started)
+        // AuthLayer leaves the caller's principal here.
+        let slot = PrincipalSlot::plant(&mut request);
+        ResponseFuture::new(
+            self.inner.call(request),
+            Arc::clone(shared),
+            facts,
+            started,
+            slot,
+        )
     }
 }
 

@@ -25,6 +25,11 @@ use super::UsageEvent;
 /// declaration"), because the attribute turned the trait's `flush` into a
 /// function returning a boxed `Send` future, with lifetimes of its own.
 ///
+/// A `record` that panics loses that request's events, and is logged
+/// (target `keyward::usage`, level `error`); the response goes out as
+/// usual. A `record` that blocks cannot be cut short: it holds the
+/// request's thread (hence: never wait in it).
+///
 /// `record` runs on the request path: hand the event over and return (a
 /// channel, counters, a briefly held lock); do the I/O in `flush` or on a
 /// task of your own, or use [`BatchingSink`](super::BatchingSink) with a
