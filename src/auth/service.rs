@@ -57,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
         // Resolved once, here, when the throttle needs it; `restrict`
         // reuses it (and resolves it itself otherwise, only for keys with
@@ -108,16 +108,22 @@ where
             let rejection = Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
             return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
         }
-        let (verified, found) = match chosen {
+        match chosen {
             Chosen::Key(Presented { key, sources }) => match config.authenticator.begin(&key) {
-                Begun::Done(result) => (result, Found::Key(sources)),
+                // Answered in place: the result is not moved around first.
+                Begun::Done(Ok(principal)) => {
+                    self.admitted(principal, Found::Key(sources), request, resolved, client)
+                }
+                Begun::Done(Err(rejection)) => {
+                    ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
+                }
                 Begun::Lookup(pending) => {
                     let authenticating = Arc::clone(config);
                     let future: VerifyFuture =
                         Box::pin(
                             async move { authenticating.authenticator.complete(pending).await },
                         );
-                    return self.wait_for(future, Found::Key(sources), resolved, request);
+                    self.wait_for(future, Found::Key(sources), resolved, request)
                 }
             },
             Chosen::Verifier(index) => {
@@ -126,28 +132,43 @@ where
                 // The verifier may have resolved the client: keep it.
                 resolved = view.resolved_client().or(resolved);
                 match verification {
-                    Verification::Ready(result) => (result, Found::Verifier(index)),
-                    Verification::Pending(future) => {
-                        return self.wait_for(future, Found::Verifier(index), resolved, request);
+                    Verification::Ready(Ok(principal)) => {
+                        self.admitted(principal, Found::Verifier(index), request, resolved, client)
                     }
-                }
-            }
-        };
-        match verified {
-            Ok(principal) => {
-                if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
-                    return ResponseFuture::rejected(config.refuse(
+                    Verification::Ready(Err(rejection)) => ResponseFuture::rejected(config.refuse(
                         request.headers(),
                         rejection,
                         client,
-                    ));
+                    )),
+                    Verification::Pending(future) => {
+                        self.wait_for(future, Found::Verifier(index), resolved, request)
+                    }
                 }
-                ResponseFuture::inner(self.inner.call(request))
-            }
-            Err(rejection) => {
-                ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
             }
         }
+    }
+}
+
+impl<S> AuthService<S> {
+    /// Checks an authenticated request's restrictions, then calls the
+    /// inner service.
+    #[inline]
+    fn admitted<ReqBody, ResBody>(
+        &mut self,
+        principal: Principal,
+        found: Found,
+        mut request: Request<ReqBody>,
+        resolved: Option<Option<IpAddr>>,
+        client: Option<IpAddr>,
+    ) -> ResponseFuture<S::Future, S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    {
+        let config = &self.config;
+        if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
+            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
+        }
+        ResponseFuture::inner(self.inner.call(request))
     }
 }
 

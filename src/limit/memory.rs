@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -92,8 +92,12 @@ struct Shared {
 
 fn next_limiter_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    // 31 bits: the top one of a state's word is its `KEPT` flag.
+    NEXT.fetch_add(1, Ordering::Relaxed) & !KEPT
 }
+
+/// The top bit of [`RateState::keeper`]: the limiter's table holds the state.
+const KEPT: u32 = 1 << 31;
 
 /// Where a record keeps its shortcut to its key's rate state in a
 /// [`MemoryLimiter`] (see [`KeyRecord`]'s private field): set once, by
@@ -137,33 +141,32 @@ enum Slot {
     Credits(Arc<CreditState>),
 }
 
-/// Keeps 32 bytes (a 48-byte allocation with its counts) per key and rate
+/// Keeps 24 bytes (a 40-byte allocation with its counts) per key and rate
 /// policy, not a copy of the policy: the policy comes with every check,
 /// and its fingerprint says whether this state was made for it.
 struct RateState {
     fingerprint: u64,
-    /// A hash of the policy's name: when a key has too many states, one
-    /// whose policy a tier change replaced (same name) goes first.
-    name: u64,
     /// GCRA's theoretical arrival time, nanoseconds since the epoch; the
     /// policy is full again (and the state forgettable) once it has passed.
     /// 0 until the first spend; [`LOCKED`](super::gcra::LOCKED) while a
     /// check of several policies holds it.
     tat: AtomicU64,
-    /// The limiter that made it (`Shared::id`).
-    limiter: u32,
-    /// Whether the limiter's table holds it. A record's shortcut is used
-    /// only while it does: once the state is dropped from the table
-    /// (idle, evicted, forgotten), the next check through the shortcut
-    /// puts it back first, so that the table and the shortcut never hold
-    /// two states for one key.
-    kept: AtomicBool,
+    /// A hash of the policy's name: when a key has too many states, one
+    /// whose policy a tier change replaced (same name) goes first.
+    name: u32,
+    /// The limiter that made it (`Shared::id`), and in the top bit
+    /// ([`KEPT`]) whether the limiter's table holds it. A record's
+    /// shortcut is used only while it does: once the state is dropped
+    /// from the table (idle, evicted, forgotten), the next check through
+    /// the shortcut puts it back first, so that the table and the
+    /// shortcut never hold two states for one key.
+    keeper: AtomicU32,
 }
 
 struct CreditState {
     fingerprint: u64,
     /// See [`RateState::name`].
-    name: u64,
+    name: u32,
     /// Credits are rarer than rates and change two numbers at once:
     /// held for a few arithmetic steps; only this key's requests wait.
     balance: Mutex<Balance>,
@@ -207,7 +210,7 @@ impl Expiring for KeyState {
     }
 
     fn forgotten(&self) {
-        self.for_each_rate(|rate| rate.kept.store(false, Ordering::Release));
+        self.for_each_rate(RateState::unkeep);
     }
 }
 
@@ -274,10 +277,10 @@ impl MemoryLimiter {
         let fingerprint = policy.fingerprint();
         let planted = record.limit_slot.0.get();
         if let Some(state) =
-            planted.filter(|state| state.limiter == shared.id && state.fingerprint == fingerprint)
+            planted.filter(|state| state.limiter() == shared.id && state.fingerprint == fingerprint)
         {
             let now = epoch_nanos(shared.clock.now());
-            if state.kept.load(Ordering::Acquire) || self.take_back(&record.id, state, now) {
+            if state.is_kept() || self.take_back(&record.id, state, now) {
                 return Ok(Decision::one(decide_rate(state, rate, cost, now)?));
             }
             // The key has another state for the policy by now (made by
@@ -329,7 +332,7 @@ impl MemoryLimiter {
             Compute::Removed(..) => false,
         };
         if kept {
-            state.kept.store(true, Ordering::Release);
+            state.keeper.fetch_or(KEPT, Ordering::AcqRel);
         }
         kept
     }
@@ -581,7 +584,7 @@ impl KeyState {
         self.for_each_rate(|rate| {
             if !matches!(new.find(rate.fingerprint), Some(SlotRef::Rate(kept)) if std::ptr::eq(kept, rate))
             {
-                rate.kept.store(false, Ordering::Release);
+                rate.unkeep();
             }
         });
     }
@@ -628,10 +631,9 @@ impl Slot {
                 fingerprint,
                 name,
                 tat: AtomicU64::new(0),
-                limiter,
                 // Made to go into the table at once (if another request
                 // put one there first, this one is dropped unplanted).
-                kept: AtomicBool::new(true),
+                keeper: AtomicU32::new(limiter | KEPT),
             })),
             Policy::Credits(credits) => Slot::Credits(Arc::new(CreditState {
                 fingerprint,
@@ -652,7 +654,7 @@ impl Slot {
         }
     }
 
-    fn name(&self) -> u64 {
+    fn name(&self) -> u32 {
         match self {
             Slot::Rate(rate) => rate.name,
             Slot::Credits(credits) => credits.name,
@@ -701,13 +703,28 @@ impl Slot {
 
 /// A policy name's hash, made when its state is: the policy itself
 /// exposes only its fingerprint, which changes with its parameters.
-fn name_hash(name: &str) -> u64 {
+fn name_hash(name: &str) -> u32 {
     let mut hasher = std::hash::DefaultHasher::new();
     name.hash(&mut hasher);
-    hasher.finish()
+    // 32 bits: a collision only changes which state goes first.
+    hasher.finish() as u32
 }
 
 impl RateState {
+    /// The limiter that made the state.
+    fn limiter(&self) -> u32 {
+        self.keeper.load(Ordering::Relaxed) & !KEPT
+    }
+
+    /// Whether the limiter's table holds the state.
+    fn is_kept(&self) -> bool {
+        self.keeper.load(Ordering::Acquire) & KEPT != 0
+    }
+
+    fn unkeep(&self) {
+        self.keeper.fetch_and(!KEPT, Ordering::AcqRel);
+    }
+
     fn is_idle(&self, now: u64) -> bool {
         // A held word (`LOCKED`) is later than any now: never idle.
         self.tat.load(Ordering::Relaxed) <= now
@@ -853,7 +870,7 @@ mod tests {
         // With the 12-byte id, a 40-byte map entry: 48 bytes from malloc
         // (and, for one rate policy, its 48-byte state).
         assert!(std::mem::size_of::<KeyState>() <= 24);
-        assert!(std::mem::size_of::<RateState>() <= 32);
+        assert!(std::mem::size_of::<RateState>() <= 24);
     }
 
     fn principal(limits: &Limits) -> Principal {
