@@ -46,15 +46,17 @@
 //! 4. checks the principal's restrictions, whatever its kind: the
 //!    record's environment against the service's, and the client address
 //!    against the record's allowed networks (`403`,
-//!    [`Restricted`](RejectReason::Restricted));
+//!    [`Restricted`](RejectReason::Restricted)), and, for a publishable key
+//!    or one with allowed origins, the request's `Origin` (or `Referer`)
+//!    against them (`403`, [`OriginNotAllowed`](RejectReason::OriginNotAllowed);
+//!    see [`auth::origin`](crate::auth::origin));
 //! 5. removes the credential (the key sources' headers, or what the
 //!    verifier's [`strip`](Verifier::strip) removes) unless told to keep
 //!    credentials, and hands the [`Principal`] to the inner service.
 //!
 //! Refusals stay uniform: every bad credential is the same `401
 //! invalid_token` (the exact reason in the [`Rejection`] and the logs), a
-//! verifier may refuse with `403` for restrictions of its own (an origin a
-//! publishable key is not allowed from), and the
+//! verifier may refuse with `403` for restrictions of its own, and the
 //! [`FailureThrottle`](crate::auth::FailureThrottle) counts every kind's
 //! invalid credentials.
 //!

@@ -45,6 +45,8 @@
 //! - `signature` and `content_digest` (feature `signatures`): requests
 //!   signed with key pairs (HTTP Message Signatures, RFC 9421) and their
 //!   bodies checked against `Content-Digest` (RFC 9530).
+//! - `jwt` (feature `jwt`): JWT-based keys, verified on the injected
+//!   clock with algorithms fixed per key, revocable through the store.
 //! - `metrics` (feature `metrics`): the metrics the layers report through
 //!   the `metrics` facade, each with its type, labels and meaning.
 //! - `postgres` (feature `postgres`): names and migrations shared by the PostgreSQL components.
@@ -75,6 +77,8 @@
 //! - `signatures`: `signature` (verify and sign requests: Ed25519 and
 //!   HMAC-SHA-256) and `content_digest` (adds ed25519-dalek, sfv and
 //!   base64ct).
+//! - `jwt`: `jwt` (JWT-based keys: `JwtVerifier`, `JwtIssuer`; adds
+//!   jsonwebtoken with its RustCrypto backend, serde and serde_json).
 //! - `metrics`: `metrics`, counters and histograms through the `metrics`
 //!   facade (any exporter): authentication outcomes by reason, limiter
 //!   decisions by policy, throttle hits, store and limiter latency and
@@ -96,6 +100,9 @@ pub mod content_digest;
 pub mod credential;
 mod future;
 pub mod grpc;
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+pub mod jwt;
 pub mod key;
 pub mod limit;
 pub mod manager;

@@ -75,6 +75,7 @@ use std::time::{Duration, SystemTime};
 
 use ipnet::IpNet;
 
+use crate::auth::origin::AllowedOrigin;
 use crate::clock::{Clock, SystemClock};
 use crate::key::{
     ApiKey, GenerateError, HashAlgorithm, InvalidVerificationKey, KeyFormat, KeyGenerator,
@@ -82,7 +83,7 @@ use crate::key::{
 };
 use crate::limit::Limits;
 use crate::record::{Environment, KeyRecord, KeyStatus};
-use crate::scope::ScopeSet;
+use crate::scope::{Scope, ScopeSet};
 use crate::store::{KeyStore, StoreError};
 use crate::usage::{Lifecycle, UsageEvent, UsageSink};
 
@@ -102,6 +103,8 @@ pub struct KeyManager {
     clock: Arc<dyn Clock>,
     /// Where lifecycle events go; `None`: nowhere, and no work for them.
     events: Option<Arc<dyn UsageSink>>,
+    /// The scopes a publishable key may have.
+    publishable_scopes: ScopeSet,
 }
 
 /// The error type of [`KeyManager`] operations.
@@ -135,6 +138,23 @@ pub enum ManagerError {
     /// The public key to register is not a usable key.
     #[error("invalid verification key")]
     InvalidVerificationKey(#[from] InvalidVerificationKey),
+    /// A publishable key was asked for a scope outside the service's
+    /// allow-list ([`KeyManager::with_publishable_scopes`]).
+    #[error("a publishable key may not have scope {0}")]
+    ScopeNotPublishable(Scope),
+    /// A publishable key with no allowed origin would be refused
+    /// everywhere.
+    #[error("a publishable key needs at least one allowed origin")]
+    NoAllowedOrigins,
+    /// This kind of credential cannot be publishable (a JWT is a bearer
+    /// secret).
+    #[error("this kind of credential cannot be publishable")]
+    NotPublishable,
+    /// A JWT could not be minted (feature `jwt`).
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    #[error("could not mint the JWT")]
+    Jwt(#[source] crate::jwt::JwtError),
     /// The key to import does not have the old format given.
     #[error("the key to import does not have the format given")]
     NotOfFormat,
@@ -185,6 +205,7 @@ pub struct IssueOptions {
     allowed_networks: Vec<IpNet>,
     environment: Option<Environment>,
     limits: Limits,
+    publishable: Option<Vec<AllowedOrigin>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -206,6 +227,7 @@ impl IssueOptions {
             allowed_networks: Vec::new(),
             environment: None,
             limits: Limits::none(),
+            publishable: None,
         }
     }
 
@@ -262,6 +284,16 @@ impl IssueOptions {
         self.environment = Some(environment);
         self
     }
+
+    /// Makes a publishable key, for a browser or an app, usable from
+    /// `origins` only (see [`KeyRecord::publishable`]). Its scopes must lie
+    /// within the manager's [publishable
+    /// scopes](KeyManager::with_publishable_scopes), and it needs at least
+    /// one origin.
+    pub fn publishable(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.publishable = Some(origins.into_iter().collect());
+        self
+    }
 }
 
 impl IssueOptions {
@@ -294,6 +326,9 @@ impl IssueOptions {
         record.set_metadata(self.metadata.clone());
         record.set_environment(self.environment);
         record.limits = self.limits.clone();
+        if let Some(origins) = &self.publishable {
+            record = record.with_publishable(origins.iter().cloned());
+        }
         record
     }
 }
@@ -323,6 +358,30 @@ pub struct IssuedSigningKey {
     pub record: KeyRecord,
 }
 
+/// A freshly minted JWT (feature `jwt`) and the record that backs it: the
+/// token's `jti` is the record's id, so revoking the record revokes the
+/// token.
+#[cfg(feature = "jwt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct IssuedJwt {
+    /// The token, for its holder.
+    pub token: String,
+    /// The record as stored.
+    pub record: KeyRecord,
+}
+
+#[cfg(feature = "jwt")]
+impl fmt::Debug for IssuedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedJwt")
+            .field("token", &"[redacted]")
+            .field("record", &self.record)
+            .finish()
+    }
+}
+
 /// The outcome of [`KeyManager::rotate`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -350,6 +409,67 @@ impl KeyManager {
             hasher: KeyHasher::sha256(),
             clock: Arc::new(SystemClock),
             events: None,
+            publishable_scopes: ScopeSet::new(),
+        }
+    }
+
+    /// The scopes a publishable key may be given (none by default): each
+    /// scope of a publishable key must be granted by this allow-list (a
+    /// `pets:*` here allows `pets:read`), checked when the key is issued
+    /// and when its scopes change ([`ManagerError::ScopeNotPublishable`]).
+    /// Name only what is harmless in anyone's hands, never `keys:admin`:
+    /// a publishable key sits in pages anyone can read.
+    ///
+    /// ```
+    /// use keyward::auth::origin::AllowedOrigin;
+    /// use keyward::manager::{IssueOptions, KeyManager, ManagerError};
+    /// use keyward::{KeyFormat, MemoryStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager = KeyManager::new(MemoryStore::new(), KeyFormat::new("pk_live")?)
+    ///     .with_publishable_scopes("catalog:read search:query".parse()?);
+    /// let origin: AllowedOrigin = "https://shop.example.com".parse()?;
+    /// let key = manager
+    ///     .issue(IssueOptions::new("acme").publishable([origin.clone()]).scopes("catalog:read".parse()?))
+    ///     .await?;
+    /// assert!(key.record.publishable());
+    /// let refused = manager
+    ///     .issue(IssueOptions::new("acme").publishable([origin]).scopes("keys:admin".parse()?))
+    ///     .await;
+    /// assert!(matches!(refused, Err(ManagerError::ScopeNotPublishable(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_publishable_scopes(mut self, scopes: ScopeSet) -> Self {
+        self.publishable_scopes = scopes;
+        self
+    }
+
+    /// The scopes a publishable key may be given.
+    pub fn publishable_scopes(&self) -> &ScopeSet {
+        &self.publishable_scopes
+    }
+
+    /// Refuses a publishable key without origins or with scopes it may
+    /// not have.
+    fn check_publishable_options(&self, options: &IssueOptions) -> Result<(), ManagerError> {
+        match &options.publishable {
+            None => Ok(()),
+            Some(origins) if origins.is_empty() => Err(ManagerError::NoAllowedOrigins),
+            Some(_) => self.check_publishable(&options.scopes),
+        }
+    }
+
+    /// Refuses scopes a publishable key may not have.
+    fn check_publishable(&self, scopes: &ScopeSet) -> Result<(), ManagerError> {
+        match scopes
+            .iter()
+            .find(|scope| !self.publishable_scopes.grants(scope))
+        {
+            Some(scope) => Err(ManagerError::ScopeNotPublishable(scope.clone())),
+            None => Ok(()),
         }
     }
 
@@ -422,6 +542,7 @@ impl KeyManager {
     /// Mints a key and stores its record. The plaintext is returned here
     /// once and kept nowhere.
     pub async fn issue(&self, options: IssueOptions) -> Result<IssuedKey, ManagerError> {
+        self.check_publishable_options(&options)?;
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
         self.insert_fresh(|id, hash| options.record(id, hash, now, expires_at))
@@ -452,6 +573,7 @@ impl KeyManager {
         if let crate::key::VerificationKey::Ed25519(public) = &key {
             crate::signature::ed25519_public_key(public)?;
         }
+        self.check_publishable_options(&options)?;
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
         let (_, record) = self
@@ -505,6 +627,63 @@ impl KeyManager {
         })
     }
 
+    /// Mints a JWT with `issuer` for the owner of `options`, with its
+    /// scopes, valid for `lifetime`, and stores the record that backs it:
+    /// the token's `jti` is the record's id, so that
+    /// [`revoke`](Self::revoke) refuses the token at once, and the
+    /// record's limits apply to it (see [`jwt`](crate::jwt)). The record
+    /// expires with the token (or earlier, if `options` say so), and its
+    /// hash is of a secret nobody holds: it is never a bearer key.
+    ///
+    /// The token's times come from this manager's clock.
+    #[cfg(feature = "jwt")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "jwt")))]
+    pub async fn issue_jwt(
+        &self,
+        issuer: &crate::jwt::JwtIssuer,
+        options: IssueOptions,
+        lifetime: Duration,
+    ) -> Result<IssuedJwt, ManagerError> {
+        if options.publishable.is_some() {
+            // A bearer token in a browser is a secret in a page.
+            return Err(ManagerError::NotPublishable);
+        }
+        let now = self.clock.now();
+        let token_end = now
+            .checked_add(lifetime)
+            .ok_or(ManagerError::ExpiryOutOfRange)?;
+        let expires_at = match options.expiry_from(now)? {
+            Some(at) if at < token_end => at,
+            _ => token_end,
+        };
+        let (_, record) = self
+            .insert_fresh(|id, hash| options.record(id, hash, now, Some(expires_at)))
+            .await?;
+        let token = match issuer.mint_at(
+            now,
+            &record.owner,
+            &record.scopes,
+            lifetime,
+            Some(record.id),
+        ) {
+            Ok(token) => token,
+            Err(error) => {
+                // Leave no record behind for a token nobody received.
+                if let Err(cleanup) = self.store.revoke(&record.id, now).await {
+                    tracing::error!(
+                        target: "keyward::manager",
+                        key_id = %record.id,
+                        error = &cleanup as &dyn std::error::Error,
+                        "minting failed and its record could not be revoked"
+                    );
+                }
+                return Err(ManagerError::Jwt(error));
+            }
+        };
+        self.audit(Lifecycle::Issued, &record);
+        Ok(IssuedJwt { token, record })
+    }
+
     /// Imports a key issued before keyward, in the old `format`, by the
     /// SHA-256 `digest` of the whole old key (what a team that kept only
     /// hashes has; [`import_legacy_key`](Self::import_legacy_key) takes the
@@ -528,6 +707,7 @@ impl KeyManager {
         digest: [u8; 32],
         options: IssueOptions,
     ) -> Result<KeyRecord, ManagerError> {
+        self.check_publishable_options(&options)?;
         let hash = crate::key::KeyHash::new(HashAlgorithm::ImportedSha256, digest);
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
@@ -659,8 +839,32 @@ impl KeyManager {
         id: &KeyId,
         scopes: ScopeSet,
     ) -> Result<KeyRecord, ManagerError> {
+        let record = self.load(id).await?;
+        if record.publishable() {
+            self.check_publishable(&scopes)?;
+        }
         self.change(id, Lifecycle::ScopesChanged, move |record| {
             record.scopes = scopes;
+        })
+        .await
+    }
+
+    /// Replaces the allowed origins of key `id` (see
+    /// [`KeyRecord::allowed_origins`]); a publishable key must keep at
+    /// least one ([`ManagerError::NoAllowedOrigins`]). Returns the updated
+    /// record.
+    pub async fn update_allowed_origins(
+        &self,
+        id: &KeyId,
+        origins: impl IntoIterator<Item = AllowedOrigin>,
+    ) -> Result<KeyRecord, ManagerError> {
+        let origins: Vec<AllowedOrigin> = origins.into_iter().collect();
+        let record = self.load(id).await?;
+        if record.publishable() && origins.is_empty() {
+            return Err(ManagerError::NoAllowedOrigins);
+        }
+        self.change(id, Lifecycle::OriginsChanged, move |record| {
+            record.set_allowed_origins(origins);
         })
         .await
     }
@@ -806,6 +1010,7 @@ impl fmt::Debug for KeyManager {
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
             .field("events", &self.events)
+            .field("publishable_scopes", &self.publishable_scopes)
             .finish()
     }
 }

@@ -27,6 +27,7 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use crate::auth::origin::AllowedOrigin;
 use crate::key::{KeyHash, KeyId, VerificationKey};
 use crate::limit::{LimitSlot, Limits};
 use crate::scope::ScopeSet;
@@ -98,6 +99,10 @@ impl fmt::Display for KeyStatus {
 /// - Times are RFC 3339 in UTC, with fractional seconds only when not
 ///   zero; any offset (`+02:00`) is accepted on input. Years 0000 to 9999.
 /// - The hash names its algorithm (see [`KeyHash`]).
+/// - A publishable key (one meant for browsers) also has `"publishable":
+///   true` and `"allowed_origins": ["https://app.example.com",
+///   "https://*.example.com"]`; other keys have neither field (absent
+///   means `false` and `[]`).
 /// - A key that signs requests also has `"verification_key":
 ///   "ed25519:<hex>"` (or `"hmac-sha256:<hex>"`, a secret: see
 ///   [`VerificationKey`]); API keys have no such field.
@@ -162,6 +167,8 @@ struct Rare {
     revoked_at: Option<SystemTime>,
     metadata: BTreeMap<String, String>,
     verification_key: Option<VerificationKey>,
+    publishable: bool,
+    allowed_origins: Vec<AllowedOrigin>,
 }
 
 /// What a record without rare fields reads.
@@ -172,6 +179,8 @@ static NO_RARE: Rare = Rare {
     revoked_at: None,
     metadata: BTreeMap::new(),
     verification_key: None,
+    publishable: false,
+    allowed_origins: Vec::new(),
 };
 
 impl PartialEq for KeyRecord {
@@ -202,6 +211,8 @@ impl fmt::Debug for KeyRecord {
             .field("expires_at", &self.expires_at)
             .field("not_before", &rare.not_before)
             .field("allowed_networks", &rare.allowed_networks)
+            .field("publishable", &rare.publishable)
+            .field("allowed_origins", &rare.allowed_origins)
             .field("scopes", &self.scopes)
             .field("limits", &self.limits)
             .field("owner", &self.owner)
@@ -288,6 +299,55 @@ impl KeyRecord {
     /// nobody holds, so it is never a bearer key. `None` for API keys.
     pub fn verification_key(&self) -> Option<&VerificationKey> {
         self.rare().verification_key.as_ref()
+    }
+
+    /// Whether this is a publishable key: one meant to sit in a browser or
+    /// an app, which identifies the caller for quotas and usage but holds
+    /// no secret power. [`AuthLayer`](crate::AuthLayer) accepts it only
+    /// from one of its [`allowed_origins`](Self::allowed_origins) (none:
+    /// from nowhere), and [`KeyManager`](crate::KeyManager) gives it only
+    /// the scopes the service allows publishable keys
+    /// ([`KeyManager::with_publishable_scopes`](crate::KeyManager::with_publishable_scopes)).
+    pub fn publishable(&self) -> bool {
+        self.rare().publishable
+    }
+
+    /// The origins (`https://app.example.com`, `https://*.example.com`) the
+    /// key may be used from, checked by [`AuthLayer`](crate::AuthLayer)
+    /// against the request's `Origin` (or `Referer`): see
+    /// [`auth::origin`](crate::auth::origin). Empty: any origin, unless the
+    /// key is [`publishable`](Self::publishable), which then is refused
+    /// everywhere.
+    pub fn allowed_origins(&self) -> &[AllowedOrigin] {
+        &self.rare().allowed_origins
+    }
+
+    /// Whether the request's origin must be checked: a publishable key, or
+    /// one with allowed origins. (No read beyond the record for most keys.)
+    pub(crate) fn checks_origin(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| rare.publishable || !rare.allowed_origins.is_empty())
+    }
+
+    /// Marks the key publishable or not (see [`publishable`](Self::publishable)).
+    pub fn set_publishable(&mut self, publishable: bool) {
+        self.set_rare(|rare| rare.publishable = publishable);
+    }
+
+    /// Replaces the allowed origins (see [`allowed_origins`](Self::allowed_origins)).
+    pub fn set_allowed_origins(&mut self, origins: impl IntoIterator<Item = AllowedOrigin>) {
+        let origins = origins.into_iter().collect();
+        self.set_rare(|rare| rare.allowed_origins = origins);
+    }
+
+    /// Makes the key publishable, usable from `origins` only (see
+    /// [`publishable`](Self::publishable)).
+    #[must_use]
+    pub fn with_publishable(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.set_publishable(true);
+        self.set_allowed_origins(origins);
+        self
     }
 
     /// Sets or clears the environment (see [`environment`](Self::environment)).
@@ -474,6 +534,7 @@ mod stored {
     use serde::{Deserialize, Serialize, Serializer};
 
     use super::{Environment, KeyRecord, KeyStatus, Rare};
+    use crate::auth::origin::AllowedOrigin;
     use crate::key::{KeyHash, KeyId, VerificationKey};
     use crate::limit::{LimitSlot, Limits};
     use crate::scope::ScopeSet;
@@ -507,6 +568,10 @@ mod stored {
         metadata: BTreeMap<String, String>,
         #[serde(default)]
         verification_key: Option<VerificationKey>,
+        #[serde(default)]
+        publishable: bool,
+        #[serde(default)]
+        allowed_origins: Vec<AllowedOrigin>,
     }
 
     #[derive(Serialize)]
@@ -531,6 +596,15 @@ mod stored {
         metadata: &'a BTreeMap<String, String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         verification_key: Option<&'a VerificationKey>,
+        #[serde(skip_serializing_if = "is_false")]
+        publishable: bool,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        allowed_origins: &'a [AllowedOrigin],
+    }
+
+    #[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+    fn is_false(value: &bool) -> bool {
+        !*value
     }
 
     impl From<Stored> for KeyRecord {
@@ -542,6 +616,8 @@ mod stored {
                 revoked_at: stored.revoked_at,
                 metadata: stored.metadata,
                 verification_key: stored.verification_key,
+                publishable: stored.publishable,
+                allowed_origins: stored.allowed_origins,
             };
             KeyRecord {
                 hash: stored.hash,
@@ -578,6 +654,8 @@ mod stored {
                 revoked_at: rare.revoked_at,
                 metadata: &rare.metadata,
                 verification_key: rare.verification_key.as_ref(),
+                publishable: rare.publishable,
+                allowed_origins: &rare.allowed_origins,
             }
             .serialize(serializer)
         }

@@ -11,9 +11,10 @@
 //! |---|---|---|
 //! | missing key | 401 | `Bearer realm="api"` |
 //! | malformed request (key sent twice, two keys), two kinds of credential | 400 | `error="invalid_request"` |
-//! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key; bad, stale or replayed signature | 401 | `error="invalid_token"` |
+//! | malformed, unknown, wrong, expired, not yet valid, disabled, revoked key; bad, stale or replayed signature; a JWT's claims not accepted | 401 | `error="invalid_token"` |
 //! | insufficient scope | 403 | `error="insufficient_scope", scope="..."` |
 //! | restricted (network, environment) | 403 | none |
+//! | origin not allowed (publishable keys) | 403 | none |
 //! | rate limited, quota exhausted, too many failures | 429 + `Retry-After` | none |
 //! | key store unavailable, limiter unavailable | 503 | none |
 //! | body too large (a `Content-Digest` check's maximum) | 413 | none |
@@ -47,7 +48,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, CONTENT_TYPE, ORIGIN,
+    RETRY_AFTER, VARY, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Response, StatusCode};
 
 use crate::clock::whole_seconds;
@@ -118,12 +122,20 @@ pub enum RejectReason {
     /// count is not the server's to guess. Answered like
     /// [`InvalidRequest`](Self::InvalidRequest), `400 invalid_request`.
     TwoCredentials,
+    /// A publishable key (or one restricted to origins) sent from a missing,
+    /// `null`, malformed or not allowed `Origin` (or `Referer`): see
+    /// [`auth::origin`](crate::auth::origin).
+    OriginNotAllowed,
+    /// A JWT whose claims are not accepted: wrong or missing issuer or
+    /// audience, no `exp` or `sub`, a malformed `scope`, a `jti` that names
+    /// no record, or scopes or owner its record does not grant.
+    InvalidClaims,
 }
 
 impl RejectReason {
     /// Every reason, in declaration order (`reason as usize` indexes it):
     /// for counters and dashboards that keep one slot a reason.
-    pub const ALL: [RejectReason; 22] = [
+    pub const ALL: [RejectReason; 24] = [
         RejectReason::MissingKey,
         RejectReason::InvalidRequest,
         RejectReason::MalformedKey,
@@ -146,6 +158,8 @@ impl RejectReason {
         RejectReason::BodyTooLarge,
         RejectReason::Misconfigured,
         RejectReason::TwoCredentials,
+        RejectReason::OriginNotAllowed,
+        RejectReason::InvalidClaims,
     ];
 
     /// A stable `snake_case` name, for logs and usage records.
@@ -173,6 +187,8 @@ impl RejectReason {
             RejectReason::BodyTooLarge => "body_too_large",
             RejectReason::Misconfigured => "misconfigured",
             RejectReason::TwoCredentials => "two_credentials",
+            RejectReason::OriginNotAllowed => "origin_not_allowed",
+            RejectReason::InvalidClaims => "invalid_claims",
         }
     }
 
@@ -191,6 +207,7 @@ impl RejectReason {
                 | RejectReason::BadSignature
                 | RejectReason::StaleSignature
                 | RejectReason::ReplayedSignature
+                | RejectReason::InvalidClaims
         )
     }
 
@@ -198,7 +215,9 @@ impl RejectReason {
     pub fn status(&self) -> StatusCode {
         match self {
             RejectReason::InvalidRequest | RejectReason::TwoCredentials => StatusCode::BAD_REQUEST,
-            RejectReason::InsufficientScope | RejectReason::Restricted => StatusCode::FORBIDDEN,
+            RejectReason::InsufficientScope
+            | RejectReason::Restricted
+            | RejectReason::OriginNotAllowed => StatusCode::FORBIDDEN,
             RejectReason::RateLimited
             | RejectReason::QuotaExhausted
             | RejectReason::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
@@ -326,8 +345,29 @@ impl std::error::Error for Rejection {}
 ///
 /// Cheap to clone. The default, [`Responder::problem_json`] with realm
 /// `"api"`, answers RFC 9457 problem details with RFC 6750 challenges.
+///
+/// # Refusals a browser can read
+///
+/// When the refused request carries a well-formed `Origin` (a browser's
+/// cross-origin request, such as one with a publishable key), the refusal
+/// also carries `Access-Control-Allow-Origin` echoing that origin, `Vary:
+/// Origin`, and `Access-Control-Expose-Headers` naming `WWW-Authenticate`,
+/// `Retry-After`, `RateLimit` and `RateLimit-Policy`, so that the page can
+/// show why it was refused and when to retry. A refusal says nothing a
+/// page from any origin may not know (the same static text for every bad
+/// key), and no `Access-Control-Allow-Credentials` is sent, so cookies
+/// never ride along. A `null` or malformed `Origin` gets no such header.
+/// A response that already has `Access-Control-Allow-Origin` (set by a
+/// [`custom`](Self::custom) responder) is left as it is. Preflight
+/// (`OPTIONS`) requests and successful answers are the business of a CORS
+/// layer (tower-http's `CorsLayer`) outside keyward's layers, which then
+/// also decides these headers. Turn this off with
+/// [`without_cors`](Self::without_cors).
 #[derive(Clone)]
-pub struct Responder(Arc<RespondFn>);
+pub struct Responder {
+    respond: Arc<RespondFn>,
+    cors: bool,
+}
 
 type RespondFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 
@@ -343,7 +383,7 @@ impl Responder {
             .iter()
             .map(|&reason| problem_response(&realm, &Rejection::new(reason)))
             .collect();
-        Self(Arc::new(move |rejection| {
+        Self::from_fn(Arc::new(move |rejection| {
             let plain =
                 rejection.required_scopes().is_none() && rejection.violated_policies().is_empty();
             match rendered.get(rejection.reason() as usize) {
@@ -385,14 +425,29 @@ impl Responder {
         F: Fn(&Rejection) -> Response<B> + Send + Sync + 'static,
         B: Into<Bytes>,
     {
-        Self(Arc::new(move |rejection| {
+        Self::from_fn(Arc::new(move |rejection| {
             respond(rejection).map(Into::into)
         }))
     }
 
+    fn from_fn(respond: Arc<RespondFn>) -> Self {
+        Self {
+            respond,
+            cors: true,
+        }
+    }
+
+    /// Refusals carry no CORS headers (see [refusals a browser can
+    /// read](Self#refusals-a-browser-can-read)): browsers then hide them
+    /// from cross-origin pages, unless a CORS layer outside adds them.
+    pub fn without_cors(mut self) -> Self {
+        self.cors = false;
+        self
+    }
+
     /// The response for `rejection`.
     pub fn respond(&self, rejection: &Rejection) -> Response<Bytes> {
-        (self.0)(rejection)
+        (self.respond)(rejection)
     }
 
     /// The response that refuses a request with these headers: the
@@ -407,6 +462,9 @@ impl Responder {
             crate::grpc::Protocol::Http => self.respond(&rejection),
             protocol => crate::grpc::trailers_only(protocol, &rejection),
         };
+        if self.cors {
+            allow_origin(request_headers, response.headers_mut());
+        }
         response.extensions_mut().insert(rejection);
         response
     }
@@ -422,6 +480,34 @@ impl fmt::Debug for Responder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Responder").finish_non_exhaustive()
     }
+}
+
+/// The headers a page may read from a refusal.
+const EXPOSED: HeaderValue =
+    HeaderValue::from_static("www-authenticate, retry-after, ratelimit, ratelimit-policy");
+
+/// Lets a browser show a refusal to the page that sent the request: see
+/// [refusals a browser can read](Responder#refusals-a-browser-can-read).
+fn allow_origin(request_headers: &HeaderMap, response_headers: &mut HeaderMap) {
+    if response_headers.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    let mut origins = request_headers.get_all(ORIGIN).iter();
+    let (Some(origin), None) = (origins.next(), origins.next()) else {
+        return;
+    };
+    // Echoed only when it is an origin (never `null`, never junk).
+    if origin
+        .to_str()
+        .ok()
+        .and_then(crate::auth::origin::RequestOrigin::parse_origin)
+        .is_none()
+    {
+        return;
+    }
+    response_headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    response_headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, EXPOSED);
+    response_headers.append(VARY, HeaderValue::from_static("origin"));
 }
 
 const QUOTA_EXCEEDED: &str = "https://iana.org/assignments/http-problem-types#quota-exceeded";
@@ -528,6 +614,9 @@ pub(crate) fn client_message(reason: RejectReason) -> &'static str {
         RejectReason::LimiterUnavailable => "Rate limits cannot be checked right now; retry later.",
         RejectReason::BodyTooLarge => "The request body is larger than this API accepts.",
         RejectReason::Misconfigured => "These credentials cannot be checked by this server.",
+        RejectReason::OriginNotAllowed => {
+            "This API key may only be used from the websites it was issued for: the request's Origin (or Referer) is missing, null or not one of them."
+        }
         _ => "The API key is invalid, expired or revoked.",
     }
 }
@@ -609,6 +698,7 @@ mod tests {
             RejectReason::BadSignature,
             RejectReason::StaleSignature,
             RejectReason::ReplayedSignature,
+            RejectReason::InvalidClaims,
         ];
         let first = responder.respond(&Rejection::new(reasons[0]));
         for reason in reasons {
@@ -651,6 +741,46 @@ mod tests {
         assert_eq!(retry_after_seconds(Duration::from_millis(2001)), "3");
         assert_eq!(retry_after_seconds(Duration::from_secs(2)), "2");
         assert_eq!(retry_after_seconds(Duration::ZERO), "1");
+    }
+
+    #[test]
+    fn refusals_are_readable_by_the_page_that_sent_them() {
+        let rejection = Rejection::new(RejectReason::OriginNotAllowed);
+        let with_origin = |origin: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(ORIGIN, origin.parse().unwrap());
+            headers
+        };
+        let response =
+            Responder::default().refuse(&with_origin("https://evil.example"), rejection.clone());
+        assert_eq!(response.status(), 403);
+        assert_eq!(
+            response.headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://evil.example"
+        );
+        assert_eq!(response.headers()[VARY], "origin");
+        assert!(response.headers()[ACCESS_CONTROL_EXPOSE_HEADERS]
+            .to_str()
+            .unwrap()
+            .contains("retry-after"));
+        assert!(!response
+            .headers()
+            .contains_key("access-control-allow-credentials"));
+        let json: serde_json::Value = serde_json::from_str(&body(&response)).unwrap();
+        assert!(json["detail"].as_str().unwrap().contains("Origin"));
+        for origin in ["null", "https://a.example/path", "junk"] {
+            let response = Responder::default().refuse(&with_origin(origin), rejection.clone());
+            assert!(
+                !response.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN),
+                "{origin}"
+            );
+        }
+        let response = Responder::default().refuse(&HeaderMap::new(), rejection.clone());
+        assert!(!response.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        let response = Responder::default()
+            .without_cors()
+            .refuse(&with_origin("https://app.example"), rejection);
+        assert!(!response.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
     }
 
     #[test]

@@ -345,7 +345,7 @@ async fn a_flood_of_unknown_keys_keeps_state_bounded() {
     assert_eq!(server.store.list_by_owner("acme").await.unwrap().len(), 1);
     assert!(server.usage.get(&server.key.id()).is_none());
     assert_eq!(server.served(), 0);
-    // 64 000 requests; a throttle entry is well under a kilobyte. Other
+    // 16 000 requests; a throttle entry is well under a kilobyte. Other
     // tests share the process, so the bound is loose: what it rules out
     // is state growing with the flood.
     let grown = after.saturating_sub(before);

@@ -432,7 +432,12 @@ impl Authenticator {
             | u32::from(expired) << 4
             | u32::from(early) << 5;
         if failures == 0 {
-            return Ok(Principal::new(record));
+            let kind = if record.publishable() {
+                CredentialKind::Publishable
+            } else {
+                CredentialKind::ApiKey
+            };
+            return Ok(Principal::with_credential(record, kind));
         }
         let first = failures.trailing_zeros() as usize;
         refuse(

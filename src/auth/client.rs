@@ -219,7 +219,34 @@ pub(crate) fn restrict<B>(
     {
         return refuse("network");
     }
+    if record.checks_origin() {
+        check_origin(record, request.headers())?;
+    }
     Ok(())
+}
+
+/// Whether the request comes from one of the key's allowed origins (see
+/// [`origin`](super::origin)).
+fn check_origin(record: &crate::record::KeyRecord, headers: &HeaderMap) -> Result<(), Rejection> {
+    let origin = super::origin::RequestOrigin::of(headers);
+    let allowed = origin.as_ref().is_some_and(|origin| {
+        record
+            .allowed_origins()
+            .iter()
+            .any(|allowed| allowed.matches(origin))
+    });
+    if allowed {
+        return Ok(());
+    }
+    // The origin is the browser's claim, not a secret: logged to explain
+    // the refusal (bounded in length by the parser).
+    tracing::info!(
+        target: "keyward::auth",
+        key_id = %record.id,
+        origin = origin.as_ref().map(|o| o.to_string()).as_deref().unwrap_or("(none)"),
+        "API key refused: origin not allowed"
+    );
+    Err(Rejection::new(RejectReason::OriginNotAllowed).with_key_id(record.id))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:10.1.2.3`, as dual-stack sockets

@@ -13,8 +13,10 @@
 //!    not-before against the injected [`Clock`](crate::clock::Clock)
 //!    (whatever the secret: every refusal takes the same steps), then
 //!    the key's restrictions: its environment against the service's
-//!    ([`AuthLayer::environment`]) and the client's address against its
-//!    allowed networks (see [`client`]);
+//!    ([`AuthLayer::environment`]), the client's address against its
+//!    allowed networks (see [`client`]), and, for a publishable key or one
+//!    with allowed origins, the request's `Origin` (or `Referer`) against
+//!    them (see [`origin`]);
 //! 5. removes the credential from the request (configurable), inserts the
 //!    [`Principal`] into the request's extensions (and into the
 //!    [`PrincipalSlot`] an outer layer planted there, if any), and
@@ -23,7 +25,8 @@
 //! Refusals are `Ok` responses (see [`reject`](crate::reject)): `401` with
 //! `WWW-Authenticate: Bearer`, the same for every kind of bad key (expired,
 //! disabled and revoked included); `403` when a restriction refuses a good
-//! key; `503` when the store fails, panics or takes longer than the store
+//! key (`403` too, with its own reason, when a key's origin check refuses
+//! the request); `503` when the store fails, panics or takes longer than the store
 //! timeout (fail closed; 5 s by default with the `tokio` feature, see
 //! [`AuthLayer::store_timeout`]). The exact reason goes to the logs
 //! (target `keyward::auth`, never the key) and to the [`Rejection`] in the
@@ -133,6 +136,7 @@ mod authenticator;
 pub mod client;
 mod future;
 mod layer;
+pub mod origin;
 mod principal;
 mod service;
 mod source;

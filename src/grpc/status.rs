@@ -123,9 +123,9 @@ impl GrpcCode {
     /// The code a refusal for `reason` answers with.
     pub fn for_reason(reason: RejectReason) -> Self {
         match reason {
-            RejectReason::InsufficientScope | RejectReason::Restricted => {
-                GrpcCode::PermissionDenied
-            }
+            RejectReason::InsufficientScope
+            | RejectReason::Restricted
+            | RejectReason::OriginNotAllowed => GrpcCode::PermissionDenied,
             RejectReason::RateLimited
             | RejectReason::QuotaExhausted
             | RejectReason::TooManyFailures => GrpcCode::ResourceExhausted,
@@ -311,6 +311,7 @@ mod tests {
             (Revoked, 16),
             (InsufficientScope, 7),
             (Restricted, 7),
+            (OriginNotAllowed, 7),
             (RateLimited, 8),
             (QuotaExhausted, 8),
             (TooManyFailures, 8),

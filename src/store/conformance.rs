@@ -170,7 +170,8 @@ async fn revoking_again_keeps_the_first_time<S: KeyStore + ?Sized>(store: &S) {
 /// Every field a record has comes back as it went in: a peppered hash with
 /// its algorithm, limits, times with fractions of a second (to the
 /// millisecond), a record inserted already revoked (an import), and the
-/// verification keys of keys that sign requests.
+/// verification keys of keys that sign requests, and publishable keys
+/// with their allowed origins.
 async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
     let limits = Limits::new([
         RatePolicy::new("burst", 5, Duration::from_millis(1500))
@@ -211,6 +212,17 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
     ] {
         records.push(fresh_record(&fresh_owner(), epoch(1_700_000_000)).with_verification_key(key));
     }
+    // A publishable key with its allowed origins, exact and wildcard.
+    records.push(
+        fresh_record(&fresh_owner(), epoch(1_700_000_000)).with_publishable([
+            "https://app.example.com".parse().expect("valid origin"),
+            "https://*.example.com:8443".parse().expect("valid origin"),
+        ]),
+    );
+    // Origins on a key that is not publishable.
+    let mut with_origins = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    with_origins.set_allowed_origins(["http://localhost:3000".parse().expect("valid origin")]);
+    records.push(with_origins);
     for record in records {
         store.insert(record.clone()).await.expect("insert");
         let found = store.find(&record.id).await.expect("find").expect("found");
@@ -221,7 +233,7 @@ async fn stored_fields_round_trip<S: KeyStore + ?Sized>(store: &S) {
         );
         assert_eq!(
             *found, record,
-            "every field (hash and algorithm, limits, times to the millisecond, revoked_at, verification key) must round-trip"
+            "every field (hash and algorithm, limits, times to the millisecond, revoked_at, verification key, publishable and allowed origins) must round-trip"
         );
         let listed = store.list_by_owner(&record.owner).await.expect("list");
         assert_eq!(listed.len(), 1);

@@ -55,6 +55,16 @@ CREATE UNIQUE INDEX "{{table_name}}_imported_hash_idx" ON {{table}} (hash)
     WHERE hash_algorithm = 'imported-sha256';
 "#,
     },
+    Migration {
+        version: 3,
+        description: "publishable keys and their allowed origins",
+        sql: r#"
+ALTER TABLE {{table}}
+    ADD COLUMN publishable boolean NOT NULL DEFAULT false,
+    ADD COLUMN allowed_origins text[] NOT NULL DEFAULT '{}';
+COMMENT ON COLUMN {{table}}.allowed_origins IS 'origins a key may be used from: https://app.example.com or https://*.example.com';
+"#,
+    },
 ];
 
 /// The columns read back, in the order `decode` expects. Times travel as
@@ -66,7 +76,7 @@ const COLUMNS: &str = "id, hash, hash_algorithm, owner, name, status, environmen
     (extract(epoch FROM expires_at) * 1000000)::bigint, \
     (extract(epoch FROM not_before) * 1000000)::bigint, \
     (extract(epoch FROM revoked_at) * 1000000)::bigint, \
-    verification_key";
+    verification_key, publishable, allowed_origins";
 
 /// A time parameter: microseconds since the epoch, or NULL.
 fn time(param: usize) -> String {
@@ -87,7 +97,7 @@ struct Queries {
 impl Queries {
     fn new(table: &QualifiedName) -> Self {
         let values = format!(
-            "$2, $3, $4, $5, $6, $7, $8, $9::text[]::inet[], $10::jsonb, $11::jsonb, {}, {}, {}, {}, $16",
+            "$2, $3, $4, $5, $6, $7, $8, $9::text[]::inet[], $10::jsonb, $11::jsonb, {}, {}, {}, {}, $16, $17, $18",
             time(12),
             time(13),
             time(14),
@@ -98,7 +108,7 @@ impl Queries {
             insert: format!(
                 "INSERT INTO {table} (id, hash, hash_algorithm, owner, name, status, environment, \
                  scopes, allowed_networks, limits, metadata, created_at, expires_at, not_before, \
-                 revoked_at, verification_key) VALUES ($1, {values}) ON CONFLICT (id) DO NOTHING"
+                 revoked_at, verification_key, publishable, allowed_origins) VALUES ($1, {values}) ON CONFLICT (id) DO NOTHING"
             ),
             // One statement: the row is updated only if it is not revoked
             // (PostgreSQL re-checks the condition on the row it locks), and
@@ -106,7 +116,7 @@ impl Queries {
             update: format!(
                 "WITH updated AS (UPDATE {table} SET (hash, hash_algorithm, owner, name, status, \
                  environment, scopes, allowed_networks, limits, metadata, created_at, expires_at, \
-                 not_before, revoked_at, verification_key) = ROW({values}), version = version + 1, \
+                 not_before, revoked_at, verification_key, publishable, allowed_origins) = ROW({values}), version = version + 1, \
                  updated_at = now() WHERE id = $1 AND status <> 'revoked' RETURNING 1) \
                  SELECT EXISTS (SELECT 1 FROM updated), EXISTS (SELECT 1 FROM {table} WHERE id = $1)"
             ),
@@ -134,9 +144,10 @@ impl Queries {
 /// with its `hash_algorithm`, `owner` (indexed with `created_at`),
 /// `status`, `environment`, `scopes text[]`, `allowed_networks inet[]`,
 /// `limits` and `metadata` as `jsonb`, `verification_key` (for keys that
-/// sign requests), a unique index on the hashes of imported keys
-/// (migration 2, for [`find_by_hash`](KeyStore::find_by_hash)), times as
-/// `timestamptz` (`created_at`,
+/// sign requests), `publishable` and `allowed_origins text[]` (for keys
+/// meant for browsers, migration 3), a unique index on the hashes of
+/// imported keys (migration 2, for [`find_by_hash`](KeyStore::find_by_hash)),
+/// times as `timestamptz` (`created_at`,
 /// `expires_at`, `not_before`, `revoked_at`, and `last_used_at`, which the
 /// usage exporter fills when given this [`table`](Self::table) with
 /// [`PgUsage::keys_table`](crate::usage::PgUsage::keys_table)), and a
@@ -288,7 +299,15 @@ impl PgStore {
             .bind(record.expires_at.map(micros))
             .bind(record.not_before().map(micros))
             .bind(record.revoked_at().map(micros))
-            .bind(record.verification_key().map(ToString::to_string)))
+            .bind(record.verification_key().map(ToString::to_string))
+            .bind(record.publishable())
+            .bind(
+                record
+                    .allowed_origins()
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>(),
+            ))
     }
 }
 
@@ -398,6 +417,15 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
             .map(|key| key.parse())
             .transpose()
             .map_err(|_| unreadable("verification_key"))?,
+    );
+    record.set_publishable(row.try_get(16).map_err(StoreError::backend)?);
+    let origins: Vec<String> = row.try_get(17).map_err(StoreError::backend)?;
+    record.set_allowed_origins(
+        origins
+            .iter()
+            .map(|o| o.parse())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unreadable("allowed_origins"))?,
     );
     Ok(record)
 }

@@ -104,6 +104,8 @@ pub enum Lifecycle {
     /// done (`action`). A revocation or disabling it caused is its own
     /// event besides.
     LeakReported,
+    /// The key's allowed origins were replaced (publishable keys).
+    OriginsChanged,
 }
 
 impl Lifecycle {
@@ -124,6 +126,7 @@ impl Lifecycle {
             Lifecycle::FirstUsed => "first_used",
             Lifecycle::ExpiredOnUse => "expired_on_use",
             Lifecycle::LeakReported => "leak_reported",
+            Lifecycle::OriginsChanged => "origins_changed",
         }
     }
 }
