@@ -1,16 +1,20 @@
 //! Every kind of credential at once, on the in-memory store: API keys (also
-//! in Basic auth), imported old-format keys and requests signed with a key
-//! pair (HTTP Message Signatures).
+//! in Basic auth), JWT-based keys, publishable keys, imported old-format
+//! keys and requests signed with a key pair (HTTP Message Signatures).
 //!
 //! ```sh
-//! cargo run --example credentials --features signatures,axum,serde               # 127.0.0.1:3000
-//! cargo run --example credentials --features signatures,axum,serde 127.0.0.1:0   # any free port
+//! cargo run --example credentials --features signatures,jwt,axum,serde               # 127.0.0.1:3000
+//! cargo run --example credentials --features signatures,jwt,axum,serde 127.0.0.1:0   # any free port
 //! ```
 //!
 //! It prints, each on its own line, `listening on http://ADDR:PORT`,
-//! `api key: <key>`, `imported key: <old-format key>`, `signing key id:
-//! <key id>` and `signing private key: <the Ed25519 private key: base64
-//! (standard alphabet, padded) of its 32-byte seed>`, then serves `GET
+//! `api key: <key>`, `jwt: <token>` (HS256, valid for an hour), `jwt
+//! secret: <the HS256 secret, base64url without padding>` (so a client can
+//! mint its own tokens: issuer `https://auth.example.com`, audience
+//! `credentials-example`, `kid` `k1`), `imported key: <old-format key>`,
+//! `signing key id: <key id>`, `signing private key: <the Ed25519 private
+//! key: base64 (standard alphabet, padded) of its 32-byte seed>`,
+//! `publishable key: <key>` and `allowed origin: <origin>`, then serves `GET
 //! /whoami` (the caller as JSON: key id, owner, scopes, credential kind)
 //! and `POST /echo` (answers the body it received) to every kind:
 //!
@@ -19,6 +23,10 @@
 //! curl -H "Authorization: Bearer $API_KEY" http://127.0.0.1:3000/whoami
 //! curl -H "X-API-Key: $API_KEY" -d 'hello' http://127.0.0.1:3000/echo
 //! curl -u "$API_KEY:" http://127.0.0.1:3000/whoami
+//! # a JWT-based key (or one minted with the printed secret)
+//! curl -H "Authorization: Bearer $JWT" http://127.0.0.1:3000/whoami
+//! # a publishable key: only from the allowed origin
+//! curl -H "X-API-Key: $PUBLISHABLE_KEY" -H "Origin: $ALLOWED_ORIGIN" http://127.0.0.1:3000/whoami
 //! # an imported key of the old format (32 hex characters)
 //! curl -H "X-API-Key: $IMPORTED_KEY" http://127.0.0.1:3000/whoami
 //! # a signed request: examples/sign_request prints the curl line, signed
@@ -31,17 +39,24 @@
 //! Two credentials in one request are refused with `400`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use keyward::auth::{AuthLayer, KeySource, Principal};
 use keyward::content_digest::ContentDigestLayer;
+use keyward::jwt::{JwtIssuer, JwtKeySet, JwtVerifier};
 use keyward::key::{KeyFormat, LegacyAlphabet, LegacyFormat};
 use keyward::manager::{IssueOptions, KeyManager};
 use keyward::signature::SignatureVerifier;
 use keyward::store::MemoryStore;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
+
+const JWT_ISSUER: &str = "https://auth.example.com";
+const JWT_AUDIENCE: &str = "credentials-example";
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,7 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let format = KeyFormat::new("sk_live")?;
     let store = MemoryStore::new();
-    let manager = KeyManager::new(store.clone(), format.clone());
+    // Publishable keys may carry only what a browser may be trusted with.
+    let manager = KeyManager::new(store.clone(), format.clone())
+        .with_publishable_scopes("pets:read".parse()?);
 
     // An API key.
     let api = manager
@@ -77,6 +94,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .issue_key_pair(IssueOptions::new("signing-client").scopes("pets:write".parse()?))
         .await?;
 
+    // A JWT-based key: minted with an HS256 secret, backed by a record
+    // (its `jti`), so revoking the record refuses the token.
+    let jwt_secret = fresh_secret()?;
+    let (issuer, jwt_key) = JwtIssuer::hs256("k1", &jwt_secret, JWT_ISSUER, JWT_AUDIENCE)?;
+    let jwt = manager
+        .issue_jwt(
+            &issuer,
+            IssueOptions::new("jwt-client").scopes("pets:read".parse()?),
+            Duration::from_secs(3600),
+        )
+        .await?;
+    // A publishable key, for a web page at one origin.
+    let origin = "https://app.example.com";
+    let publishable = manager
+        .issue(
+            IssueOptions::new("web-app")
+                .scopes("pets:read".parse()?)
+                .publishable([origin.parse()?]),
+        )
+        .await?;
+
+    let jwt_verifier = JwtVerifier::new(
+        store.clone(),
+        JwtKeySet::from_iter([jwt_key]),
+        JWT_ISSUER,
+        JWT_AUDIENCE,
+    )
+    // Tokens a client mints with the printed secret name no record.
+    .require_record(false);
     let auth = AuthLayer::new(store.clone(), format)
         .sources([
             KeySource::bearer(),
@@ -84,6 +130,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             KeySource::basic_user(),
         ])
         .imported_keys(old_format)
+        .credential(jwt_verifier)
         .credential(SignatureVerifier::new(store));
     let app = Router::new()
         .route("/whoami", get(whoami))
@@ -95,12 +142,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     println!("listening on http://{}", listener.local_addr()?);
     println!("api key: {}", api.key.expose_secret());
+    println!("jwt: {}", jwt.token);
+    println!("jwt secret: {}", URL_SAFE_NO_PAD.encode(jwt_secret));
     println!("imported key: {old_key}");
     println!("signing key id: {}", pair.record.id);
     println!(
         "signing private key: {}",
         pair.signing_key.expose_base64().as_str()
     );
+    println!("publishable key: {}", publishable.key.expose_secret());
+    println!("allowed origin: {origin}");
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -135,4 +186,11 @@ fn old_key() -> Result<String, keyward::key::GenerateError> {
         keyward::KeyGenerator::new(KeyFormat::new("old").expect("valid prefix")).generate()?;
     let digest = <sha2::Sha256 as sha2::Digest>::digest(key.expose_secret().as_bytes());
     Ok(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// 32 random bytes for the HS256 secret, from the keyward generator.
+fn fresh_secret() -> Result<[u8; 32], keyward::key::GenerateError> {
+    let key =
+        keyward::KeyGenerator::new(KeyFormat::new("jwt").expect("valid prefix")).generate()?;
+    Ok(<sha2::Sha256 as sha2::Digest>::digest(key.expose_secret().as_bytes()).into())
 }

@@ -3,7 +3,12 @@
 //! `127.0.0.1:0`; every credential it prints is used over real TCP against
 //! `GET /whoami` and `POST /echo`, and the signed requests are made with
 //! the crate's `RequestSigner`.
-#![cfg(all(feature = "signatures", feature = "axum", feature = "serde"))]
+#![cfg(all(
+    feature = "signatures",
+    feature = "jwt",
+    feature = "axum",
+    feature = "serde"
+))]
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -51,6 +56,7 @@ fn example_binary() -> &'static PathBuf {
             ("redis", cfg!(feature = "redis")),
             ("metrics", cfg!(feature = "metrics")),
             ("admin", cfg!(feature = "admin")),
+            ("jwt", cfg!(feature = "jwt")),
         ];
         if features.iter().all(|(_, on)| *on) {
             command.arg("--all-features");
@@ -116,7 +122,9 @@ impl Example {
             }
         });
         let mut lines = Vec::new();
-        while lines.len() < 5 {
+        // listening on, api key, jwt, jwt secret, imported key, signing key id,
+        // signing private key, publishable key, allowed origin.
+        while lines.len() < 9 {
             let line = receiver
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the example prints its lines within 30 s");
@@ -233,6 +241,61 @@ async fn every_printed_credential_works_over_tcp() {
         .body(b"hello".to_vec())
         .unwrap();
     assert_eq!(example.send(&echo).await, (200, "hello".to_owned()));
+
+    // The JWT-based key, as a bearer token.
+    let jwt = example.line("jwt").to_owned();
+    assert_eq!(jwt.split('.').count(), 3, "a JWT: {jwt}");
+    let (status, body) = example
+        .send(&get(
+            "/whoami",
+            &[("authorization", &format!("Bearer {jwt}"))],
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let who = whoami(&body);
+    assert_eq!(who["owner"], "jwt-client");
+    assert_eq!(who["credential"], "jwt");
+    let secret = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(example.line("jwt secret"))
+            .expect("base64url")
+    };
+    assert_eq!(secret.len(), 32);
+    // A token signed with another secret: refused like any bad key.
+    let mut forged = jwt.clone();
+    forged.truncate(jwt.rfind('.').unwrap() + 1);
+    forged.push_str("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    let (status, _) = example
+        .send(&get(
+            "/whoami",
+            &[("authorization", &format!("Bearer {forged}"))],
+        ))
+        .await;
+    assert_eq!(status, 401);
+
+    // The publishable key: from its origin only.
+    let publishable = example.line("publishable key").to_owned();
+    let origin = example.line("allowed origin").to_owned();
+    let (status, body) = example
+        .send(&get(
+            "/whoami",
+            &[("x-api-key", &publishable), ("origin", &origin)],
+        ))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(whoami(&body)["credential"], "publishable");
+    for headers in [
+        vec![("x-api-key", publishable.as_str())],
+        vec![("x-api-key", publishable.as_str()), ("origin", "null")],
+        vec![
+            ("x-api-key", publishable.as_str()),
+            ("origin", "https://app.example.com.evil.io"),
+        ],
+    ] {
+        let (status, body) = example.send(&get("/whoami", &headers)).await;
+        assert_eq!(status, 403, "{headers:?}: {body}");
+    }
 
     // The imported key.
     let imported = example.line("imported key").to_owned();
