@@ -28,64 +28,7 @@ use tokio::net::TcpStream;
 /// the same target directory (so that `cargo test` reuses what it built).
 fn example_binary() -> &'static PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // <target>/<profile>/deps/distributed-<hash>
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let target_dir = exe
-            .ancestors()
-            .nth(3)
-            .expect("the test binary lives in <target>/<profile>/deps");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-        let mut command = Command::new(cargo);
-        command
-            .args(["build", "--example", "distributed", "--message-format=json"])
-            .arg("--manifest-path")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(target_dir);
-        if !cfg!(debug_assertions) {
-            command.arg("--release");
-        }
-        // The same features as this build, so the library is not rebuilt.
-        let features = [
-            ("axum", cfg!(feature = "axum")),
-            ("serde", cfg!(feature = "serde")),
-            ("test-util", cfg!(feature = "test-util")),
-            ("tokio", cfg!(feature = "tokio")),
-            ("secret-scanning", cfg!(feature = "secret-scanning")),
-            ("postgres", cfg!(feature = "postgres")),
-            ("signatures", cfg!(feature = "signatures")),
-            ("redis", cfg!(feature = "redis")),
-        ];
-        if features.iter().all(|(_, on)| *on) {
-            command.arg("--all-features");
-        } else {
-            let on: Vec<&str> = features
-                .iter()
-                .filter(|(_, on)| *on)
-                .map(|(name, _)| *name)
-                .collect();
-            command.arg("--features").arg(on.join(","));
-        }
-        let output = command
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build --example distributed");
-        assert!(
-            output.status.success(),
-            "cargo build --example distributed failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|message| {
-                message["reason"] == "compiler-artifact"
-                    && message["target"]["name"] == "distributed"
-                    && message["target"]["kind"][0] == "example"
-            })
-            .and_then(|artifact| artifact["executable"].as_str().map(PathBuf::from))
-            .expect("cargo names the example's executable")
-    })
+    BINARY.get_or_init(|| support::examples::build_example("distributed"))
 }
 
 async fn binary() -> PathBuf {

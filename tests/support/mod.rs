@@ -156,6 +156,7 @@ impl CapturedLogs {
 
 pub(crate) mod burst;
 pub(crate) mod children;
+pub(crate) mod examples;
 pub(crate) mod limit_model;
 pub(crate) mod proxy;
 pub(crate) mod services;
