@@ -270,7 +270,11 @@ pub(crate) fn parse_basic(
         .position(|&b| b == b':')
         .ok_or(RejectReason::MalformedKey)?;
     let (user, rest) = decoded.split_at(colon);
-    if &rest[1..] != password.as_bytes() {
+    // The configured password is a secret too: compared in constant time.
+    if !bool::from(subtle::ConstantTimeEq::ct_eq(
+        &rest[1..],
+        password.as_bytes(),
+    )) {
         return Err(RejectReason::MalformedKey);
     }
     if user.is_empty() {
