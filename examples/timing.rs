@@ -59,7 +59,7 @@ const KEYS_ACTIVE: usize = 800;
 const KEYS_REVOKED: usize = 100;
 const KEYS_EXPIRED: usize = 100;
 /// Well-formed keys whose ids the store does not hold.
-const UNKNOWN: usize = 2_000;
+const UNKNOWN: usize = KEYS_ACTIVE;
 const WARM_UP: usize = 100_000;
 const BATCH: usize = 10_000;
 const BOUND: f64 = 4.5;
@@ -385,13 +385,21 @@ fn main() {
                 .ttl(Duration::from_secs(3600))
                 .negative_ttl(Duration::from_secs(3600))
                 .build();
-            // Every id of every class cached: found and not found.
-            for key in [&keys.active, &keys.revoked, &keys.expired, &keys.unknown]
+            // Every id of every class cached, found and not found, in a
+            // random order: an entry inserted into a fuller table probes
+            // longer, so the classes must not be cached one after another.
+            let mut ids: Vec<_> = [&keys.active, &keys.revoked, &keys.expired, &keys.unknown]
                 .into_iter()
                 .flatten()
-            {
-                store.find(&key.id()).await.unwrap();
-                assert!(store.find_immediate(&key.id()).is_some());
+                .map(ApiKey::id)
+                .collect();
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+            for i in (1..ids.len()).rev() {
+                ids.swap(i, rng.below(i + 1));
+            }
+            for id in &ids {
+                store.find(id).await.unwrap();
+                assert!(store.find_immediate(id).is_some());
             }
             store
         });

@@ -186,6 +186,44 @@ async fn unknown_ids_are_cached_for_the_shorter_ttl() {
     assert_eq!(*cache.find(&other).await.unwrap().unwrap(), record);
 }
 
+/// An id the cache holds as unknown is answered at once with a stand-in
+/// record (so that it reads a record, as a known id's hit does): it is
+/// still refused as unknown, whatever the secret and whatever the hasher,
+/// and a known id beside it still authenticates.
+#[tokio::test]
+async fn an_id_cached_as_unknown_is_refused_as_unknown() {
+    use keyward::auth::Authenticator;
+    use keyward::key::PepperId;
+    use keyward::RejectReason;
+
+    let clock = FakeClock::default();
+    let backend = Backend::new();
+    let cache = CachedStore::builder(backend.clone())
+        .clock(clock.clone())
+        .build();
+    let (key, _) = issue(&cache, &clock).await;
+    let generator = KeyGenerator::new(format());
+    let unknown = generator.generate().unwrap();
+    assert!(cache.find(&unknown.id()).await.unwrap().is_none());
+    assert!(cache.find(&key.id()).await.unwrap().is_some());
+    let finds = backend.finds();
+
+    let plain = Authenticator::new(cache.clone(), format());
+    let peppered = Authenticator::new(cache.clone(), format())
+        .with_hasher(KeyHasher::with_pepper(PepperId::new(7), b"pepper"));
+    for auth in [&plain, &peppered] {
+        let refused = auth.authenticate(unknown.expose_secret()).await.unwrap_err();
+        assert_eq!(refused.reason(), RejectReason::UnknownKey);
+        // The known key's secret under the unknown id: still unknown.
+        let borrowed = format().key_from_parts(unknown.id(), key.secret()).unwrap();
+        let refused = auth.authenticate(borrowed.expose_secret()).await.unwrap_err();
+        assert_eq!(refused.reason(), RejectReason::UnknownKey);
+    }
+    assert_eq!(plain.authenticate(key.expose_secret()).await.unwrap().key_id(), key.id());
+    assert_eq!(backend.finds(), finds, "answered from the cache");
+    assert!(matches!(cache.find_immediate(&unknown.id()), Some(Ok(None))));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_misses_for_one_id_make_one_query() {
     let clock = FakeClock::default();

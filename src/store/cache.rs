@@ -10,7 +10,8 @@ use tokio::sync::watch;
 use super::invalidation::{Invalidation, InvalidationEvent};
 use super::{KeyStore, Lookup, StoreError};
 use crate::clock::{epoch_nanos, saturating_nanos, Clock, SystemClock};
-use crate::key::{KeyHash, KeyId, KeyIdBuildHasher};
+use super::stand_in::{self, Found};
+use crate::key::{HashAlgorithm, KeyHash, KeyId, KeyIdBuildHasher};
 use crate::record::{KeyRecord, KeyStatus};
 
 /// An in-process cache in front of any [`KeyStore`], itself a `KeyStore`.
@@ -176,6 +177,8 @@ struct Inner<S> {
     sweeping: AtomicBool,
     next_flight: AtomicU64,
     counters: Counters,
+    /// What entries of ids that were not found hold in a record's place.
+    stand_ins: Box<[Arc<KeyRecord>]>,
 }
 
 /// A cached answer, or a query on its way.
@@ -187,9 +190,21 @@ enum Slot {
 
 #[derive(Clone)]
 struct Entry {
-    record: Option<Arc<KeyRecord>>,
+    /// The id's record; for an id that was not found, one of the cache's
+    /// stand-ins (see `known`), so that answering it reads a record as
+    /// answering a found id does (see `stand_in`).
+    record: Arc<KeyRecord>,
+    /// Whether `record` is the id's (the backend found it).
+    known: bool,
     /// When it was fetched, in the clock's nanoseconds since the epoch.
     fetched: u64,
+}
+
+impl Entry {
+    /// The record, if the id was found.
+    fn found(&self) -> Option<Arc<KeyRecord>> {
+        self.known.then(|| Arc::clone(&self.record))
+    }
 }
 
 /// What the one query of a single flight tells those waiting on it.
@@ -320,6 +335,8 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
             sweeping: AtomicBool::new(false),
             next_flight: AtomicU64::new(0),
             counters: Counters::default(),
+            // Checked by the authenticator's own algorithm: any here.
+            stand_ins: stand_in::records(HashAlgorithm::Sha256),
         });
         if let Some(invalidation) = &inner.invalidation {
             let subscription = invalidation.subscribe();
@@ -431,7 +448,7 @@ impl<S: KeyStore> Inner<S> {
     }
 
     fn ttl_of(&self, entry: &Entry) -> u64 {
-        let ttl = if entry.record.is_some() {
+        let ttl = if entry.known {
             self.config.ttl
         } else {
             self.config.negative_ttl
@@ -457,14 +474,48 @@ impl<S: KeyStore> Inner<S> {
     }
 
     fn hit(&self, id: &KeyId) -> Option<Option<Arc<KeyRecord>>> {
+        self.hit_entry(id, Entry::found)
+    }
+
+    /// A hit for the request path: an id that was not found is answered
+    /// with its entry's stand-in, so that it reads a record as a found
+    /// id's hit does.
+    fn hit_found(&self, id: &KeyId) -> Option<Found> {
+        self.hit_entry(id, |entry| {
+            let record = Arc::clone(&entry.record);
+            if entry.known {
+                Found::Known(record)
+            } else {
+                Found::Unknown(Some(record))
+            }
+        })
+    }
+
+    fn hit_entry<T>(&self, id: &KeyId, answer: impl FnOnce(&Entry) -> T) -> Option<T> {
         let map = self.map.pin();
         match map.get(id) {
             Some(Slot::Ready(entry)) if self.is_fresh(entry, self.hit_now()) => {
                 #[cfg(feature = "metrics")]
                 crate::metrics::cache_hit();
-                Some(entry.record.clone())
+                Some(answer(entry))
             }
             _ => None,
+        }
+    }
+
+    /// The entry for `id`'s answer `record`.
+    fn entry(&self, id: &KeyId, record: Option<Arc<KeyRecord>>, fetched: u64) -> Entry {
+        match record {
+            Some(record) => Entry {
+                record,
+                known: true,
+                fetched,
+            },
+            None => Entry {
+                record: Arc::clone(&self.stand_ins[stand_in::slot(id)]),
+                known: false,
+                fetched,
+            },
         }
     }
 
@@ -630,7 +681,7 @@ impl<S: KeyStore> Inner<S> {
         });
         let outcome = map.compute(*id, |current| match current {
             Some((_, Slot::Ready(entry))) if self.is_fresh(entry, now) => {
-                Operation::Abort(Role::Hit(entry.record.clone()))
+                Operation::Abort(Role::Hit(entry.found()))
             }
             Some((_, Slot::Pending(other))) => Operation::Abort(Role::Join(other.answer.clone())),
             _ => Operation::Insert(pending.clone()),
@@ -666,10 +717,7 @@ impl<S: KeyStore> Inner<S> {
         guard.armed = false;
         match result {
             Ok(record) => {
-                let entry = Entry {
-                    record: record.clone(),
-                    fetched: self.now(),
-                };
+                let entry = self.entry(id, record.clone(), self.now());
                 self.settle(*id, leader.flight, Some(Slot::Ready(entry)));
                 leader.sender.send_replace(Some(Ok(record.clone())));
                 self.shrink();
@@ -685,7 +733,7 @@ impl<S: KeyStore> Inner<S> {
                         key_id = %id,
                         "key store failed; answering from an expired cache entry (serve_stale_on_error)"
                     );
-                    let record = stale.record.clone();
+                    let record = stale.found();
                     self.settle(*id, leader.flight, Some(Slot::Ready(stale)));
                     leader.sender.send_replace(Some(Ok(record.clone())));
                     return Ok(record);
@@ -702,7 +750,7 @@ impl<S: KeyStore> Inner<S> {
         let Some(stale_for) = self.config.stale_for else {
             return false;
         };
-        let Some(record) = &stale.record else {
+        let Some(record) = stale.known.then_some(&stale.record) else {
             return false;
         };
         record.status != KeyStatus::Revoked
@@ -791,6 +839,10 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
         self.inner.hit(id).map(Ok)
+    }
+
+    fn find_immediate_found(&self, id: &KeyId) -> Option<Result<Found, StoreError>> {
+        self.inner.hit_found(id).map(Ok)
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
