@@ -6,6 +6,10 @@
 //! perf record -e cpu-clock -g target/release/examples/profile auth 5000000
 //! ```
 //!
+//! A third argument `typical` adds the headers a typical API client sends
+//! besides the key (host, user agent, accept, ...: seven), so that costs that
+//! grow with the number of headers show.
+//!
 //! Stacks: `bare`, `auth` (AuthLayer, valid key), `full` (usage with an
 //! aggregating sink, auth, rate limit, scopes; valid key), `full_batching`
 //! (the same with a `BatchingSink` whose worker runs on a tokio thread and
@@ -62,12 +66,28 @@ impl UsageExporter for Count {
     }
 }
 
-fn drive<S>(mut service: S, header: &str, n: u64)
+/// What a typical API client sends besides its key.
+const TYPICAL: [(&str, &str); 7] = [
+    ("host", "api.example.com"),
+    ("user-agent", "python-requests/2.32.3"),
+    ("accept", "application/json"),
+    ("accept-encoding", "gzip, deflate"),
+    ("connection", "keep-alive"),
+    ("content-type", "application/json"),
+    ("x-request-id", "0b7c1a4e-5f2d-4c3b-9a8e-6d1f2e3c4b5a"),
+];
+
+fn drive<S>(mut service: S, header: &str, n: u64, typical: bool)
 where
     S: Service<Request<String>, Error = Infallible>,
 {
+    let others: &[(&str, &str)] = if typical { &TYPICAL } else { &[] };
     for _ in 0..n {
-        let request = Request::get("/pets")
+        let mut request = Request::get("/pets");
+        for (name, value) in others {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .header("authorization", header)
             .body(String::new())
             .unwrap();
@@ -133,6 +153,7 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "full".to_owned());
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let typical = args.next().as_deref() == Some("typical");
 
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -155,10 +176,10 @@ fn main() {
     let unknown = format!("Bearer {}", generator.generate().unwrap().expose_secret());
     let auth = AuthLayer::new(store, format);
     match which.as_str() {
-        "bare" => drive(service_fn(inner), &header, n),
-        "auth" => drive(auth.layer(service_fn(inner)), &header, n),
-        "full" => drive(full(&auth, AggregatingSink::new()), &header, n),
-        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n),
+        "bare" => drive(service_fn(inner), &header, n, typical),
+        "auth" => drive(auth.layer(service_fn(inner)), &header, n, typical),
+        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, typical),
+        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, typical),
         "full_batching" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -172,7 +193,7 @@ fn main() {
                     .max_batch(1024)
                     .spawn()
             });
-            drive(full(&auth, sink.clone()), &header, n);
+            drive(full(&auth, sink.clone()), &header, n, typical);
             runtime.block_on(sink.shutdown());
             let exported = exported.load(Ordering::Relaxed);
             eprintln!("exported {exported}, dropped {}", sink.dropped());
