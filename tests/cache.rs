@@ -212,16 +212,32 @@ async fn an_id_cached_as_unknown_is_refused_as_unknown() {
     let peppered = Authenticator::new(cache.clone(), format())
         .with_hasher(KeyHasher::with_pepper(PepperId::new(7), b"pepper"));
     for auth in [&plain, &peppered] {
-        let refused = auth.authenticate(unknown.expose_secret()).await.unwrap_err();
+        let refused = auth
+            .authenticate(unknown.expose_secret())
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason(), RejectReason::UnknownKey);
         // The known key's secret under the unknown id: still unknown.
         let borrowed = format().key_from_parts(unknown.id(), key.secret()).unwrap();
-        let refused = auth.authenticate(borrowed.expose_secret()).await.unwrap_err();
+        let refused = auth
+            .authenticate(borrowed.expose_secret())
+            .await
+            .unwrap_err();
         assert_eq!(refused.reason(), RejectReason::UnknownKey);
     }
-    assert_eq!(plain.authenticate(key.expose_secret()).await.unwrap().key_id(), key.id());
+    assert_eq!(
+        plain
+            .authenticate(key.expose_secret())
+            .await
+            .unwrap()
+            .key_id(),
+        key.id()
+    );
     assert_eq!(backend.finds(), finds, "answered from the cache");
-    assert!(matches!(cache.find_immediate(&unknown.id()), Some(Ok(None))));
+    assert!(matches!(
+        cache.find_immediate(&unknown.id()),
+        Some(Ok(None))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,9 @@ use papaya::{Compute, Operation};
 use tokio::sync::watch;
 
 use super::invalidation::{Invalidation, InvalidationEvent};
+use super::stand_in::{self, Found};
 use super::{KeyStore, Lookup, StoreError};
 use crate::clock::{epoch_nanos, saturating_nanos, Clock, SystemClock};
-use super::stand_in::{self, Found};
 use crate::key::{HashAlgorithm, KeyHash, KeyId, KeyIdBuildHasher};
 use crate::limit::LimitCell;
 use crate::record::{KeyRecord, KeyStatus};
