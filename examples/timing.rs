@@ -29,9 +29,12 @@
 //! Pairs:
 //! - `wrong_vs_wrong` and `unknown_vs_unknown`: controls, both classes of
 //!   the same kind (wrong secrets for the active ids; unknown ids, from a
-//!   set of 2 000): what the harness reports when there is nothing to find;
+//!   set of 800): what the harness reports when there is nothing to find;
 //! - `unknown_vs_wrong`: a well-formed key whose id is not in the store, vs
-//!   an active id with a wrong secret (does timing tell which ids exist?);
+//!   an active id with a wrong secret (does timing tell which ids exist?).
+//!   Both classes draw from 800 ids: how many distinct ids a class cycles
+//!   through decides how warm the memory it reads stays, which is not the
+//!   question asked (through a cache, each unknown id has an entry too);
 //! - `first_vs_last`: an active id whose secret differs from the right one
 //!   in its first character, vs in its last (is the compare constant-time?);
 //! - `revoked_vs_wrong`: the right secret of a revoked key, vs a wrong
@@ -58,7 +61,8 @@ use tower::{service_fn, Layer, Service, ServiceExt};
 const KEYS_ACTIVE: usize = 800;
 const KEYS_REVOKED: usize = 100;
 const KEYS_EXPIRED: usize = 100;
-/// Well-formed keys whose ids the store does not hold.
+/// Well-formed keys whose ids the store does not hold: as many as the
+/// active ids they are compared with.
 const UNKNOWN: usize = KEYS_ACTIVE;
 const WARM_UP: usize = 100_000;
 const BATCH: usize = 10_000;
