@@ -13,6 +13,11 @@
 //! too), `unknown` (the full stack, a key with an unknown id). Polled with a
 //! no-op waker.
 //!
+//! A third argument `routed` gives every request an extension before the
+//! stack sees it, as axum's `Router` does before a route's layers run (it
+//! inserts the `OriginalUri` and the path parameters): the request then
+//! has its extension map already, as it has in an axum application.
+//!
 //! Built with `--features metrics`, the layers report to the `metrics`
 //! facade: to no recorder, or with `KEYWARD_BENCH_RECORDER=registry` to one
 //! that does what an exporter does per event (as in `benches/stack.rs`).
@@ -62,15 +67,23 @@ impl UsageExporter for Count {
     }
 }
 
-fn drive<S>(mut service: S, header: &str, n: u64)
+/// What axum's `Router` inserts into a routed request (its `OriginalUri`).
+#[derive(Clone)]
+struct OriginalUri(#[allow(dead_code)] http::Uri);
+
+fn drive<S>(mut service: S, header: &str, n: u64, routed: bool)
 where
     S: Service<Request<String>, Error = Infallible>,
 {
     for _ in 0..n {
-        let request = Request::get("/pets")
+        let mut request = Request::get("/pets")
             .header("authorization", header)
             .body(String::new())
             .unwrap();
+        if routed {
+            let uri = OriginalUri(request.uri().clone());
+            request.extensions_mut().insert(uri);
+        }
         ready(service.ready()).unwrap();
         black_box(ready(service.call(request)).unwrap());
     }
@@ -133,6 +146,11 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "full".to_owned());
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let routed = match args.next().as_deref() {
+        None => false,
+        Some("routed") => true,
+        Some(other) => panic!("unknown option {other}: routed"),
+    };
 
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -155,10 +173,10 @@ fn main() {
     let unknown = format!("Bearer {}", generator.generate().unwrap().expose_secret());
     let auth = AuthLayer::new(store, format);
     match which.as_str() {
-        "bare" => drive(service_fn(inner), &header, n),
-        "auth" => drive(auth.layer(service_fn(inner)), &header, n),
-        "full" => drive(full(&auth, AggregatingSink::new()), &header, n),
-        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n),
+        "bare" => drive(service_fn(inner), &header, n, routed),
+        "auth" => drive(auth.layer(service_fn(inner)), &header, n, routed),
+        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, routed),
+        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, routed),
         "full_batching" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -172,7 +190,7 @@ fn main() {
                     .max_batch(1024)
                     .spawn()
             });
-            drive(full(&auth, sink.clone()), &header, n);
+            drive(full(&auth, sink.clone()), &header, n, routed);
             runtime.block_on(sink.shutdown());
             let exported = exported.load(Ordering::Relaxed);
             eprintln!("exported {exported}, dropped {}", sink.dropped());
