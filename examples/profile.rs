@@ -6,17 +6,22 @@
 //! perf record -e cpu-clock -g target/release/examples/profile auth 5000000
 //! ```
 //!
+//! Options after the count (either or both, in any order):
+//!
+//! - `typical` adds the headers a typical API client sends besides the key
+//!   (host, user agent, accept, ...: seven), so that costs that grow with
+//!   the number of headers show;
+//! - `routed` gives every request an extension before the stack sees it, as
+//!   axum's `Router` does before a route's layers run (it inserts the
+//!   `OriginalUri` and the path parameters): the request then has its
+//!   extension map already, as it has in an axum application.
+//!
 //! Stacks: `bare`, `auth` (AuthLayer, valid key), `full` (usage with an
 //! aggregating sink, auth, rate limit, scopes; valid key), `full_batching`
 //! (the same with a `BatchingSink` whose worker runs on a tokio thread and
 //! whose exporter only counts; callgrind counts the worker's instructions
 //! too), `unknown` (the full stack, a key with an unknown id). Polled with a
 //! no-op waker.
-//!
-//! A third argument `routed` gives every request an extension before the
-//! stack sees it, as axum's `Router` does before a route's layers run (it
-//! inserts the `OriginalUri` and the path parameters): the request then
-//! has its extension map already, as it has in an axum application.
 //!
 //! Built with `--features metrics`, the layers report to the `metrics`
 //! facade: to no recorder, or with `KEYWARD_BENCH_RECORDER=registry` to one
@@ -71,16 +76,39 @@ impl UsageExporter for Count {
 #[derive(Clone)]
 struct OriginalUri(#[allow(dead_code)] http::Uri);
 
-fn drive<S>(mut service: S, header: &str, n: u64, routed: bool)
+/// What a typical API client sends besides its key.
+const TYPICAL: [(&str, &str); 7] = [
+    ("host", "api.example.com"),
+    ("user-agent", "python-requests/2.32.3"),
+    ("accept", "application/json"),
+    ("accept-encoding", "gzip, deflate"),
+    ("connection", "keep-alive"),
+    ("content-type", "application/json"),
+    ("x-request-id", "0b7c1a4e-5f2d-4c3b-9a8e-6d1f2e3c4b5a"),
+];
+
+/// The options after the count.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    typical: bool,
+    routed: bool,
+}
+
+fn drive<S>(mut service: S, header: &str, n: u64, options: Options)
 where
     S: Service<Request<String>, Error = Infallible>,
 {
+    let others: &[(&str, &str)] = if options.typical { &TYPICAL } else { &[] };
     for _ in 0..n {
-        let mut request = Request::get("/pets")
+        let mut request = Request::get("/pets");
+        for (name, value) in others {
+            request = request.header(*name, *value);
+        }
+        let mut request = request
             .header("authorization", header)
             .body(String::new())
             .unwrap();
-        if routed {
+        if options.routed {
             let uri = OriginalUri(request.uri().clone());
             request.extensions_mut().insert(uri);
         }
@@ -146,11 +174,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "full".to_owned());
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let routed = match args.next().as_deref() {
-        None => false,
-        Some("routed") => true,
-        Some(other) => panic!("unknown option {other}: routed"),
-    };
+    let mut options = Options::default();
+    for option in args {
+        match option.as_str() {
+            "typical" => options.typical = true,
+            "routed" => options.routed = true,
+            other => panic!("unknown option {other}: typical or routed"),
+        }
+    }
 
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -173,10 +204,10 @@ fn main() {
     let unknown = format!("Bearer {}", generator.generate().unwrap().expose_secret());
     let auth = AuthLayer::new(store, format);
     match which.as_str() {
-        "bare" => drive(service_fn(inner), &header, n, routed),
-        "auth" => drive(auth.layer(service_fn(inner)), &header, n, routed),
-        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, routed),
-        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, routed),
+        "bare" => drive(service_fn(inner), &header, n, options),
+        "auth" => drive(auth.layer(service_fn(inner)), &header, n, options),
+        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, options),
+        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, options),
         "full_batching" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -190,7 +221,7 @@ fn main() {
                     .max_batch(1024)
                     .spawn()
             });
-            drive(full(&auth, sink.clone()), &header, n, routed);
+            drive(full(&auth, sink.clone()), &header, n, options);
             runtime.block_on(sink.shutdown());
             let exported = exported.load(Ordering::Relaxed);
             eprintln!("exported {exported}, dropped {}", sink.dropped());

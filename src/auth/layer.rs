@@ -10,7 +10,7 @@ use tower_layer::Layer;
 use super::client::TrustedProxies;
 use crate::record::Environment;
 
-use super::source::{KeySource, MAX_SOURCES};
+use super::source::{KeySource, KeySources};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
 use crate::credential::Verifier;
@@ -32,7 +32,7 @@ pub struct AuthLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct AuthConfig {
     pub(crate) authenticator: Authenticator,
-    pub(crate) sources: Vec<KeySource>,
+    pub(crate) sources: KeySources,
     pub(crate) strip_credentials: bool,
     pub(crate) responder: Responder,
     pub(crate) throttle: Option<FailureThrottle>,
@@ -74,7 +74,7 @@ impl AuthLayer {
         Self {
             config: Arc::new(AuthConfig {
                 authenticator,
-                sources: vec![KeySource::bearer(), KeySource::x_api_key()],
+                sources: KeySources::new([KeySource::bearer(), KeySource::x_api_key()]),
                 strip_credentials: true,
                 responder: Responder::default(),
                 throttle: None,
@@ -102,7 +102,7 @@ impl AuthLayer {
     /// Where to look for the key, in order (at most 64 sources; more are
     /// ignored). A request whose sources hold two different keys is refused.
     pub fn sources(mut self, sources: impl IntoIterator<Item = KeySource>) -> Self {
-        Arc::make_mut(&mut self.config).sources = sources.into_iter().take(MAX_SOURCES).collect();
+        Arc::make_mut(&mut self.config).sources = KeySources::new(sources);
         self
     }
 

@@ -241,7 +241,7 @@ pub(crate) fn admit<B>(
     super::client::restrict(config, request, &principal, client)?;
     if config.strip_credentials {
         match found {
-            Found::Key(sources) => source::strip(&config.sources, sources, request),
+            Found::Key(sources) => source::strip(config.sources.list(), sources, request),
             Found::Verifier(index) => strip_verifier(config, index, request),
         }
     }
