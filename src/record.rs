@@ -29,7 +29,7 @@ use ipnet::IpNet;
 
 use crate::auth::origin::AllowedOrigin;
 use crate::key::{KeyHash, KeyId, VerificationKey};
-use crate::limit::{LimitSlot, Limits};
+use crate::limit::{LimitCell, Limits};
 use crate::scope::ScopeSet;
 
 /// Whether a key may be used at all.
@@ -150,12 +150,11 @@ pub struct KeyRecord {
     pub created_at: SystemTime,
     /// The fields few keys set; `None` while all are at their defaults.
     rare: Option<Box<Rare>>,
-    /// A [`MemoryLimiter`](crate::limit::MemoryLimiter)'s shortcut to this
-    /// key's limit state, planted by its first check: the record travels
-    /// with the `Principal` and stays in the store, so later requests find
-    /// the state without a second look-up. Not data: never compared,
-    /// cloned or stored.
-    pub(crate) limit_slot: LimitSlot,
+    /// The key's rate state (one rate policy), when an in-memory store
+    /// keeps the record: the record travels with the `Principal`, so
+    /// [`MemoryLimiter`](crate::limit::MemoryLimiter) decides on it without
+    /// a look-up of its own. Not data: never compared, cloned or stored.
+    pub(crate) limit_cell: LimitCell,
 }
 
 /// The fields of a [`KeyRecord`] that few keys set, boxed together.
@@ -244,8 +243,15 @@ impl KeyRecord {
             status: KeyStatus::Active,
             limits: Limits::none(),
             rare: None,
-            limit_slot: LimitSlot::default(),
+            limit_cell: LimitCell::loose(),
         }
+    }
+
+    /// This record with `cell` (a store that keeps it sets where its
+    /// key's rate state is).
+    pub(crate) fn with_limit_cell(mut self, cell: LimitCell) -> Self {
+        self.limit_cell = cell;
+        self
     }
 
     fn rare(&self) -> &Rare {
@@ -536,7 +542,7 @@ mod stored {
     use super::{Environment, KeyRecord, KeyStatus, Rare};
     use crate::auth::origin::AllowedOrigin;
     use crate::key::{KeyHash, KeyId, VerificationKey};
-    use crate::limit::{LimitSlot, Limits};
+    use crate::limit::{LimitCell, Limits};
     use crate::scope::ScopeSet;
 
     #[derive(Deserialize)]
@@ -630,7 +636,7 @@ mod stored {
                 name: stored.name,
                 created_at: stored.created_at,
                 rare: (rare != Rare::default()).then(|| Box::new(rare)),
-                limit_slot: LimitSlot::default(),
+                limit_cell: LimitCell::loose(),
             }
         }
     }

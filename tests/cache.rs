@@ -465,3 +465,91 @@ async fn debug_shows_no_record_contents() {
     assert!(!shown.contains(key.secret()));
     assert!(!shown.contains(&record.hash.to_string()));
 }
+
+/// A backend that hands out a new record on every look-up, as a database
+/// does (`PgStore`, `RedisStore`).
+#[derive(Debug, Clone, Default)]
+struct Fresh(MemoryStore);
+
+#[async_trait::async_trait]
+impl KeyStore for Fresh {
+    async fn find(&self, id: &KeyId) -> Lookup {
+        let found = self.0.find(id).await?;
+        Ok(found.map(|record| Arc::new(KeyRecord::clone(&record))))
+    }
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.0.insert(record).await
+    }
+    async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.0.update(record).await
+    }
+    async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
+        self.0.revoke(id, at).await
+    }
+    async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+        self.0.list_by_owner(owner).await
+    }
+}
+
+/// The rate state of a key with one rate policy lives in the cached
+/// record: a refresh (expiry), a write through this cache, a change
+/// announced by another process, an eviction and a clear each fetch a new
+/// record, and none of them resets the budget; the limiter's table holds
+/// nothing for the key.
+#[tokio::test]
+async fn no_refresh_of_a_record_resets_its_rate_budget() {
+    use keyward::limit::{Limiter, Limits, MemoryLimiter, RatePolicy};
+    let clock = FakeClock::default();
+    let backend = Fresh::default();
+    let channel = LocalInvalidation::new();
+    let cache = CachedStore::builder(backend.clone())
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(30))
+        .invalidation(channel.clone())
+        .build();
+    let other = CachedStore::builder(backend.clone())
+        .clock(clock.clone())
+        .invalidation(channel.clone())
+        .build();
+    until(|| cache.is_trusted() && other.is_trusted()).await;
+    let (_, record) = issue(&backend, &clock).await;
+    let limits = Limits::new([RatePolicy::new("hourly", 6, Duration::from_secs(3600))
+        .unwrap()
+        .into()])
+    .unwrap();
+    let mut record = record.with_limits(limits);
+    backend.update(record.clone()).await.unwrap();
+    let id = record.id;
+
+    let limiter = MemoryLimiter::new().with_clock(clock.clone());
+    let spend = || async {
+        let found = cache.find(&id).await.unwrap().unwrap();
+        let principal = keyward::Principal::new(found);
+        let decision = limiter.check_principal_immediate(&principal, 1).unwrap();
+        decision.unwrap().is_allowed()
+    };
+    assert!(spend().await);
+    clock.advance(Duration::from_secs(31)); // expired: refreshed
+    assert!(spend().await);
+    record.name = "renamed".into(); // a write through this cache
+    cache.update(record.clone()).await.unwrap();
+    assert!(spend().await);
+    record.name = "again".into(); // a change announced by another process
+    other.update(record.clone()).await.unwrap();
+    until(|| cache.find_immediate(&id).is_none()).await;
+    assert!(spend().await);
+    cache.evict(&id);
+    assert!(spend().await);
+    cache.clear();
+    assert!(spend().await);
+    assert!(!spend().await, "six an hour, six spent");
+    assert_eq!(limiter.tracked_keys(), 0);
+
+    // A new policy starts full.
+    record.limits = Limits::new([RatePolicy::new("hourly", 7, Duration::from_secs(3600))
+        .unwrap()
+        .into()])
+    .unwrap();
+    cache.update(record).await.unwrap();
+    assert!(spend().await);
+}

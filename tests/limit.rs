@@ -782,3 +782,115 @@ async fn a_limiter_on_another_store_answers_as_the_memory_limiter() {
         f.clock.advance(Duration::from_millis(150 * (step % 4)));
     }
 }
+
+/// A key with one rate policy keeps its state in its stored record: an
+/// edit that keeps the policy (a rename) hands the state on, so it never
+/// resets the budget; a new policy starts full; the limiter's table holds
+/// nothing for the key.
+#[tokio::test]
+async fn an_edit_keeps_the_budget_and_a_new_policy_restarts_it() {
+    let f = Fixture::new();
+    let key = f.key(Limits::new([rate("burst", 3, 60)]).unwrap()).await;
+    let limiter = f.limiter();
+    let mut service = stack(f.auth(), RateLimitLayer::new(limiter.clone()));
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK
+    );
+
+    let stored = f.store.find(&key.id()).await.unwrap().unwrap();
+    let mut record = KeyRecord::clone(&stored);
+    record.name = "renamed".into();
+    f.store.update(record.clone()).await.unwrap();
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "not reset"
+    );
+    assert_eq!(limiter.tracked_keys(), 0, "no table entry");
+
+    record.limits = Limits::new([rate("burst", 2, 60)]).unwrap();
+    f.store.update(record).await.unwrap();
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK,
+        "a new policy starts full"
+    );
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    f.store.revoke(&key.id(), f.clock.now()).await.unwrap();
+    assert_eq!(
+        send(&mut service, with_key(&key)).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+fn ready<F: std::future::Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => panic!("the in-memory store never waits"),
+    }
+}
+
+/// Two threads spend on one key, each looking its record up for every
+/// request as the request path does, while a third replaces the record
+/// over and over (an edit that keeps the policy): never more than the
+/// policy passes, whichever record a request holds.
+#[test]
+fn two_threads_across_record_replaces_never_admit_more_than_the_policy() {
+    let limits = Limits::new([rate("burst", 50, 3_600)]).unwrap();
+    for round in 0..30u32 {
+        let f = Fixture::new();
+        let key = ready(f.key(limits.clone()));
+        let id = key.id();
+        let limiter = f.limiter();
+        let allowed = std::sync::atomic::AtomicUsize::new(0);
+        let barrier = std::sync::Barrier::new(3);
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                let (store, limiter, allowed, barrier) = (&f.store, &limiter, &allowed, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    for _ in 0..100 {
+                        let record = store.find_immediate(&id).unwrap().unwrap().unwrap();
+                        let principal = keyward::Principal::new(record);
+                        let decision = limiter.check_principal_immediate(&principal, 1);
+                        if decision.unwrap().unwrap().is_allowed() {
+                            allowed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            let (store, barrier) = (&f.store, &barrier);
+            scope.spawn(move || {
+                barrier.wait();
+                for i in 0..100 {
+                    let current = store.find_immediate(&id).unwrap().unwrap().unwrap();
+                    let mut record = KeyRecord::clone(&current);
+                    record.name = format!("edit {i}");
+                    ready(store.update(record)).unwrap();
+                }
+            });
+        });
+        let allowed = allowed.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(allowed, 50, "round {round}: {allowed} allowed");
+        assert_eq!(limiter.tracked_keys(), 0);
+    }
+}

@@ -353,13 +353,21 @@ pub trait Limiter: Debug + Send + Sync + 'static {
     /// asks (and, on `None`, [`check`](Self::check) with the principal's
     /// key id and limits).
     ///
-    /// The principal carries the key's record, which stays in the store
-    /// between requests: a limiter may keep a shortcut to the key's state
-    /// there, as [`MemoryLimiter`](super::MemoryLimiter) does, to find it
+    /// The principal carries the key's record, which an in-memory store
+    /// keeps between requests: [`MemoryLimiter`](super::MemoryLimiter)
+    /// keeps a key's state there when it has one rate policy, and decides
     /// without a look-up by key id. The default is
     /// [`check_immediate`](Self::check_immediate) with the principal's key
     /// id and its record's limits; implement only `check` (and perhaps
-    /// `check_immediate`) unless you keep such a shortcut.
+    /// `check_immediate`) unless your state can live in the record too.
+    ///
+    /// For `MemoryLimiter`, a key whose state lives in its record has that
+    /// state alone: a check by key id (`check`, `check_immediate`) of such
+    /// a key, made by your own code, keeps a separate state in the
+    /// limiter's table. To spend on an authenticated caller's budget
+    /// outside [`RateLimitLayer`](super::RateLimitLayer), call this method
+    /// with its principal. (A key already in the table when its stored
+    /// record is first checked stays there: one state, as before.)
     fn check_principal_immediate(
         &self,
         principal: &Principal,

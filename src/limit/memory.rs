@@ -4,13 +4,14 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use papaya::{Compute, Operation};
 
 use super::bounded::{forgettable, BoundedMap, Expiring, SWEPT};
+use super::cell::CellState;
 use super::decide::{self, rate_verdict, unspent_rate};
 use super::gcra::{load_unlocked, lock_word};
 use super::{
@@ -32,15 +33,18 @@ use crate::record::KeyRecord;
 /// on its state; a key with several takes its states' words for the few
 /// nanoseconds the arithmetic lasts, always in the same order.
 ///
-/// A key with one rate policy finds its state through its record: the
-/// first check plants a pointer to the state in the record (which the
-/// store keeps and the [`Principal`] carries), and later checks of that
-/// record go straight to it, without a second look-up by key id. The
-/// limiter's own table stays the one place a key's state is kept and
-/// bounded; see [`check_principal_immediate`](Limiter::check_principal_immediate).
+/// A key with one rate policy whose record an in-memory store keeps
+/// (`MemoryStore`, `CachedStore`) has its state in that record, which the
+/// [`Principal`] carries: such a key is decided without a look-up of the
+/// limiter's own, and takes no room in its table. The store hands the
+/// state on when it replaces the record with one of the same rate policy
+/// (an update of other fields, a cache refresh), so an edit never resets
+/// a budget; see [`check_principal_immediate`](Limiter::check_principal_immediate)
+/// for what differs from a check by key id.
 ///
-/// State is bounded: at most [`max_keys`](Self::with_max_keys) keys are
-/// tracked (one million by default); a key's state is dropped once it has
+/// State in the table is bounded: at most [`max_keys`](Self::with_max_keys)
+/// keys are tracked (one million by default; state kept in stored records
+/// is bounded by the store instead, and not counted); a key's state is dropped once it has
 /// fully recovered (forgetting it changes nothing), and if the bound is
 /// reached while every key is active, some are forgotten (their budgets
 /// restart full) and a warning is logged. Credit balances live as long as
@@ -85,42 +89,87 @@ pub struct MemoryLimiter {
 struct Shared {
     states: BoundedMap<KeyId, KeyState, KeyIdBuildHasher>,
     clock: Arc<dyn Clock>,
-    /// This limiter among all made in the process (never reused): a
-    /// record's shortcut is used only by the limiter that planted it.
+    /// This limiter among all made in the process (never reused, never
+    /// 0): a stored record's state is decided on only by the limiter that
+    /// claimed it.
     id: u32,
+    /// Keys [`forget`](MemoryLimiter::forget) was asked for, whose state
+    /// may be in a record the limiter cannot reach: reset by that record's
+    /// next check.
+    forgotten: Forgotten,
 }
 
 fn next_limiter_id() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    // 31 bits: the top one of a state's word is its `KEPT` flag.
-    NEXT.fetch_add(1, Ordering::Relaxed) & !KEPT
-}
-
-/// The top bit of [`RateState::keeper`]: the limiter's table holds the state.
-const KEPT: u32 = 1 << 31;
-
-/// Where a record keeps its shortcut to its key's rate state in a
-/// [`MemoryLimiter`] (see [`KeyRecord`]'s private field): set once, by
-/// the first limiter that checks the record. A clone of a record is
-/// another record and starts without one.
-#[derive(Default)]
-pub(crate) struct LimitSlot(OnceLock<Arc<RateState>>);
-
-impl Clone for LimitSlot {
-    fn clone(&self) -> Self {
-        Self::default()
+    loop {
+        let id = NEXT.fetch_add(1, Ordering::Relaxed) & !TABLE;
+        if id != 0 {
+            return id;
+        }
     }
 }
 
-/// Not part of what a record says: two records that differ only in their
-/// shortcut are equal.
-impl PartialEq for LimitSlot {
-    fn eq(&self, _: &Self) -> bool {
+/// In a stored record's keeper word, with the limiter's id: that limiter
+/// found the key in its table when it first met the record (a check by
+/// key id, or a tier of several policies before), and keeps deciding it
+/// there, so that the key has one state.
+const TABLE: u32 = 1 << 31;
+
+/// The ids `forget` was asked for, until their key's record is checked
+/// again (at most one entry per key; only operators add them), with a
+/// 256-bit filter that the request path reads (one load) instead of the
+/// set: only a key whose bit is set looks further.
+#[derive(Default)]
+struct Forgotten {
+    ids: papaya::HashSet<KeyId, KeyIdBuildHasher>,
+    filter: [AtomicU64; 4],
+    /// Held while the filter is rebuilt.
+    writing: Mutex<()>,
+}
+
+impl Forgotten {
+    fn bit(id: &KeyId) -> (usize, u64) {
+        let bytes = id.as_bytes();
+        // Ids are random: two of their characters spread them well enough.
+        let n = usize::from(bytes[0]) * 61 + usize::from(bytes[11]);
+        ((n >> 6) & 3, 1 << (n & 63))
+    }
+
+    fn insert(&self, id: KeyId) {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ids.pin().insert(id);
+        let (word, bit) = Self::bit(&id);
+        self.filter[word].fetch_or(bit, Ordering::AcqRel);
+    }
+
+    /// Whether `id` was forgotten since its record's state was last
+    /// reset; takes it off the list.
+    #[inline]
+    fn take(&self, id: &KeyId) -> bool {
+        let (word, bit) = Self::bit(id);
+        if self.filter[word].load(Ordering::Acquire) & bit == 0 {
+            return false;
+        }
+        self.take_slow(id)
+    }
+
+    #[cold]
+    fn take_slow(&self, id: &KeyId) -> bool {
+        if !self.ids.pin().remove(id) {
+            return false;
+        }
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut filter = [0u64; 4];
+        for id in self.ids.pin().iter() {
+            let (word, bit) = Self::bit(id);
+            filter[word] |= bit;
+        }
+        for (word, bits) in self.filter.iter().zip(filter) {
+            word.store(bits, Ordering::Release);
+        }
         true
     }
 }
-
-impl Eq for LimitSlot {}
 
 /// The state of one key's policies. Each policy's state lives in its own
 /// allocation; the key's entry holds pointers to them. Adding a policy
@@ -154,13 +203,6 @@ struct RateState {
     /// A hash of the policy's name: when a key has too many states, one
     /// whose policy a tier change replaced (same name) goes first.
     name: u32,
-    /// The limiter that made it (`Shared::id`), and in the top bit
-    /// ([`KEPT`]) whether the limiter's table holds it. A record's
-    /// shortcut is used only while it does: once the state is dropped
-    /// from the table (idle, evicted, forgotten), the next check through
-    /// the shortcut puts it back first, so that the table and the
-    /// shortcut never hold two states for one key.
-    keeper: AtomicU32,
 }
 
 struct CreditState {
@@ -208,10 +250,6 @@ impl Expiring for KeyState {
                 .fold(true, |all, slot| slot.is_forgettable(now) & all),
         }
     }
-
-    fn forgotten(&self) {
-        self.for_each_rate(RateState::unkeep);
-    }
 }
 
 impl MemoryLimiter {
@@ -226,6 +264,7 @@ impl MemoryLimiter {
                 states: BoundedMap::new(max_keys, Duration::from_secs(60)),
                 clock,
                 id: next_limiter_id(),
+                forgotten: Forgotten::default(),
             }),
         }
     }
@@ -253,88 +292,70 @@ impl MemoryLimiter {
     }
 
     /// Forgets the state of a key (for example after an operator reset
-    /// its budget). Rotation keeps nothing: the successor starts full.
+    /// its budget): its next request starts full. Rotation keeps nothing:
+    /// the successor starts full.
+    ///
+    /// A state kept in the key's stored record is reset by that record's
+    /// next check (the limiter does not hold the record); until then the
+    /// id waits in a list, which requests of other keys pass with one
+    /// load of a 256-bit filter.
     pub fn forget(&self, id: &KeyId) {
-        let map = self.shared.states.map().pin();
-        if let Some(state) = map.remove(id) {
-            // A record's shortcut may still point to these states: they
-            // restart full, and are taken back by its next check.
-            state.for_each_rate(|rate| rate.tat.store(0, Ordering::Release));
-            state.forgotten();
-        }
+        self.shared.states.map().pin().remove(id);
+        self.shared.forgotten.insert(*id);
     }
 
-    /// The decision for the key of `record`, through the record's
-    /// shortcut to its state when it holds one of this limiter's.
+    /// The decision for the key of `record`: on the state in the record,
+    /// when a store keeps it there and this limiter decides on it; else
+    /// by key id, in the table.
+    #[inline]
     fn decide_record(&self, record: &KeyRecord, cost: u32) -> Result<Decision, LimitError> {
         let limits = &record.limits;
-        let (policy, rate) = match limits.policies() {
-            [policy @ Policy::Rate(rate)] if cost > 0 => (policy, rate),
-            // Several policies, a balance, or a read: by key id.
-            _ => return self.decide(&record.id, limits, cost),
-        };
-        let shared = &*self.shared;
-        let fingerprint = policy.fingerprint();
-        let planted = record.limit_slot.0.get();
-        if let Some(state) =
-            planted.filter(|state| state.limiter() == shared.id && state.fingerprint == fingerprint)
-        {
-            let now = epoch_nanos(shared.clock.now());
-            if state.is_kept() || self.take_back(&record.id, state, now) {
-                return Ok(Decision::one(decide_rate(state, rate, cost, now)?));
+        if let ([Policy::Rate(rate)], Some(cell)) = (limits.policies(), record.limit_cell.state()) {
+            let shared = &*self.shared;
+            let keeper = cell.keeper.load(Ordering::Acquire);
+            if keeper == shared.id || (keeper == 0 && cost > 0 && self.claim(record, &cell)) {
+                let now = epoch_nanos(shared.clock.now());
+                if shared.forgotten.take(&record.id) {
+                    cell.tat.store(0, Ordering::Release);
+                }
+                return Ok(Decision::one(decide_rate(cell.tat, rate, cost, now)?));
             }
-            // The key has another state for the policy by now (made by
-            // another record of the key): that one counts.
-            return self.decide(&record.id, limits, cost);
-        }
-        let decision = self.decide(&record.id, limits, cost);
-        if planted.is_none() {
-            let map = shared.states.map().pin();
-            if let Some(state) = map
-                .get(&record.id)
-                .and_then(|state| state.rate(fingerprint))
-            {
-                let _ = record.limit_slot.0.set(Arc::clone(state));
+            if keeper == shared.id | TABLE {
+                shared.forgotten.take(&record.id);
             }
         }
-        decision
+        self.decide(&record.id, limits, cost)
     }
 
-    /// Puts a record's state that the table dropped back into it, unless
-    /// the key has another state for that policy by now. Whether the
-    /// table holds `state` afterwards.
+    /// Claims a stored record's state for this limiter, the first time it
+    /// decides the key: unless another limiter claimed it first, or the
+    /// key already has a state for this policy in the table (then the
+    /// table keeps deciding it, marked so that the next check needs no
+    /// look-up to know). Whether this limiter decides on the record's state.
     #[cold]
-    fn take_back(&self, id: &KeyId, state: &Arc<RateState>, now: u64) -> bool {
+    fn claim(&self, record: &KeyRecord, cell: &CellState<'_>) -> bool {
         let shared = &*self.shared;
-        let map = shared.states.map().pin();
-        if map.get(id).is_none() {
-            shared.states.make_room(now);
-        }
-        let slot = Slot::Rate(Arc::clone(state));
-        let outcome = map.compute(*id, |entry| match entry {
-            None => Operation::Insert(KeyState::from_slots(vec![slot.clone()])),
-            Some((_, current)) => match current.find(state.fingerprint) {
-                Some(SlotRef::Rate(found)) => Operation::Abort(std::ptr::eq(found, &**state)),
-                Some(SlotRef::Credits(_)) => Operation::Abort(false),
-                None => Operation::Insert(current.with(vec![slot.clone()], now)),
-            },
-        });
-        let kept = match outcome {
-            Compute::Aborted(kept) => kept,
-            Compute::Updated {
-                old: (_, old),
-                new: (_, new),
-            } => {
-                old.forget_dropped(new);
-                true
-            }
-            Compute::Inserted(..) => true,
-            Compute::Removed(..) => false,
+        let fingerprint = record.limits.policies()[0].fingerprint();
+        let in_table = shared
+            .states
+            .map()
+            .pin()
+            .get(&record.id)
+            .is_some_and(|state| state.find(fingerprint).is_some());
+        let claim = if in_table {
+            shared.id | TABLE
+        } else {
+            shared.id
         };
-        if kept {
-            state.keeper.fetch_or(KEPT, Ordering::AcqRel);
-        }
-        kept
+        let keeper =
+            match cell
+                .keeper
+                .compare_exchange(0, claim, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => claim,
+                Err(keeper) => keeper,
+            };
+        keeper == shared.id
     }
 
     fn decide(&self, id: &KeyId, limits: &Limits, cost: u32) -> Result<Decision, LimitError> {
@@ -364,7 +385,7 @@ impl MemoryLimiter {
         if state.is_none() {
             shared.states.make_room(now);
         }
-        let added = [Slot::new(policy, fingerprint, now, shared.id)];
+        let added = [Slot::new(policy, fingerprint, now)];
         let slots = self.add_slots(&map, id, &added, now);
         let slot = slots
             .as_ref()
@@ -402,12 +423,8 @@ impl MemoryLimiter {
         match outcome {
             Compute::Inserted(_, state) => Some(state),
             Compute::Updated {
-                old: (_, old),
-                new: (_, state),
-            } => {
-                old.forget_dropped(state);
-                Some(state)
-            }
+                new: (_, state), ..
+            } => Some(state),
             Compute::Aborted(()) | Compute::Removed(..) => map.get(id),
         }
     }
@@ -432,7 +449,7 @@ impl MemoryLimiter {
             added = policies
                 .iter()
                 .filter(|policy| find(state, policy).is_none())
-                .map(|policy| Slot::new(policy, policy.fingerprint(), now, shared.id))
+                .map(|policy| Slot::new(policy, policy.fingerprint(), now))
                 .collect();
             state = self.add_slots(&map, id, &added, now);
         } else {
@@ -578,42 +595,6 @@ impl KeyState {
         KeyState::from_slots(slots)
     }
 
-    /// Marks the rate states of `self` that `new` (its successor in the
-    /// table) left out as no longer kept.
-    fn forget_dropped(&self, new: &KeyState) {
-        self.for_each_rate(|rate| {
-            if !matches!(new.find(rate.fingerprint), Some(SlotRef::Rate(kept)) if std::ptr::eq(kept, rate))
-            {
-                rate.unkeep();
-            }
-        });
-    }
-
-    fn for_each_rate(&self, mut f: impl FnMut(&RateState)) {
-        match self {
-            KeyState::OneRate(rate) => f(rate),
-            KeyState::Many(slots) => {
-                for slot in slots.iter() {
-                    if let Slot::Rate(rate) = slot {
-                        f(rate);
-                    }
-                }
-            }
-        }
-    }
-
-    /// The shared state of the rate policy with this fingerprint.
-    fn rate(&self, fingerprint: u64) -> Option<&Arc<RateState>> {
-        let rate = match self {
-            KeyState::OneRate(rate) => Some(rate),
-            KeyState::Many(slots) => slots.iter().find_map(|slot| match slot {
-                Slot::Rate(rate) if rate.fingerprint == fingerprint => Some(rate),
-                _ => None,
-            }),
-        };
-        rate.filter(|rate| rate.fingerprint == fingerprint)
-    }
-
     fn from_slots(slots: Vec<Slot>) -> KeyState {
         match <[Slot; 1]>::try_from(slots) {
             Ok([Slot::Rate(rate)]) => KeyState::OneRate(rate),
@@ -624,16 +605,13 @@ impl KeyState {
 }
 
 impl Slot {
-    fn new(policy: &Policy, fingerprint: u64, now: u64, limiter: u32) -> Self {
+    fn new(policy: &Policy, fingerprint: u64, now: u64) -> Self {
         let name = name_hash(policy.name());
         match policy {
             Policy::Rate(_) => Slot::Rate(Arc::new(RateState {
                 fingerprint,
                 name,
                 tat: AtomicU64::new(0),
-                // Made to go into the table at once (if another request
-                // put one there first, this one is dropped unplanted).
-                keeper: AtomicU32::new(limiter | KEPT),
             })),
             Policy::Credits(credits) => Slot::Credits(Arc::new(CreditState {
                 fingerprint,
@@ -711,20 +689,6 @@ fn name_hash(name: &str) -> u32 {
 }
 
 impl RateState {
-    /// The limiter that made the state.
-    fn limiter(&self) -> u32 {
-        self.keeper.load(Ordering::Relaxed) & !KEPT
-    }
-
-    /// Whether the limiter's table holds the state.
-    fn is_kept(&self) -> bool {
-        self.keeper.load(Ordering::Acquire) & KEPT != 0
-    }
-
-    fn unkeep(&self) {
-        self.keeper.fetch_and(!KEPT, Ordering::AcqRel);
-    }
-
     fn is_idle(&self, now: u64) -> bool {
         // A held word (`LOCKED`) is later than any now: never idle.
         self.tat.load(Ordering::Relaxed) <= now
@@ -757,7 +721,7 @@ impl SlotRef<'_> {
     #[inline]
     fn decide(self, policy: &Policy, cost: u32, now: u64) -> Result<Verdict, LimitError> {
         match (self, policy) {
-            (SlotRef::Rate(state), Policy::Rate(rate)) => decide_rate(state, rate, cost, now),
+            (SlotRef::Rate(state), Policy::Rate(rate)) => decide_rate(&state.tat, rate, cost, now),
             (SlotRef::Credits(state), Policy::Credits(credits)) => {
                 decide_credits(state, credits, cost, now)
             }
@@ -777,20 +741,20 @@ struct KindMismatch;
 /// One rate alone: one compare-and-swap on its word.
 #[inline]
 fn decide_rate(
-    state: &RateState,
+    tat: &AtomicU64,
     rate: &RatePolicy,
     cost: u32,
     now: u64,
 ) -> Result<Verdict, LimitError> {
     if cost == 0 {
-        return Ok(unspent_rate(rate, load_unlocked(&state.tat), now));
+        return Ok(unspent_rate(rate, load_unlocked(tat), now));
     }
     let gcra = rate.gcra();
-    let outcome = gcra.check(&state.tat, cost, now);
+    let outcome = gcra.check(tat, cost, now);
     rate_verdict(
         rate,
         outcome,
-        || gcra.remaining(load_unlocked(&state.tat), now),
+        || gcra.remaining(load_unlocked(tat), now),
         cost,
     )
 }
@@ -863,7 +827,7 @@ mod tests {
     use std::sync::Barrier;
 
     use crate::clock::FakeClock;
-    use crate::limit::{Limits, RatePolicy};
+    use crate::limit::{LimitCell, Limits, RatePolicy};
 
     #[test]
     fn a_key_state_is_small() {
@@ -873,11 +837,19 @@ mod tests {
         assert!(std::mem::size_of::<RateState>() <= 24);
     }
 
+    /// A record no store keeps.
     fn principal(limits: &Limits) -> Principal {
         let hash = crate::key::KeyHash::from_bytes([7; 32]);
         let record =
             KeyRecord::new(id(), hash, "acme", std::time::UNIX_EPOCH).with_limits(limits.clone());
         Principal::new(Arc::new(record))
+    }
+
+    /// A record as an in-memory store keeps it.
+    fn stored(limits: &Limits) -> Principal {
+        let record = principal(limits).record().as_ref().clone();
+        let cell = LimitCell::for_stored(&record.limits);
+        Principal::new(Arc::new(record.with_limit_cell(cell)))
     }
 
     fn through(limiter: &MemoryLimiter, principal: &Principal) -> bool {
@@ -890,61 +862,80 @@ mod tests {
         decision.unwrap().is_allowed()
     }
 
-    /// The record's shortcut and a look-up by key id reach one state.
+    /// A stored record's key is decided on the record's state: nothing in
+    /// the table.
     #[test]
-    fn a_record_carries_its_state_and_shares_the_budget() {
+    fn a_stored_record_keeps_its_state_and_the_table_nothing() {
+        let limits = Limits::new([rate("burst", 3, 60)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let principal = stored(&limits);
+        assert!(through(&limiter, &principal));
+        assert_eq!(limiter.tracked_keys(), 0);
+        assert!(through(&limiter, &principal));
+        assert!(through(&limiter, &principal));
+        assert!(!through(&limiter, &principal));
+        assert_eq!(limiter.tracked_keys(), 0);
+        // A read (cost 0) sees the same state.
+        let read = limiter.check_principal_immediate(&principal, 0).unwrap();
+        assert_eq!(read.unwrap().verdicts()[0].remaining(), 0);
+    }
+
+    /// A record no store keeps (built by hand, from a token) is decided by
+    /// key id, on the one state the table keeps for the key.
+    #[test]
+    fn a_loose_record_shares_the_budget_of_checks_by_id() {
         let limits = Limits::new([rate("burst", 3, 60)]).unwrap();
         let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
         let principal = principal(&limits);
         assert!(through(&limiter, &principal));
-        assert!(principal.record().limit_slot.0.get().is_some(), "planted");
         assert!(by_id(&limiter, &limits));
         assert!(through(&limiter, &principal));
         assert!(!through(&limiter, &principal));
         assert!(!by_id(&limiter, &limits));
-        // A copy of the record (an update) starts without a shortcut and
-        // finds the same state.
-        let copy = Principal::new(Arc::new(KeyRecord::clone(principal.record())));
-        assert!(copy.record().limit_slot.0.get().is_none());
-        assert!(!through(&limiter, &copy));
         assert_eq!(limiter.tracked_keys(), 1);
     }
 
-    /// A state the table dropped while idle is taken back by the next
-    /// check through the shortcut, not made a second time.
+    /// A key the table already decides (checked by id before, or under a
+    /// tier of several policies with the same burst) stays in the table
+    /// when its stored record comes: one state, not two.
     #[test]
-    fn a_swept_state_is_taken_back_by_its_record() {
-        let clock = FakeClock::default();
-        let limits = Limits::new([rate("burst", 2, 1)]).unwrap();
-        let limiter = MemoryLimiter::new().with_clock(clock.clone());
-        let principal = principal(&limits);
-        assert!(through(&limiter, &principal));
-        clock.advance(Duration::from_secs(61));
-        // A new key is added after the sweep interval: idle states go.
-        let other: KeyId = "zyxwvutsrqpo".parse().unwrap();
-        limiter
-            .check_immediate(&other, &limits, 1)
-            .unwrap()
-            .unwrap();
-        assert_eq!(limiter.tracked_keys(), 1, "swept");
-        assert!(through(&limiter, &principal));
-        assert_eq!(limiter.tracked_keys(), 2, "taken back");
+    fn a_key_already_in_the_table_stays_there() {
+        let limits = Limits::new([rate("burst", 3, 60)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
         assert!(by_id(&limiter, &limits));
+        let principal = stored(&limits);
+        assert!(through(&limiter, &principal));
+        assert!(through(&limiter, &principal));
         assert!(!through(&limiter, &principal));
         assert!(!by_id(&limiter, &limits));
     }
 
     #[test]
-    fn forget_restarts_a_planted_state() {
+    fn forget_restarts_a_state_kept_in_a_record() {
         let limits = Limits::new([rate("burst", 1, 60)]).unwrap();
         let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
-        let principal = principal(&limits);
+        let principal = stored(&limits);
+        let other = stored(&limits);
         assert!(through(&limiter, &principal));
         assert!(!through(&limiter, &principal));
         limiter.forget(&id());
-        assert_eq!(limiter.tracked_keys(), 0);
-        assert!(through(&limiter, &principal));
-        assert!(!by_id(&limiter, &limits), "one state, back in the table");
+        assert!(through(&limiter, &principal), "restarted full");
+        assert!(!through(&limiter, &principal), "once");
+        // Another key is not touched.
+        let _ = other;
+        // Forgetting a key whose state is in the table works as before.
+        let loose = principal_of(&limits, "zyxwvutsrqpo");
+        assert!(through(&limiter, &loose));
+        assert!(!through(&limiter, &loose));
+        limiter.forget(&"zyxwvutsrqpo".parse().unwrap());
+        assert!(through(&limiter, &loose));
+    }
+
+    fn principal_of(limits: &Limits, id: &str) -> Principal {
+        let hash = crate::key::KeyHash::from_bytes([7; 32]);
+        let record = KeyRecord::new(id.parse().unwrap(), hash, "acme", std::time::UNIX_EPOCH)
+            .with_limits(limits.clone());
+        Principal::new(Arc::new(record))
     }
 
     #[test]
@@ -952,35 +943,34 @@ mod tests {
         let limits = Limits::new([rate("burst", 1, 60)]).unwrap();
         let first = MemoryLimiter::new().with_clock(FakeClock::default());
         let second = MemoryLimiter::new().with_clock(FakeClock::default());
-        let principal = principal(&limits);
-        assert!(through(&first, &principal));
-        assert!(!through(&first, &principal));
-        assert!(through(&second, &principal));
-        assert!(!through(&second, &principal));
+        for principal in [principal(&limits), stored(&limits)] {
+            first.forget(&id());
+            second.forget(&id());
+            assert!(through(&first, &principal));
+            assert!(!through(&first, &principal));
+            assert!(through(&second, &principal));
+            assert!(!through(&second, &principal));
+        }
     }
 
-    /// Requests through the shortcut and by key id at once: one budget.
+    /// Requests of one stored record from several threads: exactly the
+    /// burst passes.
     #[test]
-    fn the_shortcut_and_the_table_under_contention() {
+    fn a_record_state_under_contention() {
         let limits = Limits::new([rate("burst", 20, 60)]).unwrap();
         for round in 0..40u32 {
             let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
-            let principal = principal(&limits);
+            let principal = stored(&limits);
             let allowed = AtomicUsize::new(0);
             let barrier = Barrier::new(4);
             std::thread::scope(|scope| {
-                for thread in 0..4 {
-                    let (limiter, limits, principal) = (&limiter, &limits, &principal);
+                for _ in 0..4 {
+                    let (limiter, principal) = (&limiter, &principal);
                     let (allowed, barrier) = (&allowed, &barrier);
                     scope.spawn(move || {
                         barrier.wait();
                         for _ in 0..10 {
-                            let passed = if thread % 2 == 0 {
-                                through(limiter, principal)
-                            } else {
-                                by_id(limiter, limits)
-                            };
-                            if passed {
+                            if through(limiter, principal) {
                                 allowed.fetch_add(1, Ordering::Relaxed);
                             }
                         }
@@ -1081,7 +1071,7 @@ mod tests {
         let map = limiter.shared.states.map().pin();
         map.insert(
             id(),
-            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now, 0)]),
+            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now)]),
         );
         let borrowed = map.get(&id()).unwrap().find(burst.fingerprint()).unwrap();
         assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
@@ -1108,7 +1098,7 @@ mod tests {
             let map = limiter.shared.states.map().pin();
             let slots: Vec<Slot> = policies
                 .iter()
-                .map(|policy| Slot::new(policy, policy.fingerprint(), now, 0))
+                .map(|policy| Slot::new(policy, policy.fingerprint(), now))
                 .collect();
             map.insert(id(), KeyState::from_slots(slots));
             let state = map.get(&id()).unwrap();
@@ -1131,7 +1121,7 @@ mod tests {
         let map = limiter.shared.states.map().pin();
         map.insert(
             id(),
-            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now, 0)]),
+            KeyState::from_slots(vec![Slot::new(&burst, burst.fingerprint(), now)]),
         );
         limiter.shared.states.make_room(now + 61_000_000_000);
         assert_eq!(limiter.tracked_keys(), 1, "marked, kept");

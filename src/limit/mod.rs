@@ -86,6 +86,7 @@
 //! ```
 
 mod bounded;
+mod cell;
 mod decide;
 mod gcra;
 mod layer;
@@ -96,6 +97,7 @@ mod policy;
 mod redis;
 
 pub(crate) use bounded::{forgettable, BoundedMap, Expiring};
+pub(crate) use cell::LimitCell;
 pub use decide::PolicyState;
 pub use gcra::{Gcra, GcraOutcome};
 pub use layer::{
@@ -104,7 +106,6 @@ pub use layer::{
 };
 pub(crate) use limiter::shared as shared_limiter;
 pub use limiter::{Decision, LimitError, Limiter, Verdict};
-pub(crate) use memory::LimitSlot;
 pub use memory::MemoryLimiter;
 pub use policy::{CreditPolicy, Limits, Policy, PolicyError, RatePolicy};
 #[cfg(feature = "redis")]

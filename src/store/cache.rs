@@ -11,6 +11,7 @@ use super::invalidation::{Invalidation, InvalidationEvent};
 use super::{KeyStore, Lookup, StoreError};
 use crate::clock::{epoch_nanos, saturating_nanos, Clock, SystemClock};
 use crate::key::{KeyHash, KeyId, KeyIdBuildHasher};
+use crate::limit::LimitCell;
 use crate::record::{KeyRecord, KeyStatus};
 
 /// An in-process cache in front of any [`KeyStore`], itself a `KeyStore`.
@@ -41,6 +42,15 @@ use crate::record::{KeyRecord, KeyStatus};
 ///   [`untrusted_ttl`](CachedStoreBuilder::untrusted_ttl) (1 s by default)
 ///   until it is back; on reconnecting it clears itself once, since
 ///   announcements may have been missed meanwhile.
+/// - **Rate state**: a key with one rate policy keeps its
+///   [`MemoryLimiter`](crate::limit::MemoryLimiter) state in the cached
+///   record (as in [`MemoryStore`](super::MemoryStore)). A refresh (an
+///   expired entry, an announced change, a write) hands it on to the
+///   fetched record when the rate policy is unchanged, so neither resets
+///   a budget: a dropped entry whose state was spent on stays as a
+///   placeholder, never answered, until the key's record is fetched again.
+///   Making room drops unknown ids and unspent states first; a budget is
+///   reset only when more keys are in use than the capacity.
 ///
 /// Clones share the same cache. Misses and writes run on tokio's timer:
 /// call them within a tokio runtime (hits need none).
@@ -183,6 +193,10 @@ struct Inner<S> {
 enum Slot {
     Ready(Entry),
     Pending(Flight),
+    /// A record dropped (changed, invalidated, cleared) whose rate state
+    /// was spent on: never answered, kept so that the key's next fetched
+    /// record takes the state on.
+    Gone(Arc<KeyRecord>),
 }
 
 #[derive(Clone)]
@@ -199,6 +213,9 @@ type Shared = Result<Option<Arc<KeyRecord>>, Arc<StoreError>>;
 struct Flight {
     id: u64,
     answer: watch::Receiver<Option<Shared>>,
+    /// The record the fetched one replaces (an expired or dropped entry's),
+    /// whose rate state it takes on.
+    previous: Option<Arc<KeyRecord>>,
 }
 
 impl<S: KeyStore> CachedStore<S> {
@@ -410,14 +427,17 @@ impl<S: KeyStore> CachedStore<S> {
         self.inner.map.is_empty()
     }
 
-    /// Drops every entry.
+    /// Drops every entry (the next look-ups ask the backend). Rate state
+    /// that requests spent stays, for the records fetched next.
     pub fn clear(&self) {
-        self.inner.map.pin().clear();
+        self.inner.drop_all();
     }
 
-    /// Drops the entry for `id`, if any (the next look-up asks the backend).
+    /// Drops the entry for `id`, if any (the next look-up asks the
+    /// backend). Rate state that requests spent stays, for the record
+    /// fetched next.
     pub fn evict(&self, id: &KeyId) {
-        self.inner.map.pin().remove(id);
+        self.inner.drop_entry(id);
     }
 }
 
@@ -472,13 +492,13 @@ impl<S: KeyStore> Inner<S> {
         match event {
             InvalidationEvent::Changed(id) => {
                 bump(&self.counters.invalidations);
-                // Removes a pending query too, so that its answer, which
+                // Drops a pending query too, so that its answer, which
                 // may predate the change, is not kept.
-                self.map.pin().remove(&id);
+                self.drop_entry(&id);
             }
             InvalidationEvent::Connected => {
                 // Announcements may have been missed before this point.
-                self.map.pin().clear();
+                self.drop_all();
                 bump(&self.counters.clears);
                 self.trusted.store(true, Ordering::Release);
                 tracing::info!(
@@ -538,15 +558,48 @@ impl<S: KeyStore> Inner<S> {
         let _ = map.compute(id, |current| match current {
             Some((_, Slot::Pending(pending))) if pending.id == flight => match &slot {
                 Some(slot) => Operation::Insert(slot.clone()),
-                None => Operation::Remove,
+                None => match &pending.previous {
+                    // A failed query keeps what the next one takes on.
+                    Some(previous) if previous.limit_cell.is_spent() => {
+                        Operation::Insert(Slot::Gone(Arc::clone(previous)))
+                    }
+                    _ => Operation::Remove,
+                },
             },
             _ => Operation::Abort(()),
         });
     }
 
-    /// Keeps the map within its capacity: expired entries first, then
-    /// arbitrary ones, down to nine tenths. One sweeper at a time; the
-    /// cost falls on a miss, never on a hit.
+    /// Drops `id`'s entry, or, if its record's rate state was spent on,
+    /// leaves the record behind as [`Slot::Gone`].
+    fn drop_entry(&self, id: &KeyId) {
+        let map = self.map.pin();
+        let _ = map.compute(*id, |current| match current {
+            Some((_, Slot::Gone(_))) => Operation::Abort(()),
+            Some((_, slot)) => match slot.spent_record() {
+                Some(record) => Operation::Insert(Slot::Gone(Arc::clone(record))),
+                None => Operation::Remove,
+            },
+            None => Operation::Abort(()),
+        });
+    }
+
+    /// Drops every entry, keeping spent rate states (see `drop_entry`).
+    fn drop_all(&self) {
+        let map = self.map.pin();
+        let ids: Vec<KeyId> = map.keys().copied().collect();
+        drop(map);
+        for id in &ids {
+            self.drop_entry(id);
+        }
+    }
+
+    /// Keeps the map within its capacity, down to nine tenths: first what
+    /// loses nothing (expired entries and placeholders whose rate state
+    /// is not in use), then unknown ids and records whose state is not in
+    /// use, and only then records with a budget in use (which then
+    /// restarts full: more keys are in use than the capacity). One
+    /// sweeper at a time; the cost falls on a miss, never on a hit.
     fn shrink(&self) {
         let capacity = self.config.capacity;
         if self.map.len() <= capacity || self.sweeping.swap(true, Ordering::AcqRel) {
@@ -556,28 +609,46 @@ impl<S: KeyStore> Inner<S> {
         let now = self.now();
         let target = capacity - capacity / 10;
         let mut removed = 0u64;
-        let expired: Vec<KeyId> = map
-            .iter()
-            .filter_map(|(id, slot)| match slot {
-                Slot::Ready(entry) if !self.is_fresh(entry, now) => Some(*id),
-                _ => None,
-            })
-            .collect();
-        for id in expired {
-            map.remove(&id);
-            removed += 1;
-        }
-        if map.len() > target {
-            let excess = map.len() - target;
-            let arbitrary: Vec<KeyId> = map
-                .iter()
-                .filter(|(_, slot)| matches!(slot, Slot::Ready(_)))
-                .map(|(id, _)| *id)
-                .take(excess)
-                .collect();
-            for id in arbitrary {
+        let mut remove = |ids: Vec<KeyId>| {
+            for id in ids {
                 map.remove(&id);
                 removed += 1;
+            }
+        };
+        let busy = |slot: &Slot| {
+            slot.spent_record()
+                .is_some_and(|r| !r.limit_cell.is_idle(now))
+        };
+        remove(
+            map.iter()
+                .filter(|(_, slot)| match slot {
+                    Slot::Ready(entry) => !self.is_fresh(entry, now) && !busy(slot),
+                    Slot::Gone(_) => !busy(slot),
+                    Slot::Pending(_) => false,
+                })
+                .map(|(id, _)| *id)
+                .collect(),
+        );
+        for spend_budgets in [false, true] {
+            if map.len() <= target {
+                break;
+            }
+            let excess = map.len() - target;
+            remove(
+                map.iter()
+                    .filter(|(_, slot)| {
+                        !matches!(slot, Slot::Pending(_)) && (spend_budgets || !busy(slot))
+                    })
+                    .map(|(id, _)| *id)
+                    .take(excess)
+                    .collect(),
+            );
+            if spend_budgets {
+                tracing::warn!(
+                    target: "keyward::store",
+                    capacity,
+                    "key cache full of keys in use; dropped some, whose rate budgets restart (raise the capacity)"
+                );
             }
         }
         self.counters
@@ -624,17 +695,30 @@ impl<S: KeyStore> Inner<S> {
         let now = self.now();
         let flight = self.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = watch::channel(None);
-        let pending = Slot::Pending(Flight {
-            id: flight,
-            answer: receiver,
-        });
+        let pending = |previous: Option<&Arc<KeyRecord>>| {
+            Slot::Pending(Flight {
+                id: flight,
+                answer: receiver.clone(),
+                previous: previous.cloned(),
+            })
+        };
         let outcome = map.compute(*id, |current| match current {
             Some((_, Slot::Ready(entry))) if self.is_fresh(entry, now) => {
                 Operation::Abort(Role::Hit(entry.record.clone()))
             }
             Some((_, Slot::Pending(other))) => Operation::Abort(Role::Join(other.answer.clone())),
-            _ => Operation::Insert(pending.clone()),
+            Some((_, Slot::Ready(stale))) => Operation::Insert(pending(stale.record.as_ref())),
+            Some((_, Slot::Gone(record))) => Operation::Insert(pending(Some(record))),
+            None => Operation::Insert(pending(None)),
         });
+        let previous = match &outcome {
+            Compute::Inserted(_, Slot::Pending(flight))
+            | Compute::Updated {
+                new: (_, Slot::Pending(flight)),
+                ..
+            } => flight.previous.clone(),
+            _ => None,
+        };
         match outcome {
             Compute::Aborted(role) => role,
             Compute::Updated {
@@ -644,11 +728,13 @@ impl<S: KeyStore> Inner<S> {
                 flight,
                 sender,
                 stale: Some(stale.clone()),
+                previous,
             }),
             _ => Role::Lead(Leader {
                 flight,
                 sender,
                 stale: None,
+                previous,
             }),
         }
     }
@@ -666,6 +752,7 @@ impl<S: KeyStore> Inner<S> {
         guard.armed = false;
         match result {
             Ok(record) => {
+                let record = record.map(|record| adopt(record, leader.previous.as_ref()));
                 let entry = Entry {
                     record: record.clone(),
                     fetched: self.now(),
@@ -718,7 +805,7 @@ impl<S: KeyStore> Inner<S> {
         let result = self.call(what, Some(&id), call).await;
         // Dropped even when the write failed or timed out: it may have
         // happened all the same.
-        self.map.pin().remove(&id);
+        self.drop_entry(&id);
         if matches!(result, Ok(()) | Err(StoreError::Timeout(_))) {
             self.announce(id).await;
         }
@@ -757,6 +844,46 @@ struct Leader {
     flight: u64,
     sender: watch::Sender<Option<Shared>>,
     stale: Option<Entry>,
+    /// See [`Flight::previous`].
+    previous: Option<Arc<KeyRecord>>,
+}
+
+impl Slot {
+    /// The record whose rate state a request spent on, if this slot holds
+    /// one (a pending query holds the one it replaces).
+    fn spent_record(&self) -> Option<&Arc<KeyRecord>> {
+        let record = match self {
+            Slot::Ready(entry) => entry.record.as_ref(),
+            Slot::Pending(flight) => flight.previous.as_ref(),
+            Slot::Gone(record) => Some(record),
+        };
+        record.filter(|record| record.limit_cell.is_spent())
+    }
+}
+
+/// A fetched record as the cache keeps it: with the rate state of the
+/// record it replaces, if the rate policy is the same, else a fresh one.
+/// A record the backend itself keeps in memory (a `MemoryStore`'s) has
+/// its state already, and is kept as it is.
+fn adopt(record: Arc<KeyRecord>, previous: Option<&Arc<KeyRecord>>) -> Arc<KeyRecord> {
+    if record.limit_cell.is_stored() {
+        return record;
+    }
+    let cell = match previous {
+        Some(previous) => LimitCell::successor(previous, &record.limits),
+        None => LimitCell::for_stored(&record.limits),
+    };
+    if !cell.is_stored() {
+        return record;
+    }
+    let mut record = record;
+    match Arc::get_mut(&mut record) {
+        Some(unique) => {
+            unique.limit_cell = cell;
+            record
+        }
+        None => Arc::new(KeyRecord::clone(&record).with_limit_cell(cell)),
+    }
 }
 
 struct PendingGuard<'a> {
@@ -774,7 +901,16 @@ impl Drop for PendingGuard<'_> {
         let flight = self.flight;
         let map = self.map.pin();
         let _ = map.compute(self.id, |current| match current {
-            Some((_, Slot::Pending(pending))) if pending.id == flight => Operation::Remove,
+            Some((_, Slot::Pending(pending))) if pending.id == flight => {
+                match pending
+                    .previous
+                    .as_ref()
+                    .filter(|r| r.limit_cell.is_spent())
+                {
+                    Some(previous) => Operation::Insert(Slot::Gone(Arc::clone(previous))),
+                    None => Operation::Remove,
+                }
+            }
             _ => Operation::Abort(()),
         });
     }

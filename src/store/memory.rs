@@ -6,6 +6,7 @@ use std::time::SystemTime;
 
 use super::{KeyStore, Lookup, StoreError};
 use crate::key::{HashAlgorithm, KeyHash, KeyId, KeyIdBuildHasher};
+use crate::limit::LimitCell;
 use crate::record::{KeyRecord, KeyStatus};
 
 /// The embedded store: records in a concurrent hash map, in this process.
@@ -13,6 +14,13 @@ use crate::record::{KeyRecord, KeyStatus};
 /// Reads take no lock: the map is [`papaya`]'s lock-free table, so look-ups
 /// from many threads never wait on each other or on writers. Clones share
 /// the same records.
+///
+/// A key with one rate policy keeps its [`MemoryLimiter`](crate::limit::MemoryLimiter)
+/// state in its record here (no entry in the limiter's table). An
+/// [`update`](KeyStore::update) that keeps the rate policy hands the
+/// state on to the new record, so editing a key's name, scopes or expiry
+/// never resets its budget; one that changes the policy starts it full;
+/// [`revoke`](KeyStore::revoke) drops it.
 #[derive(Clone)]
 pub struct MemoryStore {
     records: Arc<papaya::HashMap<KeyId, Arc<KeyRecord>, KeyIdBuildHasher>>,
@@ -83,8 +91,9 @@ impl KeyStore for MemoryStore {
         Some(Ok(self.get(id)))
     }
 
-    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+    async fn insert(&self, mut record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
+        record.limit_cell = LimitCell::for_stored(&record.limits);
         let imported = is_imported(&record).then(|| *record.hash.as_bytes());
         if let Some(hash) = imported {
             // The hash first: of two imports of one key, one wins.
@@ -108,14 +117,19 @@ impl KeyStore for MemoryStore {
 
     async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
-        let record = Arc::new(record);
         let records = self.records.pin();
         let outcome = records.compute(id, |current| match current {
             None => Operation::Abort(StoreError::NotFound(id)),
             Some((_, current)) if current.status == KeyStatus::Revoked => {
                 Operation::Abort(StoreError::Revoked(id))
             }
-            Some(_) => Operation::Insert(Arc::clone(&record)),
+            // Made for the record it replaces (papaya may call this again,
+            // with another, if a write races it): the rate state goes on.
+            Some((_, current)) => Operation::Insert(Arc::new(
+                record
+                    .clone()
+                    .with_limit_cell(LimitCell::successor(current, &record.limits)),
+            )),
         });
         match outcome {
             Compute::Aborted(error) => Err(error),
@@ -137,6 +151,7 @@ impl KeyStore for MemoryStore {
             record.status = KeyStatus::Revoked;
             // The first revocation's time stays: revoking again is a no-op.
             record.set_revoked_at(record.revoked_at().or(Some(at)));
+            // A copy starts without a rate state: a revoked key has none.
             Arc::new(record)
         });
         match revoked {
