@@ -6,9 +6,15 @@
 //! perf record -e cpu-clock -g target/release/examples/profile auth 5000000
 //! ```
 //!
-//! A third argument `typical` adds the headers a typical API client sends
-//! besides the key (host, user agent, accept, ...: seven), so that costs that
-//! grow with the number of headers show.
+//! Options after the count (either or both, in any order):
+//!
+//! - `typical` adds the headers a typical API client sends besides the key
+//!   (host, user agent, accept, ...: seven), so that costs that grow with
+//!   the number of headers show;
+//! - `routed` gives every request an extension before the stack sees it, as
+//!   axum's `Router` does before a route's layers run (it inserts the
+//!   `OriginalUri` and the path parameters): the request then has its
+//!   extension map already, as it has in an axum application.
 //!
 //! Stacks: `bare`, `auth` (AuthLayer, valid key), `full` (usage with an
 //! aggregating sink, auth, rate limit, scopes; valid key), `full_batching`
@@ -66,6 +72,10 @@ impl UsageExporter for Count {
     }
 }
 
+/// What axum's `Router` inserts into a routed request (its `OriginalUri`).
+#[derive(Clone)]
+struct OriginalUri(#[allow(dead_code)] http::Uri);
+
 /// What a typical API client sends besides its key.
 const TYPICAL: [(&str, &str); 7] = [
     ("host", "api.example.com"),
@@ -77,20 +87,31 @@ const TYPICAL: [(&str, &str); 7] = [
     ("x-request-id", "0b7c1a4e-5f2d-4c3b-9a8e-6d1f2e3c4b5a"),
 ];
 
-fn drive<S>(mut service: S, header: &str, n: u64, typical: bool)
+/// The options after the count.
+#[derive(Clone, Copy, Default)]
+struct Options {
+    typical: bool,
+    routed: bool,
+}
+
+fn drive<S>(mut service: S, header: &str, n: u64, options: Options)
 where
     S: Service<Request<String>, Error = Infallible>,
 {
-    let others: &[(&str, &str)] = if typical { &TYPICAL } else { &[] };
+    let others: &[(&str, &str)] = if options.typical { &TYPICAL } else { &[] };
     for _ in 0..n {
         let mut request = Request::get("/pets");
         for (name, value) in others {
             request = request.header(*name, *value);
         }
-        let request = request
+        let mut request = request
             .header("authorization", header)
             .body(String::new())
             .unwrap();
+        if options.routed {
+            let uri = OriginalUri(request.uri().clone());
+            request.extensions_mut().insert(uri);
+        }
         ready(service.ready()).unwrap();
         black_box(ready(service.call(request)).unwrap());
     }
@@ -153,7 +174,14 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let which = args.next().unwrap_or_else(|| "full".to_owned());
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let typical = args.next().as_deref() == Some("typical");
+    let mut options = Options::default();
+    for option in args {
+        match option.as_str() {
+            "typical" => options.typical = true,
+            "routed" => options.routed = true,
+            other => panic!("unknown option {other}: typical or routed"),
+        }
+    }
 
     let format = KeyFormat::new("sk_live").unwrap();
     let generator = KeyGenerator::new(format.clone());
@@ -176,10 +204,10 @@ fn main() {
     let unknown = format!("Bearer {}", generator.generate().unwrap().expose_secret());
     let auth = AuthLayer::new(store, format);
     match which.as_str() {
-        "bare" => drive(service_fn(inner), &header, n, typical),
-        "auth" => drive(auth.layer(service_fn(inner)), &header, n, typical),
-        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, typical),
-        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, typical),
+        "bare" => drive(service_fn(inner), &header, n, options),
+        "auth" => drive(auth.layer(service_fn(inner)), &header, n, options),
+        "full" => drive(full(&auth, AggregatingSink::new()), &header, n, options),
+        "unknown" => drive(full(&auth, AggregatingSink::new()), &unknown, n, options),
         "full_batching" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -193,7 +221,7 @@ fn main() {
                     .max_batch(1024)
                     .spawn()
             });
-            drive(full(&auth, sink.clone()), &header, n, typical);
+            drive(full(&auth, sink.clone()), &header, n, options);
             runtime.block_on(sink.shutdown());
             let exported = exported.load(Ordering::Relaxed);
             eprintln!("exported {exported}, dropped {}", sink.dropped());

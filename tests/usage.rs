@@ -840,6 +840,10 @@ async fn a_batch_as_large_as_the_capacity_is_exported_before_the_sink_fills() {
 }
 
 /// The same from several threads: no single stripe reaches its share.
+/// Paced by the sink, not by the clock: each thread waits while more
+/// events wait than a worker woken by their number leaves behind. With an
+/// interval of an hour only such a wake exports, so a worker that is not
+/// woken stops the threads, and the test fails at its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_as_large_as_the_capacity_from_many_threads() {
     let keep = Keep::default();
@@ -853,20 +857,62 @@ async fn a_batch_as_large_as_the_capacity_from_many_threads() {
             let sink = sink.clone();
             std::thread::spawn(move || {
                 for _ in 0..250 {
+                    // Half the capacity (50) is a batch here: above 60
+                    // waiting, a size wake is due.
+                    wait_until("the worker exports what waits", || sink.queued() < 60);
                     sink.record(issued());
-                    // Paced, and slowly enough that a busy machine's worker keeps up
-                    // once woken: the test is about being woken at all.
-                    std::thread::sleep(Duration::from_millis(1));
                 }
             })
         })
         .collect();
-    for thread in threads {
-        thread.join().unwrap();
-    }
+    // Joined off the runtime's threads, which the worker needs.
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
     sink.flush().await;
-    assert!(sink.dropped() < 100, "dropped {}", sink.dropped());
-    assert!(keep.events() >= 900, "exported {}", keep.events());
+    assert_eq!(sink.dropped(), 0);
+    assert_eq!(keep.events(), 1000);
+}
+
+/// Waits on another thread's progress, without a fixed sleep; panics after
+/// ten seconds.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        std::thread::yield_now();
+    }
+}
+
+/// Room is reserved a grant at a time, so the sink counts half its capacity
+/// (a batch here) before that many events are recorded: woken then, the
+/// worker exports what it holds, and does not wait for the interval.
+#[tokio::test(start_paused = true)]
+async fn a_size_wake_exports_all_the_worker_holds() {
+    let keep = Keep::default();
+    let sink = BatchingSink::builder(keep.clone())
+        .capacity(4000)
+        .max_batch(4000)
+        .interval(Duration::from_secs(3600))
+        .spawn();
+    // One fewer than the 2 000 that make a batch: only the count of room
+    // reserved, which is ahead of the events, reaches it.
+    for _ in 0..1999 {
+        sink.record(issued());
+        tokio::task::yield_now().await;
+    }
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(keep.events() > 0, "nothing exported before the interval");
+    assert!(keep.0.lock().unwrap().iter().all(|b| b.len() <= 4000));
+    assert_eq!(sink.dropped(), 0);
+    sink.flush().await;
+    assert_eq!(keep.events(), 1999);
 }
 
 #[tokio::test]

@@ -149,6 +149,15 @@ impl PrincipalSlot {
         self.0.get()
     }
 
+    /// The principal, moved out when this is the slot's last copy (the
+    /// request that held the other is gone by then), cloned otherwise.
+    pub(crate) fn take(self) -> Option<Principal> {
+        match Arc::try_unwrap(self.0) {
+            Ok(cell) => cell.into_inner(),
+            Err(shared) => shared.get().cloned(),
+        }
+    }
+
     /// Leaves the principal (the first `AuthLayer` to authenticate the
     /// request fills the slot; later ones leave it).
     pub(crate) fn fill(&self, principal: &Principal) {

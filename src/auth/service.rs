@@ -57,6 +57,9 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Inlined into the outer layer's `call`, so that this future is built
+    // where the outer one keeps it instead of being moved there.
+    #[inline]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let config = &self.config;
         // Resolved once, here, when the throttle needs it; `restrict`

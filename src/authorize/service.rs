@@ -48,6 +48,9 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Inlined into the outer layer's `call`, so that this future is built
+    // where the outer one keeps it instead of being moved there.
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let Some(principal) = request.extensions().get::<Principal>() else {
             tracing::warn!(

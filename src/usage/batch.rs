@@ -87,7 +87,9 @@ pub trait UsageExporter: Send + 'static {
 /// Events are exported in batches of at most
 /// [`max_batch`](BatchingSinkBuilder::max_batch): as soon as about
 /// `max_batch` events are waiting, or half the capacity if that is fewer
-/// (so that the sink never fills up waiting for a full batch), else about
+/// (so that the sink never fills up waiting for a full batch; the events
+/// waiting are counted a few at a time per thread, so the worker then
+/// exports all it holds, which may be a little fewer), else about
 /// [`interval`](BatchingSinkBuilder::interval) after the first of them.
 ///
 /// If the task stops without finishing (its runtime shut down, the
@@ -149,6 +151,12 @@ struct Core {
     /// Set by the worker when every buffer was empty: the next event wakes
     /// it (to start the interval), instead of only a full buffer.
     idle: AtomicBool,
+    /// Set by a recorder whose grant took [`Core::reserved`] across
+    /// [`Core::export_at`], or that found the sink full: the worker then
+    /// exports every event it drains, even fewer than `export_at` (part of
+    /// the room reserved is grants not used yet), instead of holding them
+    /// until the interval.
+    size_wake: AtomicBool,
     sinks_gone: AtomicBool,
     wake: Notify,
     requests: Mutex<Requests>,
@@ -216,6 +224,7 @@ impl Core {
             dropped: AtomicU64::new(0),
             held: AtomicUsize::new(0),
             idle: AtomicBool::new(true),
+            size_wake: AtomicBool::new(false),
             sinks_gone: AtomicBool::new(false),
             wake: Notify::new(),
             requests: Mutex::new(Requests::default()),
@@ -506,6 +515,7 @@ async fn run<E: UsageExporter>(mut stopped: Stopped, mut exporter: E, interval: 
             }
         }
         core.idle.store(false, Ordering::Relaxed);
+        let size_wake = core.size_wake.swap(false, Ordering::Acquire);
         let requests = std::mem::take(&mut core.requests().waiting);
         let stop = core.sinks_gone.load(Ordering::Acquire)
             || requests.iter().any(|(r, _)| *r == Request::Shutdown);
@@ -517,8 +527,11 @@ async fn run<E: UsageExporter>(mut stopped: Stopped, mut exporter: E, interval: 
         // what it holds is less than `export_at` (grants not used yet).
         let full = core.reserved.load(Ordering::Relaxed) >= core.capacity;
         core.drain(&mut pending, &mut spare, stop);
-        let due =
-            stop || asked || full || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+        let due = stop
+            || asked
+            || full
+            || size_wake
+            || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
         // Enough for a batch (or half the capacity) goes at once; the rest
         // waits for the deadline unless it is due.
         while pending.len() >= core.export_at || (due && !pending.is_empty()) {
@@ -582,6 +595,7 @@ impl UsageSink for BatchingSink {
                 core.count_dropped(1);
                 // Full: make sure the worker exports now rather than at
                 // the interval.
+                core.size_wake.store(true, Ordering::Release);
                 core.wake.notify_one();
                 return;
             }
@@ -594,10 +608,12 @@ impl UsageSink for BatchingSink {
         // Wake the worker when this buffer holds its share, when the sink
         // as a whole holds about a batch, or for the first event after the
         // worker went idle; never per event.
-        if crossed
-            || buffered == core.wake_at
-            || (buffered == 1 && core.idle.load(Ordering::SeqCst))
-        {
+        if crossed {
+            // About a batch waits in the sink as a whole: the worker
+            // exports all it holds, however the events are spread.
+            core.size_wake.store(true, Ordering::Release);
+            core.wake.notify_one();
+        } else if buffered == core.wake_at || (buffered == 1 && core.idle.load(Ordering::SeqCst)) {
             core.wake.notify_one();
         }
     }

@@ -190,7 +190,7 @@ fn request(
     };
     UsageEvent::request(
         facts,
-        principal,
+        principal.cloned(),
         key_id,
         Some(status),
         outcome,

@@ -333,7 +333,8 @@ pub(crate) struct RequestFacts {
 impl UsageEvent {
     pub(crate) fn request(
         facts: RequestFacts,
-        principal: Option<&Principal>,
+        // Taken, not borrowed: the caller's copy is usually its last.
+        principal: Option<Principal>,
         key_id: Option<KeyId>,
         status: Option<StatusCode>,
         outcome: Outcome,
@@ -347,9 +348,9 @@ impl UsageEvent {
             response_size: Size::new(response_size),
             route: facts.route,
             method: Some(facts.method),
-            owner: principal.cloned().map(Owner::Principal),
+            key_id: principal.as_ref().map(Principal::key_id).or(key_id),
+            owner: principal.map(Owner::Principal),
             tags: facts.tags,
-            key_id: principal.map(Principal::key_id).or(key_id),
             status,
             outcome,
             kind: EventKind::Request,

@@ -120,14 +120,18 @@ impl<K: UsageSink> Pending<K> {
         }
         let rejection = extensions.get::<Rejection>();
         let outcome = rejection.map_or(Outcome::Allowed, |r| Outcome::Refused(r.reason()));
-        // The slot this layer planted; a `Principal` in the response's
-        // extensions for authentication that is not keyward's `AuthLayer`.
-        let principal = self.slot.get().or_else(|| extensions.get::<Principal>());
+        // The slot this layer planted (its principal moved out, not
+        // cloned); a `Principal` in the response's extensions for
+        // authentication that is not keyward's `AuthLayer`.
         let latency = self.latency();
+        let principal = self
+            .slot
+            .take()
+            .or_else(|| extensions.get::<Principal>().cloned());
         let sink = &self.shared.sink;
         let at = self.facts.at;
 
-        if let Some(principal) = principal {
+        if let Some(principal) = &principal {
             if self.shared.first_seen.first(principal.key_id()) {
                 sink.record(UsageEvent::first_used(principal, at));
             }

@@ -212,6 +212,9 @@ where
         self.inner.poll_ready(cx)
     }
 
+    // Inlined into the outer layer's `call`, so that this future is built
+    // where the outer one keeps it instead of being moved there.
+    #[inline]
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let shared = self.shared.for_this_thread();
         let started = shared.monotonic.then(Instant::now);
