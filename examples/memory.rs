@@ -6,6 +6,7 @@
 //! ```sh
 //! cargo run --release --example memory            # 1 000 000 keys
 //! cargo run --release --example memory 100000     # another count
+//! cargo run --release --example memory 1000000 shared-owner  # one owner `Arc` for all
 //! ```
 //!
 //! Measured as the growth of the process's resident set (`/proc/self/statm`,
@@ -42,11 +43,24 @@ fn now_or_never<F: std::future::Future>(future: F) -> F::Output {
     }
 }
 
+fn owner(shared: &Option<std::sync::Arc<str>>, i: usize) -> std::sync::Arc<str> {
+    match shared {
+        Some(owner) => std::sync::Arc::clone(owner),
+        None => format!("owner-{i}").into(),
+    }
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|arg| arg.parse().ok())
         .unwrap_or(1_000_000);
+    // Every key its own owner string (one `Arc<str>` each), or one owner
+    // shared by all, as a tier's keys made from one `Arc` would.
+    let shared_owner: Option<std::sync::Arc<str>> = std::env::args()
+        .nth(2)
+        .filter(|arg| arg == "shared-owner")
+        .map(|_| "acme".into());
     let generator = KeyGenerator::new(KeyFormat::new("sk_live").unwrap());
     let hasher = KeyHasher::sha256();
     let keys: Vec<_> = (0..n)
@@ -65,7 +79,7 @@ fn main() {
     let before = resident();
     let store = MemoryStore::new();
     for (i, (id, hash)) in keys.iter().enumerate() {
-        let record = KeyRecord::new(*id, *hash, format!("owner-{i}"), created)
+        let record = KeyRecord::new(*id, *hash, owner(&shared_owner, i), created)
             .with_scopes(scopes.clone())
             .with_limits(limits.clone());
         now_or_never(store.insert(record)).unwrap();

@@ -60,7 +60,7 @@
 //! // A day's grace: the old key works until then, the new one from now on.
 //! let rotated = manager.rotate(&issued.record.id, Duration::from_secs(86_400)).await?;
 //! assert_eq!(rotated.record.scopes, issued.record.scopes);
-//! assert_eq!(rotated.previous.expires_at, Some(clock.now() + Duration::from_secs(86_400)));
+//! assert_eq!(rotated.previous.expires_at(), Some(clock.now() + Duration::from_secs(86_400)));
 //!
 //! manager.revoke(&rotated.record.id).await?;
 //! assert_eq!(manager.list_by_owner("acme").await?.len(), 2);
@@ -321,7 +321,7 @@ impl IssueOptions {
             .with_name(self.name.clone())
             .with_scopes(self.scopes.clone())
             .with_allowed_networks(self.allowed_networks.iter().copied());
-        record.expires_at = expires_at;
+        record.set_expires_at(expires_at);
         record.set_not_before(self.not_before);
         record.set_metadata(self.metadata.clone());
         record.set_environment(self.environment);
@@ -751,7 +751,7 @@ impl KeyManager {
             return Err(ManagerError::SigningKey(*id));
         }
         let now = self.clock.now();
-        if old.expires_at.is_some_and(|at| at <= now) {
+        if old.expires_at().is_some_and(|at| at <= now) {
             return Err(ManagerError::Expired(*id));
         }
         let old_until = now
@@ -762,15 +762,15 @@ impl KeyManager {
                 let mut successor = KeyRecord::clone(&old);
                 successor.id = new_id;
                 successor.hash = hash;
-                successor.created_at = now;
+                successor.set_created_at(now);
                 successor
             })
             .await?;
         let mut previous = old.clone();
-        previous.expires_at = Some(match old.expires_at {
+        previous.set_expires_at(Some(match old.expires_at() {
             Some(at) if at < old_until => at,
             _ => old_until,
-        });
+        }));
         if let Err(error) = self.store.update(previous.clone()).await {
             // Do not leave a successor whose key nobody received.
             if let Err(cleanup) = self.store.revoke(&record.id, now).await {
@@ -903,8 +903,10 @@ impl KeyManager {
         name: impl Into<String>,
     ) -> Result<KeyRecord, ManagerError> {
         let name = name.into();
-        self.change(id, Lifecycle::Renamed, move |record| record.name = name)
-            .await
+        self.change(id, Lifecycle::Renamed, move |record| {
+            record.name = name.into()
+        })
+        .await
     }
 
     /// Sets the expiry of key `id`: `Some(at)` to refuse it from `at` on
@@ -917,7 +919,7 @@ impl KeyManager {
         expires_at: Option<SystemTime>,
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::ExpiryChanged, move |record| {
-            record.expires_at = expires_at;
+            record.set_expires_at(expires_at);
         })
         .await
     }

@@ -70,7 +70,7 @@ impl KeyStore for MapStore {
             .filter(|record| *record.owner == *owner)
             .cloned()
             .collect();
-        found.sort_by_key(|record| (record.created_at, record.id));
+        found.sort_by_key(|record| (record.created_at(), record.id));
         Ok(found)
     }
 }

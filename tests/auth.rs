@@ -301,7 +301,7 @@ async fn expiry_status_and_not_before_are_enforced() {
     let f = fixture().await;
     let mut record = KeyRecord::clone(&f.store.find(&f.key.id()).await.unwrap().unwrap());
     let now = f.clock.now();
-    record.expires_at = Some(now + Duration::from_secs(60));
+    record.set_expires_at(Some(now + Duration::from_secs(60)));
     f.store.update(record.clone()).await.unwrap();
     assert_eq!(
         send(layer(&f), bearer(f.key.expose_secret()))
@@ -316,7 +316,7 @@ async fn expiry_status_and_not_before_are_enforced() {
     assert_invalid_token(&response, &body);
     assert_eq!(reason(&response), RejectReason::Expired);
 
-    record.expires_at = None;
+    record.set_expires_at(None);
     record.set_not_before(Some(now + Duration::from_secs(3600)));
     f.store.update(record.clone()).await.unwrap();
     let (response, _) = send(layer(&f), bearer(f.key.expose_secret())).await;

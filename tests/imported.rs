@@ -220,7 +220,7 @@ async fn rotate_moves_the_owner_to_a_keyward_key() {
     let (status, _, rejection) = call(f.layer(), with_key(OLD_KEY)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(rejection.unwrap().reason(), RejectReason::Expired);
-    assert!(f.clock.now() > f.imported.created_at);
+    assert!(f.clock.now() > f.imported.created_at());
 }
 
 #[tokio::test]

@@ -126,7 +126,7 @@ async fn a_good_token_becomes_the_principal_of_its_record() {
         .await
         .unwrap();
     assert!(JwtVerifier::looks_like_jwt(&issued.token));
-    assert_eq!(issued.record.expires_at, Some(f.clock.now() + HOUR));
+    assert_eq!(issued.record.expires_at(), Some(f.clock.now() + HOUR));
     let who = f.verifier().verify(&issued.token).await.unwrap();
     assert_eq!(who.owner(), "acme");
     assert_eq!(who.key_id(), issued.record.id);

@@ -884,7 +884,7 @@ fn two_threads_across_record_replaces_never_admit_more_than_the_policy() {
                 for i in 0..100 {
                     let current = store.find_immediate(&id).unwrap().unwrap().unwrap();
                     let mut record = KeyRecord::clone(&current);
-                    record.name = format!("edit {i}");
+                    record.name = format!("edit {i}").into();
                     ready(store.update(record)).unwrap();
                 }
             });

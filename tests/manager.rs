@@ -87,10 +87,10 @@ async fn issue_stores_a_hash_and_returns_the_key_once() {
         .hash(issued.key.secret())
         .verify(&stored.hash));
     assert_eq!(&*stored.owner, "acme");
-    assert_eq!(stored.name, "CI");
-    assert_eq!(stored.created_at, f.clock.now());
+    assert_eq!(&*stored.name, "CI");
+    assert_eq!(stored.created_at(), f.clock.now());
     assert_eq!(
-        stored.expires_at,
+        stored.expires_at(),
         Some(f.clock.now() + Duration::from_secs(3600))
     );
     assert_eq!(stored.metadata()["team"], "core");
@@ -133,16 +133,16 @@ async fn rotated_predecessor_works_inside_the_grace_period_only() {
     let new = &rotated.record;
     assert_ne!(new.id, old.record.id);
     assert_ne!(new.hash, old.record.hash);
-    assert_eq!(new.created_at, f.clock.now());
+    assert_eq!(new.created_at(), f.clock.now());
     assert_eq!(new.owner, old.record.owner);
     assert_eq!(new.name, old.record.name);
     assert_eq!(new.scopes, old.record.scopes);
     assert_eq!(new.metadata(), old.record.metadata());
     assert_eq!(new.environment(), old.record.environment());
     assert_eq!(new.allowed_networks(), old.record.allowed_networks());
-    assert_eq!(new.expires_at, None);
+    assert_eq!(new.expires_at(), None);
     assert_eq!(new.status, KeyStatus::Active);
-    assert_eq!(rotated.previous.expires_at, Some(f.clock.now() + grace));
+    assert_eq!(rotated.previous.expires_at(), Some(f.clock.now() + grace));
 
     // The keys are restricted to 10.0.0.0/8: call from there.
     let old_key = &old.key;
@@ -194,10 +194,10 @@ async fn rotation_keeps_an_earlier_expiry_and_a_zero_grace_ends_at_once() {
         .rotate(&soon.record.id, Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!(rotated.previous.expires_at, soon.record.expires_at);
+    assert_eq!(rotated.previous.expires_at(), soon.record.expires_at());
     // The successor keeps the same absolute expiry: rotation never extends
     // a key's life.
-    assert_eq!(rotated.record.expires_at, soon.record.expires_at);
+    assert_eq!(rotated.record.expires_at(), soon.record.expires_at());
 
     // Once expired, a key is not rotated: its successor would be born dead.
     f.clock.advance(Duration::from_secs(60));
@@ -414,10 +414,10 @@ async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events
         .unwrap();
     assert_eq!(record.metadata(), &metadata);
     let record = manager.update_name(&id, "deploy").await.unwrap();
-    assert_eq!(record.name, "deploy");
+    assert_eq!(&*record.name, "deploy");
     let until = now + Duration::from_secs(3600);
     let record = manager.update_expiry(&id, Some(until)).await.unwrap();
-    assert_eq!(record.expires_at, Some(until));
+    assert_eq!(record.expires_at(), Some(until));
     let from = now + Duration::from_secs(60);
     let record = manager.update_not_before(&id, Some(from)).await.unwrap();
     assert_eq!(record.not_before(), Some(from));
@@ -430,11 +430,7 @@ async fn limits_metadata_name_expiry_and_not_before_change_with_their_own_events
     let stored = f.store.find(&id).await.unwrap().unwrap();
     assert_eq!(*stored, record);
     assert_eq!(
-        (
-            stored.limits.clone(),
-            stored.name.as_str(),
-            stored.expires_at
-        ),
+        (stored.limits.clone(), &*stored.name, stored.expires_at()),
         (pro, "deploy", Some(until))
     );
     assert_eq!(stored.metadata(), &metadata);

@@ -69,9 +69,9 @@ async fn one_fake_clock_set_once_drives_every_part() {
         )
         .await
         .unwrap();
-    assert_eq!(issued.record.created_at, clock.now());
+    assert_eq!(issued.record.created_at(), clock.now());
     assert_eq!(
-        issued.record.expires_at,
+        issued.record.expires_at(),
         Some(clock.now() + Duration::from_secs(60))
     );
 
@@ -101,10 +101,10 @@ async fn one_fake_clock_set_once_drives_every_part() {
         .await
         .unwrap();
     assert_eq!(
-        rotated.previous.expires_at,
+        rotated.previous.expires_at(),
         Some(clock.now() + Duration::from_secs(30))
     );
-    assert_eq!(rotated.record.created_at, clock.now());
+    assert_eq!(rotated.record.created_at(), clock.now());
     manager.revoke(&rotated.record.id).await.unwrap();
 
     // UsageLayer stamped requests, and KeyManager its lifecycle events, on

@@ -104,11 +104,11 @@ fn fractions_of_a_second_are_written_only_when_there_are_some() {
         (Duration::from_micros(1_500), "2025-01-01T12:30:00.001500Z"),
         (Duration::from_nanos(7), "2025-01-01T12:30:00.000000007Z"),
     ] {
-        record.created_at = noon_thirty() + offset;
+        record.set_created_at(noon_thirty() + offset);
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["created_at"], written);
         let back: KeyRecord = serde_json::from_value(json).unwrap();
-        assert_eq!(back.created_at, record.created_at, "{written}");
+        assert_eq!(back.created_at(), record.created_at(), "{written}");
     }
 }
 
@@ -119,7 +119,7 @@ fn times_with_an_offset_or_before_1970_read() {
     json["not_before"] = json!("1969-07-20T20:17:40Z");
     json["revoked_at"] = json!("2024-02-29T23:59:59.5-01:00");
     let record: KeyRecord = serde_json::from_value(json).unwrap();
-    assert_eq!(record.created_at, sample().created_at);
+    assert_eq!(record.created_at(), sample().created_at());
     assert_eq!(
         record.not_before(),
         UNIX_EPOCH.checked_sub(Duration::from_secs(14_182_940))
@@ -151,7 +151,7 @@ fn bad_times_are_errors_not_panics() {
     }
     // Beyond year 9999, a time cannot be written as RFC 3339: an error.
     let mut far = sample();
-    far.expires_at = Some(UNIX_EPOCH + Duration::from_secs(253_402_300_800));
+    far.set_expires_at(Some(UNIX_EPOCH + Duration::from_secs(253_402_300_800)));
     let error = serde_json::to_string(&far).unwrap_err();
     assert!(error.to_string().contains("9999"), "{error}");
 }

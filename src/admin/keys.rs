@@ -203,7 +203,7 @@ impl Cursor {
     fn of(record: &KeyRecord) -> Self {
         Self(
             record
-                .created_at
+                .created_at()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default(),
             record.id,

@@ -240,15 +240,15 @@ impl From<&KeyRecord> for KeyView {
         Self {
             key_id: record.id.to_string(),
             owner: record.owner.to_string(),
-            name: record.name.clone(),
+            name: record.name.to_string(),
             status: record.status.to_string(),
             scopes: record
                 .scopes
                 .iter()
                 .map(|s| s.as_str().to_owned())
                 .collect(),
-            created_at: timestamp(record.created_at),
-            expires_at: record.expires_at.map(timestamp),
+            created_at: timestamp(record.created_at()),
+            expires_at: record.expires_at().map(timestamp),
             not_before: record.not_before().map(timestamp),
             revoked_at: record.revoked_at().map(timestamp),
             environment: record.environment().map(|e| e.as_str().to_owned()),

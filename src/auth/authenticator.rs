@@ -416,13 +416,13 @@ impl Authenticator {
         // An imported record is found by its hash, never by its id: refused
         // here as a wrong secret, after the same hash and compare.
         let imported = record.hash.algorithm() == HashAlgorithm::ImportedSha256;
-        let timed = record.expires_at.is_some() | record.not_before().is_some();
+        let timed = record.expires() | record.not_before().is_some();
         let now = if timed | !(known & matched & active & !imported) {
             self.clock.now()
         } else {
             std::time::UNIX_EPOCH
         };
-        let expired = record.expires_at.is_some_and(|at| now >= at);
+        let expired = record.expires_at().is_some_and(|at| now >= at);
         let early = record.not_before().is_some_and(|at| now < at);
         // Non-short-circuit operators: every condition is evaluated.
         let failures = u32::from(!known)

@@ -438,7 +438,7 @@ impl JwtVerifier {
         let leeway = self.inner.leeway;
         let now = checked.now;
         let expired = record
-            .expires_at
+            .expires_at()
             .is_some_and(|at| at.checked_add(leeway).is_some_and(|end| now >= end));
         let early = record
             .not_before()

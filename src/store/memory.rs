@@ -168,7 +168,7 @@ impl KeyStore for MemoryStore {
             .filter(|record| *record.owner == *owner)
             .cloned()
             .collect();
-        records.sort_by_key(|record| (record.created_at, record.id));
+        records.sort_by_key(|record| (record.created_at(), record.id));
         Ok(records)
     }
 

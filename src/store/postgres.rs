@@ -276,7 +276,7 @@ impl PgStore {
             .bind(record.hash.as_bytes().as_slice())
             .bind(record.hash.algorithm().to_string())
             .bind(&*record.owner)
-            .bind(record.name.as_str())
+            .bind(&*record.name)
             .bind(record.status.to_string())
             .bind(record.environment().map(|e| e.as_str()))
             .bind(
@@ -295,8 +295,8 @@ impl PgStore {
             )
             .bind(limits)
             .bind(metadata)
-            .bind(micros(record.created_at))
-            .bind(record.expires_at.map(micros))
+            .bind(micros(record.created_at()))
+            .bind(record.expires_at().map(micros))
             .bind(record.not_before().map(micros))
             .bind(record.revoked_at().map(micros))
             .bind(record.verification_key().map(ToString::to_string))
@@ -372,7 +372,10 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         owner,
         from_micros(created),
     );
-    record.name = row.try_get(4).map_err(StoreError::backend)?;
+    record.name = row
+        .try_get::<String, _>(4)
+        .map_err(StoreError::backend)?
+        .into();
     let status: String = row.try_get(5).map_err(StoreError::backend)?;
     record.status = match status.as_str() {
         "active" => KeyStatus::Active,
@@ -408,7 +411,7 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         let micros: Option<i64> = row.try_get(index).map_err(StoreError::backend)?;
         Ok(micros.map(from_micros))
     };
-    record.expires_at = time(12)?;
+    record.set_expires_at(time(12)?);
     record.set_not_before(time(13)?);
     record.set_revoked_at(time(14)?);
     let verification_key: Option<String> = row.try_get(15).map_err(StoreError::backend)?;

@@ -205,7 +205,7 @@ impl RedisStore {
             .arg(json)
             .arg(record.status.to_string())
             .arg(record.revoked_at().map(nanos).unwrap_or_default())
-            .arg(score(record.created_at))
+            .arg(score(record.created_at()))
             .arg(record.id.as_str())
             .arg(if imported { "1" } else { "" })
             .invoke_async(&mut connection)
@@ -399,7 +399,7 @@ impl KeyStore for RedisStore {
                 // Owners whose digests share 128 bits share an index.
                 .filter(|record| *record.owner == *owner)
                 .collect();
-            records.sort_by_key(|record| (record.created_at, record.id));
+            records.sort_by_key(|record| (record.created_at(), record.id));
             Ok(records.into_iter().map(Arc::new).collect())
         })
         .await
