@@ -8,7 +8,8 @@
 //! 2. parses it — exact length, prefix, alphabet, checksum — with no I/O;
 //! 3. looks the record up by its public id and hashes the secret; an unknown
 //!    id is checked against a stand-in record instead, through the same
-//!    steps, so that timing does not tell which ids exist;
+//!    steps, so that the steps do not tell which ids exist (SECURITY.md,
+//!    "Timing", says what memory effects still tell);
 //! 4. compares the hashes in constant time, then checks status, expiry and
 //!    not-before against the injected [`Clock`](crate::clock::Clock)
 //!    (whatever the secret: every refusal takes the same steps), then
