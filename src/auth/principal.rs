@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
@@ -139,7 +140,7 @@ impl PrincipalSlot {
         if let Some(slot) = request.extensions().get::<Self>() {
             return slot.clone();
         }
-        let slot = Self(Arc::default());
+        let slot = Self(SPARE.with(Cell::take).unwrap_or_default());
         request.extensions_mut().insert(slot.clone());
         slot
     }
@@ -151,11 +152,20 @@ impl PrincipalSlot {
 
     /// The principal, moved out when this is the slot's last copy (the
     /// request that held the other is gone by then), cloned otherwise.
-    pub(crate) fn take(self) -> Option<Principal> {
-        match Arc::try_unwrap(self.0) {
-            Ok(cell) => cell.into_inner(),
-            Err(shared) => shared.get().cloned(),
-        }
+    ///
+    /// The last copy, emptied, is kept for the thread's next
+    /// [`plant`](Self::plant): a slot is an allocation and a free on every
+    /// request otherwise. Only a copy nobody else holds is kept, and only
+    /// empty, so a slot never shows one request's principal to another.
+    pub(crate) fn take(mut self) -> Option<Principal> {
+        let Some(cell) = Arc::get_mut(&mut self.0) else {
+            return self.0.get().cloned();
+        };
+        let principal = cell.take();
+        let spare = self.0;
+        // Not kept while the thread exits (its spare is gone already).
+        let _ = SPARE.try_with(move |kept| kept.set(Some(spare)));
+        principal
     }
 
     /// Leaves the principal (the first `AuthLayer` to authenticate the
@@ -163,6 +173,12 @@ impl PrincipalSlot {
     pub(crate) fn fill(&self, principal: &Principal) {
         let _ = self.0.set(principal.clone());
     }
+}
+
+thread_local! {
+    /// An empty slot the thread's last request under a planting layer left,
+    /// for its next request.
+    static SPARE: Cell<Option<Arc<OnceLock<Principal>>>> = const { Cell::new(None) };
 }
 
 impl fmt::Debug for PrincipalSlot {
@@ -260,3 +276,72 @@ mod extract {
 
 #[cfg(feature = "axum")]
 pub use extract::MissingPrincipal;
+
+#[cfg(test)]
+mod slot_tests {
+    use std::sync::Arc;
+    use std::time::SystemTime;
+
+    use super::{Principal, PrincipalSlot};
+    use crate::key::KeyHasher;
+    use crate::record::KeyRecord;
+
+    fn principal() -> Principal {
+        let id = "abcdefABCDEF".parse().unwrap();
+        let hash = KeyHasher::sha256().hash("not a real secret");
+        Principal::new(Arc::new(KeyRecord::new(
+            id,
+            hash,
+            "acme",
+            SystemTime::now(),
+        )))
+    }
+
+    fn planted() -> (PrincipalSlot, http::Request<()>) {
+        let mut request = http::Request::new(());
+        let slot = PrincipalSlot::plant(&mut request);
+        (slot, request)
+    }
+
+    #[test]
+    fn a_slot_is_reused_on_its_thread_only_empty() {
+        let (slot, request) = planted();
+        slot.fill(&principal());
+        let first = Arc::as_ptr(&slot.0);
+        drop(request);
+        assert_eq!(
+            slot.take().map(|p| p.owner().to_owned()),
+            Some("acme".to_owned())
+        );
+
+        let (again, request) = planted();
+        assert_eq!(
+            Arc::as_ptr(&again.0),
+            first,
+            "the emptied slot is planted again"
+        );
+        assert!(again.get().is_none());
+        assert!(request
+            .extensions()
+            .get::<PrincipalSlot>()
+            .unwrap()
+            .get()
+            .is_none());
+    }
+
+    #[test]
+    fn a_slot_still_shared_is_not_reused() {
+        let (slot, request) = planted();
+        slot.fill(&principal());
+        let first = Arc::as_ptr(&slot.0);
+        // The request still holds its copy: the principal is cloned, and the
+        // slot stays where it is, filled.
+        assert!(slot.take().is_some());
+        let kept = request.extensions().get::<PrincipalSlot>().unwrap();
+        assert_eq!(kept.get().map(Principal::owner), Some("acme"));
+
+        let (other, _request) = planted();
+        assert_ne!(Arc::as_ptr(&other.0), first);
+        assert!(other.get().is_none());
+    }
+}

@@ -350,24 +350,35 @@ fn trim_spaces(value: &str) -> &str {
     value.get(start..end).unwrap_or_default()
 }
 
-/// The length of the scheme of an `Authorization` value: up to its first
-/// space.
-fn scheme_len(bytes: &[u8]) -> usize {
-    bytes.iter().position(|&b| b == b' ').unwrap_or(bytes.len())
+/// Whether the scheme of an `Authorization` value (up to its first space)
+/// is `scheme`, a lowercase word of at most eight letters, in any case:
+/// the value begins with it and ends or goes on with a space there. Read
+/// as one word: for a letter, `b | 0x20` is its lowercase, and no other
+/// byte becomes a letter that way.
+fn scheme_is(value: &[u8], scheme: &[u8]) -> bool {
+    let len = scheme.len().min(8);
+    let Some(head) = value.get(..len) else {
+        return false;
+    };
+    let word = |bytes: &[u8]| {
+        let mut word = [0u8; 8];
+        word[..bytes.len()].copy_from_slice(bytes);
+        u64::from_le_bytes(word)
+    };
+    let letters = word(&[0x20; 8][..len]);
+    (word(head) | letters) == word(&scheme[..len]) && value.get(len).is_none_or(|&b| b == b' ')
 }
 
 fn bearer(authorization: Seen<'_>) -> Result<Option<&str>, RejectReason> {
     let Some(value) = authorization.only()? else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    let scheme_len = scheme_len(bytes);
-    if !bytes[..scheme_len].eq_ignore_ascii_case(b"bearer") {
+    if !scheme_is(value.as_bytes(), b"bearer") {
         // Another scheme: not ours to judge.
         return Ok(None);
     }
     let value = visible_ascii(value)?;
-    Ok(Some(trim_spaces(&value[scheme_len..])))
+    Ok(Some(trim_spaces(&value[b"bearer".len()..])))
 }
 
 /// The key in `Authorization: Basic base64(<key>:<password>)`, if the
@@ -379,13 +390,11 @@ fn basic(
     let Some(value) = authorization.only()? else {
         return Ok(None);
     };
-    let bytes = value.as_bytes();
-    let scheme_len = scheme_len(bytes);
-    if !bytes[..scheme_len].eq_ignore_ascii_case(b"basic") {
+    if !scheme_is(value.as_bytes(), b"basic") {
         return Ok(None);
     }
     let value = visible_ascii(value)?;
-    parse_basic(trim_spaces(&value[scheme_len..]), password).map(Some)
+    parse_basic(trim_spaces(&value[b"basic".len()..]), password).map(Some)
 }
 
 /// Decodes Basic credentials (the base64 after the scheme) and returns the
@@ -919,6 +928,28 @@ mod tests {
                 presented(&basic_sources(), &request),
                 Err(RejectReason::MalformedKey)
             );
+        }
+
+        /// The scheme is matched as before: the bytes up to the first
+        /// space, equal to the scheme's whatever their case.
+        #[test]
+        fn schemes_are_matched_as_before(
+            word in proptest::sample::select(vec!["bearer", "basic", "beare", "bearerx", "basi", "", "b\u{e9}arer"]),
+            case in proptest::num::u8::ANY,
+            tail in proptest::collection::vec(proptest::sample::select(b"bBeErR \t@`[{_x\x80\xc2".to_vec()), 0..6),
+        ) {
+            // The word in a mixed case, then anything.
+            let mut value: Vec<u8> = word
+                .bytes()
+                .enumerate()
+                .map(|(i, b)| if case >> (i % 8) & 1 == 1 { b.to_ascii_uppercase() } else { b })
+                .collect();
+            value.extend(tail);
+            for scheme in [b"bearer".as_slice(), b"basic"] {
+                let scheme_len = value.iter().position(|&b| b == b' ').unwrap_or(value.len());
+                let before = value[..scheme_len].eq_ignore_ascii_case(scheme);
+                proptest::prop_assert_eq!(scheme_is(&value, scheme), before, "{:?}", value);
+            }
         }
 
         /// Spaces are trimmed as `str::trim_matches(' ')` trims them.

@@ -204,12 +204,14 @@ impl KeyHash {
     }
 
     /// Whether both are the same algorithm's hash of the same secret. The
-    /// bytes are compared in constant time, four 64-bit words at once, and
-    /// always (the algorithms are not secret).
+    /// bytes are compared in constant time, and always (the algorithms are
+    /// not secret): the differences of the four 64-bit words are folded
+    /// into one word, without a branch, and that word is compared with zero
+    /// by `subtle` (one constant-time compare instead of four).
     pub fn verify(&self, expected: &KeyHash) -> bool {
         let (a, b) = (self.words(), expected.words());
-        let same: bool =
-            (a[0].ct_eq(&b[0]) & a[1].ct_eq(&b[1]) & a[2].ct_eq(&b[2]) & a[3].ct_eq(&b[3])).into();
+        let differences = (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]);
+        let same: bool = differences.ct_eq(&0).into();
         same & (self.algorithm == expected.algorithm)
     }
 
@@ -580,6 +582,22 @@ mod tests {
             KeyHasher::with_pepper(ONE, &block).hash("x").as_bytes(),
             &expected
         );
+    }
+
+    #[test]
+    fn verify_sees_every_bit() {
+        let h = KeyHasher::sha256().hash("x");
+        for byte in 0..32 {
+            for bit in 0..8 {
+                let mut other = *h.as_bytes();
+                other[byte] ^= 1 << bit;
+                assert!(
+                    !h.verify(&KeyHash::new(h.algorithm(), other)),
+                    "{byte} {bit}"
+                );
+            }
+        }
+        assert!(h.verify(&KeyHash::new(h.algorithm(), *h.as_bytes())));
     }
 
     #[test]
