@@ -61,10 +61,13 @@ impl fmt::Display for KeyStatus {
 /// who owns it, what it may do and when.
 ///
 /// Plain data. Build one with [`KeyRecord::new`] and the `with_*` methods.
-/// The fields every key has are public, for reading and for updates; the
-/// ones few keys set (environment, not-before, allowed networks, revocation
-/// time, metadata, verification key) are boxed together, read and set
-/// through methods ([`metadata`](Self::metadata),
+/// The fields every key has are public, for reading and for updates, but
+/// for its two times, kept in 12 bytes each to the nanosecond and read and
+/// set through methods ([`created_at`](Self::created_at),
+/// [`expires_at`](Self::expires_at), [`set_expires_at`](Self::set_expires_at));
+/// the ones few keys set (environment, not-before, allowed networks,
+/// revocation time, metadata, verification key) are boxed together, read
+/// and set through methods ([`metadata`](Self::metadata),
 /// [`set_revoked_at`](Self::set_revoked_at), ...), so that the many keys
 /// without them stay small.
 ///

@@ -521,14 +521,24 @@ async fn debug_shows_no_record_contents() {
 }
 
 /// A backend that hands out a new record on every look-up, as a database
-/// does (`PgStore`, `RedisStore`).
+/// does (`PgStore`, `RedisStore`); while `gated`, a look-up waits for
+/// `gate` after reading.
 #[derive(Debug, Clone, Default)]
-struct Fresh(MemoryStore);
+struct Fresh(
+    MemoryStore,
+    Arc<Notify>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Arc<AtomicUsize>,
+);
 
 #[async_trait::async_trait]
 impl KeyStore for Fresh {
     async fn find(&self, id: &KeyId) -> Lookup {
         let found = self.0.find(id).await?;
+        self.3.fetch_add(1, Ordering::SeqCst);
+        if self.2.load(Ordering::SeqCst) {
+            self.1.notified().await;
+        }
         Ok(found.map(|record| Arc::new(KeyRecord::clone(&record))))
     }
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
@@ -606,4 +616,51 @@ async fn no_refresh_of_a_record_resets_its_rate_budget() {
     .unwrap();
     cache.update(record).await.unwrap();
     assert!(spend().await);
+}
+
+/// A key's change announced while the cache fetches its record: the
+/// requests that waited on that fetch spend on its record's state, and the
+/// key's next record takes that state on.
+#[tokio::test]
+async fn a_record_fetched_while_its_key_changes_keeps_its_spends() {
+    use keyward::limit::{Limiter, Limits, MemoryLimiter, RatePolicy};
+    let clock = FakeClock::default();
+    let backend = Fresh::default();
+    let cache = CachedStore::builder(backend.clone())
+        .clock(clock.clone())
+        .build();
+    let (_, record) = issue(&backend, &clock).await;
+    let limits = Limits::new([RatePolicy::new("hourly", 2, Duration::from_secs(3600))
+        .unwrap()
+        .into()])
+    .unwrap();
+    backend
+        .update(record.clone().with_limits(limits))
+        .await
+        .unwrap();
+    let id = record.id;
+    let limiter = MemoryLimiter::new().with_clock(clock.clone());
+    let spend = |record: Arc<KeyRecord>| {
+        let principal = keyward::Principal::new(record);
+        let decision = limiter.check_principal_immediate(&principal, 1).unwrap();
+        decision.unwrap().is_allowed()
+    };
+
+    backend.2.store(true, Ordering::SeqCst);
+    let fetching = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.find(&id).await }
+    });
+    until(|| backend.3.load(Ordering::SeqCst) == 1).await;
+    cache.evict(&id); // the change is announced mid-query
+    backend.2.store(false, Ordering::SeqCst);
+    backend.1.notify_one();
+    let fetched = fetching.await.unwrap().unwrap().unwrap();
+    assert!(spend(fetched));
+    assert!(spend(cache.find(&id).await.unwrap().unwrap()));
+    assert!(
+        !spend(cache.find(&id).await.unwrap().unwrap()),
+        "two an hour, two spent"
+    );
+    assert_eq!(backend.3.load(Ordering::SeqCst), 2, "fetched again");
 }

@@ -40,7 +40,10 @@ use crate::record::KeyRecord;
 /// state on when it replaces the record with one of the same rate policy
 /// (an update of other fields, a cache refresh), so an edit never resets
 /// a budget; see [`check_principal_immediate`](Limiter::check_principal_immediate)
-/// for what differs from a check by key id.
+/// for what differs from a check by key id. The first `MemoryLimiter` to
+/// decide a stored record claims its state; another one (a second limiter,
+/// or one made after the first was dropped) decides that key in its own
+/// table, as for any key.
 ///
 /// State in the table is bounded: at most [`max_keys`](Self::with_max_keys)
 /// keys are tracked (one million by default; state kept in stored records

@@ -439,7 +439,8 @@ impl<S: KeyStore> CachedStore<S> {
         self.inner.trusted.load(Ordering::Acquire)
     }
 
-    /// How many entries the cache holds (found, not found and pending).
+    /// How many entries the cache holds (found, not found, pending, and
+    /// dropped records kept for their rate state).
     pub fn len(&self) -> usize {
         self.inner.map.len()
     }
@@ -621,6 +622,18 @@ impl<S: KeyStore> Inner<S> {
                     }
                     _ => Operation::Remove,
                 },
+            },
+            // Dropped meanwhile (an announced change): the requests that
+            // waited on this query spend on its record's state, so the
+            // key's next record takes that state on.
+            None => match &slot {
+                Some(Slot::Ready(Entry {
+                    record: Some(record),
+                    ..
+                })) if record.limit_cell.is_stored() => {
+                    Operation::Insert(Slot::Gone(Arc::clone(record)))
+                }
+                _ => Operation::Abort(()),
             },
             _ => Operation::Abort(()),
         });
