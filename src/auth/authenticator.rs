@@ -10,7 +10,6 @@ use crate::key::{
 };
 use crate::record::{Invalidity, KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
-use crate::store::stand_in::{self, Found};
 use crate::store::{KeyStore, Lookup, StoreError};
 use crate::unwind;
 
@@ -18,10 +17,13 @@ use crate::unwind;
 /// `tokio` feature): see [`Authenticator::with_store_timeout`].
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What an unknown id is checked against when the store hands out no
-/// stand-in of its own (see [`crate::store::stand_in`]): a stand-in record
-/// by the hasher's current algorithm, beside an id to compare, as a map's
-/// entry holds its key beside its value.
+/// How many stand-in records unknown ids are checked against.
+const STAND_INS: usize = 1024;
+
+/// What an unknown id is checked against: a record that no secret matches
+/// (its hash is not the hash of any known input), by the hasher's current
+/// algorithm, active, without validity times; beside an id to compare, as
+/// a map's entry holds its key beside its value.
 ///
 /// There are many (about 230 KiB, made once per `Authenticator` and shared
 /// by its clones), each in its own allocations, and an id always meets the
@@ -34,15 +36,24 @@ struct StandIn {
 }
 
 fn stand_ins(hasher: &KeyHasher) -> Arc<[Box<StandIn>]> {
-    (0..stand_in::STAND_INS)
+    let hash = KeyHash::new(hasher.algorithm(), [0x5a; 32]);
+    let id = KeyId::from_checked(*b"000000000000");
+    (0..STAND_INS)
         .map(|_| {
-            let record = stand_in::record(hasher.algorithm());
             Box::new(StandIn {
-                id: record.id,
-                record: Arc::new(record),
+                id,
+                record: Arc::new(KeyRecord::new(id, hash, "", std::time::UNIX_EPOCH)),
             })
         })
         .collect()
+}
+
+/// The stand-in an id meets: ids are random, so a few of their bytes
+/// spread them evenly.
+fn stand_in_slot(id: &KeyId) -> usize {
+    let [a, b, c, d, e, f, g, h, ..] = *id.as_bytes();
+    let spread = u64::from_le_bytes([a, b, c, d, e, f, g, h]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (spread >> 54) as usize % STAND_INS
 }
 
 /// The reasons a key is refused, in the order they are reported: bit `i`
@@ -259,8 +270,8 @@ impl Authenticator {
         };
         let id = parsed.id();
         // A store that panics fails this request (503), never the service.
-        match crate::store::find_now_found(&*self.store, &id) {
-            Some(found) => Begun::Done(self.check(id, parsed.secret(), found)),
+        match crate::store::find_now(&*self.store, &id) {
+            Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
             None => Begun::Lookup(Pending::Key {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
@@ -277,7 +288,7 @@ impl Authenticator {
             Pending::Key { id, secret } => {
                 let find = crate::store::find_awaited(&*self.store, &id);
                 let lookup = unwind::within(self.store_timeout, find, timeout).await;
-                self.check(id, secret.as_str(), Found::from_lookup(lookup))
+                self.check(id, secret.as_str(), lookup)
             }
             Pending::Imported { hash } => {
                 #[cfg(feature = "metrics")]
@@ -353,20 +364,13 @@ impl Authenticator {
     ///
     /// Every refusal takes the same steps, so that timing tells neither
     /// which ids exist nor why a key was refused: an unknown id is checked
-    /// against a stand-in record (the store's, read where a record would
-    /// have been; else one of [`StandIn`], with the id compare a map
-    /// makes: the same reference count, hash and hash compare as a known
-    /// one, the hash by the hasher's current algorithm), the
+    /// against a stand-in record (see [`StandIn`]: the same id compare,
+    /// reference count, hash and hash compare as a known one), the
     /// record's status and times are checked whatever the secret (the
     /// clock is read for every refusal), and the reason is picked from a
     /// mask of failures rather than by early returns. Only a usable key
     /// without validity times skips reading the clock.
-    fn check(
-        &self,
-        id: KeyId,
-        secret: &str,
-        lookup: Result<Found, StoreError>,
-    ) -> Result<Principal, Rejection> {
+    fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
         let refuse = |reason: RejectReason| {
             tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
             Err(Rejection::new(reason).with_key_id(id))
@@ -385,27 +389,15 @@ impl Authenticator {
                 return refuse(RejectReason::StoreUnavailable);
             }
         };
-        let (known, record) = match found {
-            Found::Known(record) => (true, record),
-            Found::Unknown(Some(stand_in)) => (false, stand_in),
-            Found::Unknown(None) => {
-                let stand_in = &self.stand_ins[stand_in::slot(&id)];
-                // As a map compares the id it found with the one asked for.
-                std::hint::black_box(stand_in.id == id);
-                (false, Arc::clone(&stand_in.record))
-            }
-        };
-        // A store's stand-in is hashed as the hasher hashes new keys.
-        let algorithm = if known {
-            record.hash.algorithm()
-        } else {
-            self.hasher.algorithm()
-        };
-        let verified = self
-            .hasher
-            .hash_as(algorithm, secret)
-            .map(|presented| presented.verify(&record.hash));
-        let matched = match verified {
+        let known = found.is_some();
+        let slot = stand_in_slot(&id);
+        let record = found.unwrap_or_else(|| {
+            let stand_in = &self.stand_ins[slot];
+            // As a map compares the id it found with the one asked for.
+            std::hint::black_box(stand_in.id == id);
+            Arc::clone(&stand_in.record)
+        });
+        let matched = match self.hasher.verify(secret, &record.hash) {
             Ok(matched) => matched,
             Err(error) => {
                 // The service's configuration, not the client: answered as

@@ -8,10 +8,9 @@ use papaya::{Compute, Operation};
 use tokio::sync::watch;
 
 use super::invalidation::{Invalidation, InvalidationEvent};
-use super::stand_in::{self, Found};
 use super::{KeyStore, Lookup, StoreError};
 use crate::clock::{epoch_nanos, saturating_nanos, Clock, SystemClock};
-use crate::key::{HashAlgorithm, KeyHash, KeyId, KeyIdBuildHasher};
+use crate::key::{KeyHash, KeyId, KeyIdBuildHasher};
 use crate::limit::LimitCell;
 use crate::record::{KeyRecord, KeyStatus};
 
@@ -187,8 +186,6 @@ struct Inner<S> {
     sweeping: AtomicBool,
     next_flight: AtomicU64,
     counters: Counters,
-    /// What entries of ids that were not found hold in a record's place.
-    stand_ins: Box<[Arc<KeyRecord>]>,
 }
 
 /// A cached answer, or a query on its way.
@@ -204,26 +201,9 @@ enum Slot {
 
 #[derive(Clone)]
 struct Entry {
-    /// The id's record; for an id that was not found, one of the cache's
-    /// stand-ins (see `known`), so that answering it reads a record as
-    /// answering a found id does (see `stand_in`).
-    record: Arc<KeyRecord>,
-    /// Whether `record` is the id's (the backend found it).
-    known: bool,
+    record: Option<Arc<KeyRecord>>,
     /// When it was fetched, in the clock's nanoseconds since the epoch.
     fetched: u64,
-}
-
-impl Entry {
-    /// The record, if the id was found.
-    fn record(&self) -> Option<&Arc<KeyRecord>> {
-        self.known.then_some(&self.record)
-    }
-
-    /// The record, if the id was found.
-    fn found(&self) -> Option<Arc<KeyRecord>> {
-        self.record().cloned()
-    }
 }
 
 /// What the one query of a single flight tells those waiting on it.
@@ -357,8 +337,6 @@ impl<S: KeyStore> CachedStoreBuilder<S> {
             sweeping: AtomicBool::new(false),
             next_flight: AtomicU64::new(0),
             counters: Counters::default(),
-            // Checked by the authenticator's own algorithm: any here.
-            stand_ins: stand_in::records(HashAlgorithm::Sha256),
         });
         if let Some(invalidation) = &inner.invalidation {
             let subscription = invalidation.subscribe();
@@ -474,7 +452,7 @@ impl<S: KeyStore> Inner<S> {
     }
 
     fn ttl_of(&self, entry: &Entry) -> u64 {
-        let ttl = if entry.known {
+        let ttl = if entry.record.is_some() {
             self.config.ttl
         } else {
             self.config.negative_ttl
@@ -500,48 +478,14 @@ impl<S: KeyStore> Inner<S> {
     }
 
     fn hit(&self, id: &KeyId) -> Option<Option<Arc<KeyRecord>>> {
-        self.hit_entry(id, Entry::found)
-    }
-
-    /// A hit for the request path: an id that was not found is answered
-    /// with its entry's stand-in, so that it reads a record as a found
-    /// id's hit does.
-    fn hit_found(&self, id: &KeyId) -> Option<Found> {
-        self.hit_entry(id, |entry| {
-            let record = Arc::clone(&entry.record);
-            if entry.known {
-                Found::Known(record)
-            } else {
-                Found::Unknown(Some(record))
-            }
-        })
-    }
-
-    fn hit_entry<T>(&self, id: &KeyId, answer: impl FnOnce(&Entry) -> T) -> Option<T> {
         let map = self.map.pin();
         match map.get(id) {
             Some(Slot::Ready(entry)) if self.is_fresh(entry, self.hit_now()) => {
                 #[cfg(feature = "metrics")]
                 crate::metrics::cache_hit();
-                Some(answer(entry))
+                Some(entry.record.clone())
             }
             _ => None,
-        }
-    }
-
-    /// The entry for `id`'s answer `record`.
-    fn entry(&self, id: &KeyId, record: Option<Arc<KeyRecord>>, fetched: u64) -> Entry {
-        match record {
-            Some(record) => Entry {
-                record,
-                known: true,
-                fetched,
-            },
-            None => Entry {
-                record: Arc::clone(&self.stand_ins[stand_in::slot(id)]),
-                known: false,
-                fetched,
-            },
         }
     }
 
@@ -773,10 +717,10 @@ impl<S: KeyStore> Inner<S> {
         };
         let outcome = map.compute(*id, |current| match current {
             Some((_, Slot::Ready(entry))) if self.is_fresh(entry, now) => {
-                Operation::Abort(Role::Hit(entry.found()))
+                Operation::Abort(Role::Hit(entry.record.clone()))
             }
             Some((_, Slot::Pending(other))) => Operation::Abort(Role::Join(other.answer.clone())),
-            Some((_, Slot::Ready(stale))) => Operation::Insert(pending(stale.record())),
+            Some((_, Slot::Ready(stale))) => Operation::Insert(pending(stale.record.as_ref())),
             Some((_, Slot::Gone(record))) => Operation::Insert(pending(Some(record))),
             None => Operation::Insert(pending(None)),
         });
@@ -822,7 +766,10 @@ impl<S: KeyStore> Inner<S> {
         match result {
             Ok(record) => {
                 let record = record.map(|record| adopt(record, leader.previous.as_ref()));
-                let entry = self.entry(id, record.clone(), self.now());
+                let entry = Entry {
+                    record: record.clone(),
+                    fetched: self.now(),
+                };
                 self.settle(*id, leader.flight, Some(Slot::Ready(entry)));
                 leader.sender.send_replace(Some(Ok(record.clone())));
                 self.shrink();
@@ -838,7 +785,7 @@ impl<S: KeyStore> Inner<S> {
                         key_id = %id,
                         "key store failed; answering from an expired cache entry (serve_stale_on_error)"
                     );
-                    let record = stale.found();
+                    let record = stale.record.clone();
                     self.settle(*id, leader.flight, Some(Slot::Ready(stale)));
                     leader.sender.send_replace(Some(Ok(record.clone())));
                     return Ok(record);
@@ -855,7 +802,7 @@ impl<S: KeyStore> Inner<S> {
         let Some(stale_for) = self.config.stale_for else {
             return false;
         };
-        let Some(record) = stale.record() else {
+        let Some(record) = &stale.record else {
             return false;
         };
         record.status != KeyStatus::Revoked
@@ -919,7 +866,7 @@ impl Slot {
     /// one (a pending query holds the one it replaces).
     fn spent_record(&self) -> Option<&Arc<KeyRecord>> {
         let record = match self {
-            Slot::Ready(entry) => entry.record(),
+            Slot::Ready(entry) => entry.record.as_ref(),
             Slot::Pending(flight) => flight.previous.as_ref(),
             Slot::Gone(record) => Some(record),
         };
@@ -993,10 +940,6 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
         self.inner.hit(id).map(Ok)
-    }
-
-    fn find_immediate_found(&self, id: &KeyId) -> Option<Result<Found, StoreError>> {
-        self.inner.hit_found(id).map(Ok)
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {

@@ -49,7 +49,6 @@ mod memory;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
-pub(crate) mod stand_in;
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -263,17 +262,6 @@ pub trait KeyStore: Debug + Send + Sync + 'static {
         None
     }
 
-    /// [`find_immediate`](KeyStore::find_immediate) for the request path:
-    /// keyward's in-memory stores answer an unknown id with a stand-in
-    /// record, read where a known id's record would have been, so that the
-    /// look-up costs an unknown id what it costs a known one. Its answer's
-    /// type is keyward's own, so other stores cannot override this: they
-    /// answer as `find_immediate` does.
-    #[doc(hidden)]
-    fn find_immediate_found(&self, id: &KeyId) -> Option<Result<stand_in::Found, StoreError>> {
-        self.find_immediate(id).map(stand_in::Found::from_lookup)
-    }
-
     /// Adds a new record; [`StoreError::AlreadyExists`] if its id is taken.
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError>;
 
@@ -336,18 +324,6 @@ pub(crate) fn find_now(store: &dyn KeyStore, id: &KeyId) -> Option<Lookup> {
         .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))))
 }
 
-/// [`find_now`] for a check that must refuse an unknown id in the time it
-/// refuses a known one: an unknown id is answered with the store's
-/// stand-in, if it keeps one ([`KeyStore::find_immediate_found`]).
-#[inline]
-pub(crate) fn find_now_found(
-    store: &dyn KeyStore,
-    id: &KeyId,
-) -> Option<Result<stand_in::Found, StoreError>> {
-    crate::unwind::call("key store", || store.find_immediate_found(id))
-        .unwrap_or_else(|panicked| Some(Err(StoreError::backend(panicked))))
-}
-
 /// A look-up on the request path that the store could not answer at once,
 /// timed with the `metrics` feature. (One that answers at once, from
 /// memory, costs less than the clock reads that would time it.)
@@ -373,10 +349,6 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 
     fn find_immediate(&self, id: &KeyId) -> Option<Lookup> {
         (**self).find_immediate(id)
-    }
-
-    fn find_immediate_found(&self, id: &KeyId) -> Option<Result<stand_in::Found, StoreError>> {
-        (**self).find_immediate_found(id)
     }
 
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
