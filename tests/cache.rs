@@ -186,10 +186,10 @@ async fn unknown_ids_are_cached_for_the_shorter_ttl() {
     assert_eq!(*cache.find(&other).await.unwrap().unwrap(), record);
 }
 
-/// An id the cache holds as unknown is answered at once with a stand-in
-/// record (so that it reads a record, as a known id's hit does): it is
-/// still refused as unknown, whatever the secret and whatever the hasher,
-/// and a known id beside it still authenticates.
+/// An id the cache holds as unknown is answered at once, and checked
+/// against a stand-in record: it is refused as unknown, whatever the
+/// secret (a known key's included) and whatever the hasher, and a known id
+/// beside it still authenticates.
 #[tokio::test]
 async fn an_id_cached_as_unknown_is_refused_as_unknown() {
     use keyward::auth::Authenticator;
