@@ -1119,3 +1119,86 @@ async fn signed_requests_work_in_an_axum_router() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(!String::from_utf8_lossy(&body).contains("Jerry"));
 }
+
+/// A store that answers only through its async method, and hangs while
+/// told to, as a remote backend that stops answering.
+#[cfg(feature = "tokio")]
+#[derive(Debug, Clone)]
+struct HangingStore {
+    inner: MemoryStore,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "tokio")]
+#[keyward::async_trait]
+impl KeyStore for HangingStore {
+    async fn find(&self, id: &keyward::key::KeyId) -> keyward::store::Lookup {
+        if self.hang.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending().await
+        } else {
+            self.inner.find(id).await
+        }
+    }
+    fn find_immediate(&self, _: &keyward::key::KeyId) -> Option<keyward::store::Lookup> {
+        None
+    }
+    async fn insert(&self, record: KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn update(&self, record: KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.update(record).await
+    }
+    async fn revoke(
+        &self,
+        id: &keyward::key::KeyId,
+        at: std::time::SystemTime,
+    ) -> Result<(), keyward::store::StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<Arc<KeyRecord>>, keyward::store::StoreError> {
+        self.inner.list_by_owner(owner).await
+    }
+}
+
+/// A hanging store is cut by the verifier's timeout (default, then set
+/// shorter): `503`, the handler never runs, and the signature is not spent,
+/// so the same request is admitted once the store answers again.
+#[cfg(feature = "tokio")]
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_is_cut_by_the_verifiers_timeout() {
+    let keys = keys().await;
+    let store = HangingStore {
+        inner: keys.store.clone(),
+        hang: Arc::default(),
+    };
+    store.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let verifier = SignatureVerifier::new(store.clone()).clock(keys.clock.clone());
+    let request = signed(&keys.signer(), Method::POST, URI, BODY);
+
+    let started = tokio::time::Instant::now();
+    let answer = tokio::time::timeout(
+        2 * keyward::auth::DEFAULT_STORE_TIMEOUT,
+        send(&verifier, request.clone()),
+    )
+    .await
+    .expect("the verifier waited past its timeout");
+    assert_eq!(started.elapsed(), keyward::auth::DEFAULT_STORE_TIMEOUT);
+    assert_refused(&answer, RejectReason::StoreUnavailable);
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let shorter = verifier
+        .clone()
+        .store_timeout(Some(Duration::from_millis(250)));
+    let started = tokio::time::Instant::now();
+    let answer = send(&shorter, request.clone()).await;
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_refused(&answer, RejectReason::StoreUnavailable);
+
+    store.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+    let answer = send(&shorter, request).await;
+    assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
+    assert_eq!(answer.body, format!("acme {BODY}"));
+}

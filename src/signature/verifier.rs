@@ -12,13 +12,14 @@ use super::keys::{self, Algorithm};
 use super::replay::{Admission, ReplayCache};
 use super::SignatureError;
 use crate::auth::Principal;
+use crate::auth::DEFAULT_STORE_TIMEOUT;
 use crate::clock::{Clock, SystemClock};
 use crate::content_digest::DigestStatus;
 use crate::credential::{CredentialKind, RequestView, Verification, Verifier};
 use crate::key::KeyId;
 use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup};
+use crate::store::{KeyStore, Lookup, StoreError};
 
 /// The default window around now a signature's `created` must fall in:
 /// five minutes either way.
@@ -61,6 +62,8 @@ struct Inner {
     label: Option<String>,
     context: BaseContext,
     replay: ReplayCache,
+    /// Cuts a look-up that takes longer (with the `tokio` feature).
+    store_timeout: Option<Duration>,
 }
 
 /// The parts of a request the verifier reads (never the body).
@@ -114,6 +117,7 @@ impl SignatureVerifier {
                 label: None,
                 context: BaseContext::new(),
                 replay: ReplayCache::default(),
+                store_timeout: cfg!(feature = "tokio").then_some(DEFAULT_STORE_TIMEOUT),
             }),
         }
     }
@@ -171,6 +175,20 @@ impl SignatureVerifier {
         self
     }
 
+    /// Cuts a key look-up that takes longer than `timeout` (`None`: waits
+    /// as long as the store takes): the request is refused with `503`,
+    /// reason [`StoreUnavailable`](RejectReason::StoreUnavailable), as by
+    /// [`Authenticator::with_store_timeout`](crate::auth::Authenticator::with_store_timeout),
+    /// whose default ([`DEFAULT_STORE_TIMEOUT`], 5 s) it shares. Needs a
+    /// tokio runtime; without one the look-up is awaited as it is.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.inner).store_timeout = timeout;
+        self
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.inner.store
@@ -199,10 +217,20 @@ impl SignatureVerifier {
             let prepared = begun?;
             let lookup = match crate::store::find_now(&*this.inner.store, &prepared.id) {
                 Some(lookup) => lookup,
-                None => crate::store::find_awaited(&*this.inner.store, &prepared.id).await,
+                None => this.find_awaited(&prepared.id).await,
             };
             this.finish(prepared, lookup)
         }
+    }
+
+    /// The record of `id` from the store, awaited within the timeout (fail
+    /// closed: a store that panics or hangs answers an error).
+    async fn find_awaited(&self, id: &KeyId) -> Lookup {
+        let find = crate::store::find_awaited(&*self.inner.store, id);
+        crate::unwind::within(self.inner.store_timeout, find, |limit| {
+            Err(StoreError::Timeout(limit))
+        })
+        .await
     }
 
     /// Everything that needs no key: parse, choose the signature, check
@@ -392,7 +420,7 @@ impl Verifier for SignatureVerifier {
             None => {
                 let this = self.clone();
                 Verification::pending(async move {
-                    let lookup = crate::store::find_awaited(&*this.inner.store, &prepared.id).await;
+                    let lookup = this.find_awaited(&prepared.id).await;
                     this.finish(prepared, lookup)
                 })
             }
@@ -435,6 +463,7 @@ impl fmt::Debug for SignatureVerifier {
             .field("label", &inner.label)
             .field("context", &inner.context)
             .field("replay", &inner.replay)
+            .field("store_timeout", &inner.store_timeout)
             .finish()
     }
 }
