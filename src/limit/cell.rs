@@ -4,7 +4,9 @@
 //! second look-up) for it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+#[cfg(feature = "tokio")]
+use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::sync::Arc;
 
 use super::{Limits, Policy};
@@ -71,6 +73,7 @@ impl LimitCell {
     }
 
     /// Whether a store set this cell (the record is the one it keeps).
+    #[cfg(feature = "tokio")] // for `CachedStore`
     pub(crate) fn is_stored(&self) -> bool {
         !matches!(self.0, Cell::Loose)
     }
@@ -93,6 +96,7 @@ impl LimitCell {
     /// Whether a limiter has spent on the state: dropping it would lose
     /// something (a cache keeps such a record's cell when it drops the
     /// record; see `CachedStore`).
+    #[cfg(feature = "tokio")] // for `CachedStore`
     pub(crate) fn is_spent(&self) -> bool {
         self.state().is_some_and(|state| {
             state.keeper.load(Ordering::Relaxed) != 0 && state.tat.load(Ordering::Relaxed) != 0
@@ -103,6 +107,7 @@ impl LimitCell {
 impl LimitCell {
     /// Whether the state, if any, is full again at `now` (nanoseconds
     /// since the epoch): dropping it then loses nothing.
+    #[cfg(feature = "tokio")] // for `CachedStore`
     pub(crate) fn is_idle(&self, now: u64) -> bool {
         self.state()
             .is_none_or(|state| state.tat.load(Ordering::Relaxed) <= now)
