@@ -213,41 +213,8 @@ impl<B> StatusOf for Response<B> {
 
 /// What an exporter does with each event (see the module docs).
 #[cfg(feature = "metrics")]
-mod registry_recorder {
-    use metrics::{
-        Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit,
-    };
-    use metrics_util::registry::{AtomicStorage, Registry};
-
-    pub(crate) struct RegistryRecorder(Registry<Key, AtomicStorage>);
-
-    impl Recorder for RegistryRecorder {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-            self.0
-                .get_or_create_counter(key, |c| Counter::from_arc(c.clone()))
-        }
-        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            self.0
-                .get_or_create_gauge(key, |g| Gauge::from_arc(g.clone()))
-        }
-        fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
-            self.0
-                .get_or_create_histogram(key, |h| Histogram::from_arc(h.clone()))
-        }
-    }
-
-    /// Installs it as the global recorder if `KEYWARD_BENCH_RECORDER=registry`.
-    pub(crate) fn install_if_asked() {
-        if std::env::var("KEYWARD_BENCH_RECORDER").as_deref() == Ok("registry") {
-            metrics::set_global_recorder(RegistryRecorder(Registry::atomic()))
-                .unwrap_or_else(|_| panic!("no other recorder"));
-            eprintln!("metrics: reporting to a registry recorder");
-        }
-    }
-}
+#[path = "support/recorder.rs"]
+mod registry_recorder;
 
 fn stack(c: &mut Criterion) {
     #[cfg(feature = "metrics")]
