@@ -240,6 +240,19 @@ impl serde::Serialize for RejectReason {
     }
 }
 
+/// Why a record cannot be used now, as the reason a request is refused.
+impl From<crate::record::Invalidity> for RejectReason {
+    fn from(invalidity: crate::record::Invalidity) -> Self {
+        use crate::record::Invalidity;
+        match invalidity {
+            Invalidity::Expired => Self::Expired,
+            Invalidity::NotYetValid => Self::NotYetValid,
+            Invalidity::Disabled => Self::Disabled,
+            Invalidity::Revoked => Self::Revoked,
+        }
+    }
+}
+
 impl fmt::Display for RejectReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

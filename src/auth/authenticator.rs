@@ -8,7 +8,7 @@ use crate::credential::CredentialKind;
 use crate::key::{
     HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
 };
-use crate::record::{Invalidity, KeyRecord, KeyStatus};
+use crate::record::{KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup, StoreError};
 use crate::unwind;
@@ -291,14 +291,8 @@ impl Authenticator {
                 self.check(id, secret.as_str(), lookup)
             }
             Pending::Imported { hash } => {
-                #[cfg(feature = "metrics")]
-                let started = std::time::Instant::now();
-                let find = unwind::CatchUnwind::new("key store", self.store.find_by_hash(&hash));
-                let lookup = unwind::within(self.store_timeout, find, |limit| Ok(timeout(limit)))
-                    .await
-                    .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
-                #[cfg(feature = "metrics")]
-                crate::metrics::store_lookup(started.elapsed());
+                let find = crate::store::awaited(self.store.find_by_hash(&hash));
+                let lookup = unwind::within(self.store_timeout, find, timeout).await;
                 self.check_imported(&hash, lookup)
             }
         }
@@ -335,10 +329,7 @@ impl Authenticator {
         }
         match record.validity_at(self.clock.now()) {
             Ok(()) => Ok(Principal::with_credential(record, CredentialKind::Imported)),
-            Err(Invalidity::Expired) => refuse(RejectReason::Expired),
-            Err(Invalidity::NotYetValid) => refuse(RejectReason::NotYetValid),
-            Err(Invalidity::Disabled) => refuse(RejectReason::Disabled),
-            Err(Invalidity::Revoked) => refuse(RejectReason::Revoked),
+            Err(invalidity) => refuse(invalidity.into()),
         }
     }
 

@@ -17,7 +17,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::content_digest::DigestStatus;
 use crate::credential::{CredentialKind, RequestView, Verification, Verifier};
 use crate::key::KeyId;
-use crate::record::Invalidity;
 use crate::reject::{RejectReason, Rejection};
 use crate::store::{KeyStore, Lookup, StoreError};
 
@@ -355,12 +354,8 @@ impl SignatureVerifier {
             tracing::info!(target: "keyward::signature", key_id = %id, %reason, "signed request refused");
             Err(Rejection::new(reason).with_key_id(id))
         };
-        match record.validity_at(prepared.now) {
-            Ok(()) => {}
-            Err(Invalidity::Expired) => return refuse_record(RejectReason::Expired),
-            Err(Invalidity::NotYetValid) => return refuse_record(RejectReason::NotYetValid),
-            Err(Invalidity::Disabled) => return refuse_record(RejectReason::Disabled),
-            Err(Invalidity::Revoked) => return refuse_record(RejectReason::Revoked),
+        if let Err(invalidity) = record.validity_at(prepared.now) {
+            return refuse_record(invalidity.into());
         }
         let now_secs = prepared
             .now

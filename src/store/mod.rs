@@ -51,6 +51,7 @@ mod postgres;
 mod redis;
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -331,9 +332,14 @@ pub(crate) fn find_now(store: &dyn KeyStore, id: &KeyId) -> Option<Lookup> {
 /// A store that panics answers an error (the request is refused, `503`),
 /// never a panic in the service.
 pub(crate) async fn find_awaited(store: &dyn KeyStore, id: &KeyId) -> Lookup {
+    awaited(store.find(id)).await
+}
+
+/// [`find_awaited`] for any look-up of the request path (by id, by hash).
+pub(crate) async fn awaited(lookup: impl Future<Output = Lookup>) -> Lookup {
     #[cfg(feature = "metrics")]
     let started = std::time::Instant::now();
-    let lookup = crate::unwind::CatchUnwind::new("key store", store.find(id))
+    let lookup = crate::unwind::CatchUnwind::new("key store", lookup)
         .await
         .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
     #[cfg(feature = "metrics")]
