@@ -516,6 +516,98 @@ async fn the_store_failing_is_503_not_401() {
     assert_eq!(refused.status(), 503);
 }
 
+/// A store that hangs, or panics, while told to; as the `MemoryStore`
+/// it wraps otherwise.
+#[derive(Debug, Clone)]
+struct Faulty {
+    inner: MemoryStore,
+    fault: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+const FINE: u8 = 0;
+const HANG: u8 = 1;
+const PANIC: u8 = 2;
+
+#[keyward::async_trait]
+impl KeyStore for Faulty {
+    async fn find(&self, id: &keyward::KeyId) -> keyward::store::Lookup {
+        match self.fault.load(std::sync::atomic::Ordering::SeqCst) {
+            HANG => std::future::pending().await,
+            _ => self.inner.find(id).await,
+        }
+    }
+    fn find_immediate(&self, id: &keyward::KeyId) -> Option<keyward::store::Lookup> {
+        match self.fault.load(std::sync::atomic::Ordering::SeqCst) {
+            FINE => self.inner.find_immediate(id),
+            PANIC => panic!("store fault injected"),
+            _ => None,
+        }
+    }
+    async fn insert(&self, record: keyward::KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn update(&self, record: keyward::KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.update(record).await
+    }
+    async fn revoke(
+        &self,
+        id: &keyward::KeyId,
+        at: std::time::SystemTime,
+    ) -> Result<(), keyward::store::StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<std::sync::Arc<keyward::KeyRecord>>, keyward::store::StoreError> {
+        self.inner.list_by_owner(owner).await
+    }
+}
+
+/// Fail closed: a record look-up that hangs is cut by the timeout (the
+/// default, then one set shorter), and one that panics is refused; both
+/// `503`, and the service goes on once the store answers again.
+#[tokio::test(start_paused = true)]
+async fn a_hanging_or_panicking_store_is_503() {
+    let f = Fixture::new();
+    let issued = f.issue("pets:read").await;
+    let store = Faulty {
+        inner: f.store.clone(),
+        fault: std::sync::Arc::default(),
+    };
+    let verifier = JwtVerifier::new(store.clone(), f.keys.clone(), ISS, AUD).clock(f.clock.clone());
+    let fault = |mode| store.fault.store(mode, std::sync::atomic::Ordering::SeqCst);
+
+    fault(HANG);
+    let started = tokio::time::Instant::now();
+    let refused = tokio::time::timeout(
+        2 * keyward::auth::DEFAULT_STORE_TIMEOUT,
+        verifier.verify(&issued.token),
+    )
+    .await
+    .expect("the verifier waited past its timeout")
+    .unwrap_err();
+    assert_eq!(started.elapsed(), keyward::auth::DEFAULT_STORE_TIMEOUT);
+    assert_eq!(refused.reason(), RejectReason::StoreUnavailable);
+    assert_eq!(refused.status(), 503);
+
+    let shorter = verifier
+        .clone()
+        .store_timeout(Some(Duration::from_millis(250)));
+    let started = tokio::time::Instant::now();
+    let refused = shorter.verify(&issued.token).await.unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(250));
+    assert_eq!(refused.reason(), RejectReason::StoreUnavailable);
+
+    fault(PANIC);
+    let refused = verifier.verify(&issued.token).await.unwrap_err();
+    assert_eq!(refused.reason(), RejectReason::StoreUnavailable);
+
+    fault(FINE);
+    let principal = verifier.verify(&issued.token).await.unwrap();
+    assert_eq!(principal.owner(), "acme");
+}
+
 #[test]
 fn bearer_tokens_are_told_from_api_keys_by_shape() {
     let mut headers = http::HeaderMap::new();

@@ -51,6 +51,8 @@ struct Inner {
     max_len: usize,
     require_record: bool,
     limits: Limits,
+    /// Cuts a record look-up that takes longer (with the `tokio` feature).
+    store_timeout: Option<Duration>,
 }
 
 /// A token whose signature and claims were checked; its record (if any)
@@ -143,6 +145,8 @@ impl JwtVerifier {
                 max_len: DEFAULT_MAX_TOKEN_LEN,
                 require_record: true,
                 limits: Limits::none(),
+                store_timeout: cfg!(feature = "tokio")
+                    .then_some(crate::auth::DEFAULT_STORE_TIMEOUT),
             }),
         }
     }
@@ -200,6 +204,21 @@ impl JwtVerifier {
     #[must_use]
     pub fn limits(mut self, limits: Limits) -> Self {
         Arc::make_mut(&mut self.inner).limits = limits;
+        self
+    }
+
+    /// Cuts a record look-up that takes longer than `timeout` (`None`:
+    /// waits as long as the store takes): the request is refused with
+    /// `503`, reason [`StoreUnavailable`](RejectReason::StoreUnavailable),
+    /// as by [`AuthLayer::store_timeout`](crate::AuthLayer::store_timeout),
+    /// whose default ([`DEFAULT_STORE_TIMEOUT`](crate::auth::DEFAULT_STORE_TIMEOUT),
+    /// 5 s) it shares. Needs a tokio runtime; without one the look-up is
+    /// awaited as it is.
+    #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
+    #[must_use]
+    pub fn store_timeout(mut self, timeout: Option<Duration>) -> Self {
+        Arc::make_mut(&mut self.inner).store_timeout = timeout;
         self
     }
 
@@ -272,12 +291,18 @@ impl JwtVerifier {
         let Some(id) = checked.record else {
             return Verification::Ready(Ok(self.stateless_principal(checked)));
         };
-        if let Some(lookup) = self.inner.store.find_immediate(&id) {
+        // Fail closed: a store that panics answers an error, one that
+        // hangs is cut by the timeout.
+        if let Some(lookup) = crate::store::find_now(&*self.inner.store, &id) {
             return Verification::Ready(self.finish(checked, id, lookup));
         }
         let this = self.clone();
         Verification::pending(async move {
-            let lookup = crate::store::find_awaited(&*this.inner.store, &id).await;
+            let find = crate::store::find_awaited(&*this.inner.store, &id);
+            let lookup = crate::unwind::within(this.inner.store_timeout, find, |limit| {
+                Err(crate::store::StoreError::Timeout(limit))
+            })
+            .await;
             this.finish(checked, id, lookup)
         })
     }
@@ -564,6 +589,7 @@ impl fmt::Debug for JwtVerifier {
             .field("leeway", &inner.leeway)
             .field("max_len", &inner.max_len)
             .field("require_record", &inner.require_record)
+            .field("store_timeout", &inner.store_timeout)
             .finish_non_exhaustive()
     }
 }
