@@ -622,40 +622,37 @@ impl<S: KeyStore> Inner<S> {
         let now = self.now();
         let target = capacity - capacity / 10;
         let mut removed = 0u64;
-        let mut remove = |ids: Vec<KeyId>| {
-            for id in ids {
-                map.remove(&id);
-                removed += 1;
-            }
-        };
         let busy = |slot: &Slot| {
             slot.spent_record()
                 .is_some_and(|r| !r.limit_cell.is_idle(now))
         };
-        remove(
-            map.iter()
-                .filter(|(_, slot)| match slot {
-                    Slot::Ready(entry) => !self.is_fresh(entry, now) && !busy(slot),
-                    Slot::Gone(_) => !busy(slot),
-                    Slot::Pending(_) => false,
-                })
+        // Removes up to `most` entries that `droppable` allows, asked again
+        // at the removal: a request may have spent on one since.
+        let mut remove = |most: usize, droppable: &dyn Fn(&Slot) -> bool| {
+            let ids: Vec<KeyId> = map
+                .iter()
+                .filter(|(_, slot)| droppable(slot))
                 .map(|(id, _)| *id)
-                .collect(),
-        );
+                .take(most)
+                .collect();
+            for id in ids {
+                if let Ok(Some(_)) = map.remove_if(&id, |_, slot| droppable(slot)) {
+                    removed += 1;
+                }
+            }
+        };
+        remove(usize::MAX, &|slot| match slot {
+            Slot::Ready(entry) => !self.is_fresh(entry, now) && !busy(slot),
+            Slot::Gone(_) => !busy(slot),
+            Slot::Pending(_) => false,
+        });
         for spend_budgets in [false, true] {
             if map.len() <= target {
                 break;
             }
-            let excess = map.len() - target;
-            remove(
-                map.iter()
-                    .filter(|(_, slot)| {
-                        !matches!(slot, Slot::Pending(_)) && (spend_budgets || !busy(slot))
-                    })
-                    .map(|(id, _)| *id)
-                    .take(excess)
-                    .collect(),
-            );
+            remove(map.len() - target, &|slot| {
+                !matches!(slot, Slot::Pending(_)) && (spend_budgets || !busy(slot))
+            });
             if spend_budgets {
                 tracing::warn!(
                     target: "keyward::store",
