@@ -817,7 +817,10 @@ impl KeyManager {
     /// updated record.
     pub async fn disable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
         let record = self
-            .modify(id, |record| record.status = KeyStatus::Disabled)
+            .modify(id, |record| {
+                record.status = KeyStatus::Disabled;
+                Ok(())
+            })
             .await?;
         self.audit(Lifecycle::Disabled, &record);
         Ok(record)
@@ -827,7 +830,10 @@ impl KeyManager {
     /// ([`ManagerError::Revoked`]).
     pub async fn enable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
         let record = self
-            .modify(id, |record| record.status = KeyStatus::Active)
+            .modify(id, |record| {
+                record.status = KeyStatus::Active;
+                Ok(())
+            })
             .await?;
         self.audit(Lifecycle::Enabled, &record);
         Ok(record)
@@ -839,12 +845,14 @@ impl KeyManager {
         id: &KeyId,
         scopes: ScopeSet,
     ) -> Result<KeyRecord, ManagerError> {
-        let record = self.load(id).await?;
-        if record.publishable() {
-            self.check_publishable(&scopes)?;
-        }
-        self.change(id, Lifecycle::ScopesChanged, move |record| {
+        self.change(id, Lifecycle::ScopesChanged, |record| {
+            // Checked on the record about to be written, not on an earlier
+            // read that a concurrent change may have made stale.
+            if record.publishable() {
+                self.check_publishable(&scopes)?;
+            }
             record.scopes = scopes;
+            Ok(())
         })
         .await
     }
@@ -859,12 +867,13 @@ impl KeyManager {
         origins: impl IntoIterator<Item = AllowedOrigin>,
     ) -> Result<KeyRecord, ManagerError> {
         let origins: Vec<AllowedOrigin> = origins.into_iter().collect();
-        let record = self.load(id).await?;
-        if record.publishable() && origins.is_empty() {
-            return Err(ManagerError::NoAllowedOrigins);
-        }
         self.change(id, Lifecycle::OriginsChanged, move |record| {
+            // On the record about to be written, as for the scopes.
+            if record.publishable() && origins.is_empty() {
+                return Err(ManagerError::NoAllowedOrigins);
+            }
             record.set_allowed_origins(origins);
+            Ok(())
         })
         .await
     }
@@ -879,6 +888,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::LimitsChanged, move |record| {
             record.limits = limits;
+            Ok(())
         })
         .await
     }
@@ -892,6 +902,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::MetadataChanged, move |record| {
             record.set_metadata(metadata);
+            Ok(())
         })
         .await
     }
@@ -904,7 +915,8 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         let name = name.into();
         self.change(id, Lifecycle::Renamed, move |record| {
-            record.name = name.into()
+            record.name = name.into();
+            Ok(())
         })
         .await
     }
@@ -920,6 +932,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::ExpiryChanged, move |record| {
             record.set_expires_at(expires_at);
+            Ok(())
         })
         .await
     }
@@ -933,6 +946,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::NotBeforeChanged, move |record| {
             record.set_not_before(not_before);
+            Ok(())
         })
         .await
     }
@@ -965,7 +979,7 @@ impl KeyManager {
         &self,
         id: &KeyId,
         lifecycle: Lifecycle,
-        change: impl FnOnce(&mut KeyRecord),
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), ManagerError>,
     ) -> Result<KeyRecord, ManagerError> {
         let record = self.modify(id, change).await?;
         tracing::info!(target: "keyward::manager", key_id = %id, change = %lifecycle, "key changed");
@@ -973,13 +987,17 @@ impl KeyManager {
         Ok(record)
     }
 
+    /// Reads record `id`, applies `change` and writes the result back;
+    /// `change` may refuse (its error is returned, nothing is written). A
+    /// rule that depends on the record is checked inside `change`, on the
+    /// very record that is written.
     async fn modify(
         &self,
         id: &KeyId,
-        change: impl FnOnce(&mut KeyRecord),
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), ManagerError>,
     ) -> Result<KeyRecord, ManagerError> {
         let mut record = self.load(id).await?;
-        change(&mut record);
+        change(&mut record)?;
         self.store.update(record.clone()).await?;
         Ok(record)
     }
