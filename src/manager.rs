@@ -711,8 +711,13 @@ impl KeyManager {
         let hash = crate::key::KeyHash::new(HashAlgorithm::ImportedSha256, digest);
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
-        let (_, record) = self
-            .insert_fresh(|id, _| options.record(id, hash, now, expires_at))
+        // Only an id is drawn: the record's hash is the old key's, so no
+        // secret is generated (nor hashed) for it.
+        let ((), record) = self
+            .insert_retrying(|| {
+                let id = self.generator.generate_id()?;
+                Ok(((), options.record(id, hash, now, expires_at)))
+            })
             .await?;
         tracing::info!(
             target: "keyward::manager",
@@ -1008,13 +1013,27 @@ impl KeyManager {
         &self,
         build: impl Fn(KeyId, crate::key::KeyHash) -> KeyRecord,
     ) -> Result<(ApiKey, KeyRecord), ManagerError> {
+        self.insert_retrying(|| {
+            let key = self.generator.generate()?;
+            let record = build(key.id(), self.hasher.hash(key.secret()));
+            Ok((key, record))
+        })
+        .await
+    }
+
+    /// Inserts the record `make` builds (with a fresh id each time),
+    /// calling it again if the id is taken; returns the record and what
+    /// `make` returned with it.
+    async fn insert_retrying<T>(
+        &self,
+        make: impl Fn() -> Result<(T, KeyRecord), ManagerError>,
+    ) -> Result<(T, KeyRecord), ManagerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let key = self.generator.generate()?;
-            let record = build(key.id(), self.hasher.hash(key.secret()));
+            let (made, record) = make()?;
             match self.store.insert(record.clone()).await {
-                Ok(()) => return Ok((key, record)),
+                Ok(()) => return Ok((made, record)),
                 Err(StoreError::AlreadyExists(_)) if attempt < ISSUE_ATTEMPTS => continue,
                 Err(error) => return Err(error.into()),
             }
@@ -1032,5 +1051,65 @@ impl fmt::Debug for KeyManager {
             .field("events", &self.events)
             .field("publishable_scopes", &self.publishable_scopes)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// Counts the random bytes drawn (the bytes themselves are a counter:
+    /// good enough for ids in a test, and never all refused by the
+    /// generator's rejection sampling).
+    struct Counting(Arc<AtomicUsize>, u8);
+
+    impl rand::TryRng for Counting {
+        type Error = Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+            let mut bytes = [0; 4];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u32::from_le_bytes(bytes))
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+            let mut bytes = [0; 8];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+        fn try_fill_bytes(&mut self, out: &mut [u8]) -> Result<(), Infallible> {
+            self.0.fetch_add(out.len(), Ordering::Relaxed);
+            for byte in out {
+                self.1 = self.1.wrapping_add(1);
+                *byte = self.1;
+            }
+            Ok(())
+        }
+    }
+
+    impl rand::TryCryptoRng for Counting {}
+
+    #[tokio::test]
+    async fn an_import_draws_an_id_and_no_secret() {
+        let drawn = Arc::new(AtomicUsize::new(0));
+        let format = KeyFormat::new("sk_test").unwrap();
+        let mut manager = KeyManager::new(MemoryStore::new(), format.clone());
+        manager.generator = KeyGenerator::new(format).with_rng(Counting(Arc::clone(&drawn), 0));
+
+        manager.issue(IssueOptions::new("acme")).await.unwrap();
+        let for_a_key = drawn.swap(0, Ordering::Relaxed);
+        let legacy = LegacyFormat::new(crate::key::LegacyAlphabet::Hex, 32).unwrap();
+        let record = manager
+            .import_legacy(&legacy, [9; 32], IssueOptions::new("acme"))
+            .await
+            .unwrap();
+        let for_an_import = drawn.load(Ordering::Relaxed);
+        assert_eq!(record.hash.algorithm(), HashAlgorithm::ImportedSha256);
+        assert!(
+            for_an_import < for_a_key,
+            "an import drew {for_an_import} random bytes, a whole key {for_a_key}"
+        );
     }
 }
