@@ -569,8 +569,9 @@ impl KeyState {
     /// left out: forgetting them changes nothing. (A check that borrowed
     /// one just then spends on a state no longer kept: it costs that
     /// check's spend, at most once per request in flight, only when a key
-    /// back from idle meets a new policy. Never-used ones stay: the
-    /// request that made one is about to spend on it.) Past
+    /// back from idle meets a new policy. Never-used ones stay, even once
+    /// a sweep marked them: the request that made one is about to spend
+    /// on it.) Past
     /// [`MAX_SLOTS`], states go in the order it gives; the others are
     /// shared, not copied.
     fn with(&self, added: Vec<Slot>, now: u64) -> KeyState {
@@ -672,12 +673,13 @@ impl Slot {
         }
     }
 
-    /// Whether anything was ever spent on this state (or a sweep saw it
-    /// unspent: see [`SWEPT`]).
+    /// Whether anything was ever spent on this state. One a sweep only
+    /// marked ([`SWEPT`]) was not: the request that made it may still be
+    /// about to spend on it.
     fn is_used(&self) -> bool {
         match self {
-            Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) != 0,
-            Slot::Credits(credits) => credits.balance().restored_at != 0,
+            Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) > SWEPT,
+            Slot::Credits(credits) => credits.balance().restored_at > SWEPT,
         }
     }
 }
@@ -1080,6 +1082,30 @@ mod tests {
         assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
         assert!(borrowed.decide(&burst, 1, now).unwrap().is_allowed());
         assert!(!allowed(&limiter, &[burst]), "a spend was lost");
+    }
+
+    /// A state just made, that a sweep marked (never spent on) and kept,
+    /// is not taken for a used one when another request of the key adds a
+    /// policy: the request that made it still spends on it.
+    #[test]
+    fn a_state_a_sweep_marked_survives_a_policy_being_added() {
+        let credits = Policy::from(CreditPolicy::new("prepaid", 1).unwrap());
+        for made in [rate("burst", 1, 60), credits] {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let now = epoch_nanos(limiter.shared.clock.now());
+            let map = limiter.shared.states.map().pin();
+            map.insert(
+                id(),
+                KeyState::from_slots(vec![Slot::new(&made, made.fingerprint(), now)]),
+            );
+            let borrowed = map.get(&id()).unwrap().find(made.fingerprint()).unwrap();
+            // The first sweep is due at once: it marks the state.
+            limiter.shared.states.make_room(now);
+            assert!(map.get(&id()).unwrap().is_forgettable(now), "marked");
+            assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
+            assert!(borrowed.decide(&made, 1, now).unwrap().is_allowed());
+            assert!(!allowed(&limiter, &[made]), "a spend was lost");
+        }
     }
 
     /// The race behind a flaky `concurrent_first_requests_...`: a sweep
