@@ -711,8 +711,13 @@ impl KeyManager {
         let hash = crate::key::KeyHash::new(HashAlgorithm::ImportedSha256, digest);
         let now = self.clock.now();
         let expires_at = options.expiry_from(now)?;
-        let (_, record) = self
-            .insert_fresh(|id, _| options.record(id, hash, now, expires_at))
+        // Only an id is drawn: the record's hash is the old key's, so no
+        // secret is generated (nor hashed) for it.
+        let ((), record) = self
+            .insert_retrying(|| {
+                let id = self.generator.generate_id()?;
+                Ok(((), options.record(id, hash, now, expires_at)))
+            })
             .await?;
         tracing::info!(
             target: "keyward::manager",
@@ -817,7 +822,10 @@ impl KeyManager {
     /// updated record.
     pub async fn disable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
         let record = self
-            .modify(id, |record| record.status = KeyStatus::Disabled)
+            .modify(id, |record| {
+                record.status = KeyStatus::Disabled;
+                Ok(())
+            })
             .await?;
         self.audit(Lifecycle::Disabled, &record);
         Ok(record)
@@ -827,7 +835,10 @@ impl KeyManager {
     /// ([`ManagerError::Revoked`]).
     pub async fn enable(&self, id: &KeyId) -> Result<KeyRecord, ManagerError> {
         let record = self
-            .modify(id, |record| record.status = KeyStatus::Active)
+            .modify(id, |record| {
+                record.status = KeyStatus::Active;
+                Ok(())
+            })
             .await?;
         self.audit(Lifecycle::Enabled, &record);
         Ok(record)
@@ -839,12 +850,14 @@ impl KeyManager {
         id: &KeyId,
         scopes: ScopeSet,
     ) -> Result<KeyRecord, ManagerError> {
-        let record = self.load(id).await?;
-        if record.publishable() {
-            self.check_publishable(&scopes)?;
-        }
-        self.change(id, Lifecycle::ScopesChanged, move |record| {
+        self.change(id, Lifecycle::ScopesChanged, |record| {
+            // Checked on the record about to be written, not on an earlier
+            // read that a concurrent change may have made stale.
+            if record.publishable() {
+                self.check_publishable(&scopes)?;
+            }
             record.scopes = scopes;
+            Ok(())
         })
         .await
     }
@@ -859,12 +872,13 @@ impl KeyManager {
         origins: impl IntoIterator<Item = AllowedOrigin>,
     ) -> Result<KeyRecord, ManagerError> {
         let origins: Vec<AllowedOrigin> = origins.into_iter().collect();
-        let record = self.load(id).await?;
-        if record.publishable() && origins.is_empty() {
-            return Err(ManagerError::NoAllowedOrigins);
-        }
         self.change(id, Lifecycle::OriginsChanged, move |record| {
+            // On the record about to be written, as for the scopes.
+            if record.publishable() && origins.is_empty() {
+                return Err(ManagerError::NoAllowedOrigins);
+            }
             record.set_allowed_origins(origins);
+            Ok(())
         })
         .await
     }
@@ -879,6 +893,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::LimitsChanged, move |record| {
             record.limits = limits;
+            Ok(())
         })
         .await
     }
@@ -892,6 +907,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::MetadataChanged, move |record| {
             record.set_metadata(metadata);
+            Ok(())
         })
         .await
     }
@@ -904,7 +920,8 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         let name = name.into();
         self.change(id, Lifecycle::Renamed, move |record| {
-            record.name = name.into()
+            record.name = name.into();
+            Ok(())
         })
         .await
     }
@@ -920,6 +937,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::ExpiryChanged, move |record| {
             record.set_expires_at(expires_at);
+            Ok(())
         })
         .await
     }
@@ -933,6 +951,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, ManagerError> {
         self.change(id, Lifecycle::NotBeforeChanged, move |record| {
             record.set_not_before(not_before);
+            Ok(())
         })
         .await
     }
@@ -965,7 +984,7 @@ impl KeyManager {
         &self,
         id: &KeyId,
         lifecycle: Lifecycle,
-        change: impl FnOnce(&mut KeyRecord),
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), ManagerError>,
     ) -> Result<KeyRecord, ManagerError> {
         let record = self.modify(id, change).await?;
         tracing::info!(target: "keyward::manager", key_id = %id, change = %lifecycle, "key changed");
@@ -973,13 +992,17 @@ impl KeyManager {
         Ok(record)
     }
 
+    /// Reads record `id`, applies `change` and writes the result back;
+    /// `change` may refuse (its error is returned, nothing is written). A
+    /// rule that depends on the record is checked inside `change`, on the
+    /// very record that is written.
     async fn modify(
         &self,
         id: &KeyId,
-        change: impl FnOnce(&mut KeyRecord),
+        change: impl FnOnce(&mut KeyRecord) -> Result<(), ManagerError>,
     ) -> Result<KeyRecord, ManagerError> {
         let mut record = self.load(id).await?;
-        change(&mut record);
+        change(&mut record)?;
         self.store.update(record.clone()).await?;
         Ok(record)
     }
@@ -990,13 +1013,27 @@ impl KeyManager {
         &self,
         build: impl Fn(KeyId, crate::key::KeyHash) -> KeyRecord,
     ) -> Result<(ApiKey, KeyRecord), ManagerError> {
+        self.insert_retrying(|| {
+            let key = self.generator.generate()?;
+            let record = build(key.id(), self.hasher.hash(key.secret()));
+            Ok((key, record))
+        })
+        .await
+    }
+
+    /// Inserts the record `make` builds (with a fresh id each time),
+    /// calling it again if the id is taken; returns the record and what
+    /// `make` returned with it.
+    async fn insert_retrying<T>(
+        &self,
+        make: impl Fn() -> Result<(T, KeyRecord), ManagerError>,
+    ) -> Result<(T, KeyRecord), ManagerError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let key = self.generator.generate()?;
-            let record = build(key.id(), self.hasher.hash(key.secret()));
+            let (made, record) = make()?;
             match self.store.insert(record.clone()).await {
-                Ok(()) => return Ok((key, record)),
+                Ok(()) => return Ok((made, record)),
                 Err(StoreError::AlreadyExists(_)) if attempt < ISSUE_ATTEMPTS => continue,
                 Err(error) => return Err(error.into()),
             }
@@ -1014,5 +1051,65 @@ impl fmt::Debug for KeyManager {
             .field("events", &self.events)
             .field("publishable_scopes", &self.publishable_scopes)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// Counts the random bytes drawn (the bytes themselves are a counter:
+    /// good enough for ids in a test, and never all refused by the
+    /// generator's rejection sampling).
+    struct Counting(Arc<AtomicUsize>, u8);
+
+    impl rand::TryRng for Counting {
+        type Error = Infallible;
+        fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+            let mut bytes = [0; 4];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u32::from_le_bytes(bytes))
+        }
+        fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+            let mut bytes = [0; 8];
+            self.try_fill_bytes(&mut bytes)?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+        fn try_fill_bytes(&mut self, out: &mut [u8]) -> Result<(), Infallible> {
+            self.0.fetch_add(out.len(), Ordering::Relaxed);
+            for byte in out {
+                self.1 = self.1.wrapping_add(1);
+                *byte = self.1;
+            }
+            Ok(())
+        }
+    }
+
+    impl rand::TryCryptoRng for Counting {}
+
+    #[tokio::test]
+    async fn an_import_draws_an_id_and_no_secret() {
+        let drawn = Arc::new(AtomicUsize::new(0));
+        let format = KeyFormat::new("sk_test").unwrap();
+        let mut manager = KeyManager::new(MemoryStore::new(), format.clone());
+        manager.generator = KeyGenerator::new(format).with_rng(Counting(Arc::clone(&drawn), 0));
+
+        manager.issue(IssueOptions::new("acme")).await.unwrap();
+        let for_a_key = drawn.swap(0, Ordering::Relaxed);
+        let legacy = LegacyFormat::new(crate::key::LegacyAlphabet::Hex, 32).unwrap();
+        let record = manager
+            .import_legacy(&legacy, [9; 32], IssueOptions::new("acme"))
+            .await
+            .unwrap();
+        let for_an_import = drawn.load(Ordering::Relaxed);
+        assert_eq!(record.hash.algorithm(), HashAlgorithm::ImportedSha256);
+        assert!(
+            for_an_import < for_a_key,
+            "an import drew {for_an_import} random bytes, a whole key {for_a_key}"
+        );
     }
 }

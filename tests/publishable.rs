@@ -381,3 +381,87 @@ fn stored_shape_is_readable() {
     bad["allowed_origins"] = serde_json::json!(["https://example.com.evil.io/x"]);
     assert!(serde_json::from_value::<keyward::KeyRecord>(bad).is_err());
 }
+
+/// A store where another writer changes a record right after each read
+/// (the change is set with `after_next_find`): a manager's read and its
+/// write are then of different records.
+#[derive(Debug, Default)]
+struct Racing {
+    inner: MemoryStore,
+    change: std::sync::Mutex<Option<keyward::KeyRecord>>,
+}
+
+impl Racing {
+    fn after_next_find(&self, record: keyward::KeyRecord) {
+        *self.change.lock().unwrap() = Some(record);
+    }
+}
+
+#[keyward::async_trait]
+impl keyward::KeyStore for Racing {
+    async fn find(&self, id: &keyward::KeyId) -> keyward::store::Lookup {
+        let found = self.inner.find(id).await;
+        let change = self.change.lock().unwrap().take();
+        if let Some(record) = change {
+            self.inner.update(record).await.unwrap();
+        }
+        found
+    }
+    async fn insert(&self, record: keyward::KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn update(&self, record: keyward::KeyRecord) -> Result<(), keyward::store::StoreError> {
+        self.inner.update(record).await
+    }
+    async fn revoke(
+        &self,
+        id: &keyward::KeyId,
+        at: std::time::SystemTime,
+    ) -> Result<(), keyward::store::StoreError> {
+        self.inner.revoke(id, at).await
+    }
+    async fn list_by_owner(
+        &self,
+        owner: &str,
+    ) -> Result<Vec<std::sync::Arc<keyward::KeyRecord>>, keyward::store::StoreError> {
+        self.inner.list_by_owner(owner).await
+    }
+}
+
+#[tokio::test]
+async fn the_publishable_rules_hold_for_the_record_written_when_a_change_races() {
+    use keyward::KeyStore as _;
+    let store = std::sync::Arc::new(Racing::default());
+    let manager = KeyManager::new(store.clone(), KeyFormat::new("pk_live").unwrap())
+        .with_publishable_scopes("catalog:read".parse().unwrap());
+    let secret = manager
+        .issue(IssueOptions::new("shop").scopes("catalog:read".parse().unwrap()))
+        .await
+        .unwrap()
+        .record;
+    let made_publishable = secret
+        .clone()
+        .with_publishable([origin("https://shop.example.com")]);
+
+    // A secret key made publishable by another writer while its scopes
+    // change: whatever wins, no publishable key ends with `keys:admin`.
+    store.after_next_find(made_publishable.clone());
+    let changed = manager
+        .update_scopes(&secret.id, "keys:admin".parse().unwrap())
+        .await;
+    let stored = store.find(&secret.id).await.unwrap().unwrap();
+    assert!(
+        !(stored.publishable() && stored.scopes.iter().any(|s| s.as_str() == "keys:admin")),
+        "a publishable key was given keys:admin ({changed:?})"
+    );
+
+    // The same for origins: no publishable key ends without one.
+    store.inner.update(secret.clone()).await.unwrap();
+    store.after_next_find(made_publishable);
+    let changed = manager.update_allowed_origins(&secret.id, []).await;
+    let stored = store.find(&secret.id).await.unwrap().unwrap();
+    assert!(
+        !(stored.publishable() && stored.allowed_origins().is_empty()),
+        "a publishable key was left without origins ({changed:?})"
+    );
+}

@@ -1,7 +1,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, EncodingKey, Validation};
 
 /// The shortest HMAC secret accepted: 32 bytes, the output size of
 /// SHA-256 (RFC 7518 §3.2 asks for at least the hash's size).
@@ -54,6 +54,9 @@ pub struct JwtKey {
     kid: Arc<str>,
     algorithm: Algorithm,
     key: DecodingKey,
+    /// jsonwebtoken's checks for this key's tokens, built once here rather
+    /// than on every request (a `Vec` and a `HashSet`).
+    validation: Validation,
 }
 
 impl JwtKey {
@@ -71,6 +74,7 @@ impl JwtKey {
     /// [`DecodingKey`] constructors (from a JWK, DER, or RSA / EC / Ed25519
     /// components). The key must be of the algorithm's family.
     pub fn new(kid: &str, algorithm: Algorithm, key: DecodingKey) -> Result<Self, JwtKeyError> {
+        super::ensure_crypto_provider();
         check_family(algorithm, key.family())?;
         if algorithm.family() == AlgorithmFamily::Hmac
             && key
@@ -79,10 +83,18 @@ impl JwtKey {
         {
             return Err(JwtKeyError::ShortSecret);
         }
+        let mut validation = Validation::new(algorithm);
+        // The verifier checks the times itself, on its injected clock, and
+        // the audience and issuer with the rest of the claims.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
         Ok(Self {
             kid: check_kid(kid)?,
             algorithm,
             key,
+            validation,
         })
     }
 
@@ -98,6 +110,12 @@ impl JwtKey {
 
     pub(crate) fn decoding_key(&self) -> &DecodingKey {
         &self.key
+    }
+
+    /// jsonwebtoken's checks for this key's tokens: its algorithm only,
+    /// no time or audience checks (the verifier makes those).
+    pub(crate) fn validation(&self) -> &Validation {
+        &self.validation
     }
 }
 
@@ -118,7 +136,9 @@ impl fmt::Debug for JwtKey {
 /// Cheap to clone: clones share the keys. Reads take no lock.
 #[derive(Clone, Default)]
 pub struct JwtKeySet {
-    keys: Arc<papaya::HashMap<Arc<str>, JwtKey>>,
+    /// Each key behind an `Arc`, so a token's look-up hands out the key
+    /// without copying its bytes.
+    keys: Arc<papaya::HashMap<Arc<str>, Arc<JwtKey>>>,
 }
 
 impl JwtKeySet {
@@ -129,7 +149,7 @@ impl JwtKeySet {
 
     /// Adds `key`, replacing a key of the same `kid`.
     pub fn insert(&self, key: JwtKey) {
-        self.keys.pin().insert(Arc::clone(&key.kid), key);
+        self.keys.pin().insert(Arc::clone(&key.kid), Arc::new(key));
     }
 
     /// Withdraws the key `kid`: tokens naming it are refused from now on.
@@ -155,7 +175,7 @@ impl JwtKeySet {
 
     /// The key for a token's `kid`: the one named, or, for a token
     /// without `kid`, the set's only key (none if it holds several).
-    pub(crate) fn select(&self, kid: Option<&str>) -> Option<JwtKey> {
+    pub(crate) fn select(&self, kid: Option<&str>) -> Option<Arc<JwtKey>> {
         let keys = self.keys.pin();
         match kid {
             Some(kid) => keys.get(kid).cloned(),
@@ -205,6 +225,7 @@ impl JwtSigningKey {
     /// [`EncodingKey`] constructors. The key must be of the algorithm's
     /// family.
     pub fn new(kid: &str, algorithm: Algorithm, key: EncodingKey) -> Result<Self, JwtKeyError> {
+        super::ensure_crypto_provider();
         check_family(algorithm, key.family())?;
         if algorithm.family() == AlgorithmFamily::Hmac && key.as_bytes().len() < MIN_HMAC_SECRET_LEN
         {
@@ -234,5 +255,22 @@ impl fmt::Debug for JwtSigningKey {
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_look_up_shares_the_stored_key() {
+        let set = JwtKeySet::from_iter([JwtKey::hs256("k1", &[7; 32]).unwrap()]);
+        let (a, b) = (set.select(Some("k1")).unwrap(), set.select(None).unwrap());
+        // One key, and one set of jsonwebtoken checks, for every token:
+        // nothing of either is copied or built per request.
+        assert!(Arc::ptr_eq(&a, &b));
+        assert!(std::ptr::eq(a.validation(), b.validation()));
+        assert_eq!(a.validation().algorithms, [Algorithm::HS256]);
+        assert!(!a.validation().validate_exp && !a.validation().validate_aud);
     }
 }

@@ -118,3 +118,21 @@ pub use verifier::{JwtVerifier, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_LEN};
 /// [`JwtSigningKey`]s of every algorithm it knows (RSA, ECDSA, EdDSA, from
 /// DER, JWK or components).
 pub use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+
+/// jsonwebtoken needs a crypto provider. With only its `rust_crypto`
+/// feature (keyward's) it has one; if another crate of the build also
+/// enables `aws_lc_rs`, it has none until one is installed, and would
+/// panic on the first token signed or checked: install RustCrypto's, once,
+/// before that. Called by every constructor of a key ([`JwtKey::new`],
+/// [`JwtSigningKey::new`]), since nothing signs or verifies without one.
+pub(crate) fn ensure_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use jsonwebtoken::crypto::CryptoProvider;
+        if CryptoProvider::try_get_default().is_none() {
+            let _ = CryptoProvider::install_default(
+                &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
+            );
+        }
+    });
+}

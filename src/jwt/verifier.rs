@@ -1,12 +1,11 @@
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::AUTHORIZATION;
 use http::HeaderMap;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::Validation;
 use sha2::{Digest, Sha256};
 
 use super::keys::{JwtKeySet, MAX_KID_LEN};
@@ -102,22 +101,6 @@ impl Audience {
     }
 }
 
-/// jsonwebtoken needs a crypto provider. With only its `rust_crypto`
-/// feature (keyward's) it has one; if another crate of the build also
-/// enables `aws_lc_rs`, it has none until one is installed, and would
-/// panic on the first token: install RustCrypto's, once, before that.
-fn ensure_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        use jsonwebtoken::crypto::CryptoProvider;
-        if CryptoProvider::try_get_default().is_none() {
-            let _ = CryptoProvider::install_default(
-                &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER,
-            );
-        }
-    });
-}
-
 impl JwtVerifier {
     /// Verifies tokens signed with one of `keys`, whose `iss` is `issuer`
     /// and whose `aud` is (or contains) `audience`, each naming in its
@@ -133,7 +116,6 @@ impl JwtVerifier {
         issuer: &str,
         audience: &str,
     ) -> Self {
-        ensure_crypto_provider();
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -348,14 +330,8 @@ impl JwtVerifier {
                 "algorithm is not the key's",
             ));
         }
-        let mut validation = Validation::new(key.algorithm());
-        // Times are checked below, on the injected clock; audience and
-        // issuer too, with the rest of the claims.
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        let claims = match jsonwebtoken::decode::<Claims>(token, key.decoding_key(), &validation) {
+        let decoded = jsonwebtoken::decode::<Claims>(token, key.decoding_key(), key.validation());
+        let claims = match decoded {
             Ok(data) => data.claims,
             Err(error) => {
                 return Err(match error.kind() {

@@ -80,11 +80,30 @@ impl KeyGenerator {
     pub fn generate(&self) -> Result<ApiKey, GenerateError> {
         let mut id = [0u8; KEY_ID_LEN];
         let mut secret = Zeroizing::new(vec![0u8; self.format.secret_len()]);
+        self.fill(&mut [&mut id, &mut secret])?;
+        Ok(ApiKey::from_parts(
+            &self.format,
+            KeyId::from_checked(id),
+            &secret,
+        ))
+    }
+
+    /// A random key id alone, for a record whose hash comes from elsewhere
+    /// (an imported key): no secret is drawn.
+    pub(crate) fn generate_id(&self) -> Result<KeyId, GenerateError> {
+        let mut id = [0u8; KEY_ID_LEN];
+        self.fill(&mut [&mut id])?;
+        Ok(KeyId::from_checked(id))
+    }
+
+    /// Fills each of `outs`, in order, with random base62 characters.
+    fn fill(&self, outs: &mut [&mut [u8]]) -> Result<(), GenerateError> {
         match &self.rng {
             None => {
                 let mut os = |pool: &mut [u8]| SysRng.try_fill_bytes(pool).map_err(GenerateError);
-                fill_base62(&mut id, &mut os)?;
-                fill_base62(&mut secret, &mut os)?;
+                for out in outs {
+                    fill_base62(out, &mut os)?;
+                }
             }
             Some(rng) => {
                 // A panic while the lock was held left a generator, not
@@ -94,15 +113,12 @@ impl KeyGenerator {
                     rng.fill_bytes(pool);
                     Ok(())
                 };
-                fill_base62(&mut id, &mut given)?;
-                fill_base62(&mut secret, &mut given)?;
+                for out in outs {
+                    fill_base62(out, &mut given)?;
+                }
             }
         }
-        Ok(ApiKey::from_parts(
-            &self.format,
-            KeyId::from_checked(id),
-            &secret,
-        ))
+        Ok(())
     }
 }
 

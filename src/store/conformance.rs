@@ -44,6 +44,66 @@ pub async fn run<S: KeyStore + ?Sized>(store: &S) {
     revoking_again_keeps_the_first_time(store).await;
     stored_fields_round_trip(store).await;
     imported_keys_are_found_by_hash(store).await;
+    a_changed_imported_hash_is_free_again(store).await;
+}
+
+async fn a_changed_imported_hash_is_free_again<S: KeyStore + ?Sized>(store: &S) {
+    let (first, second) = (
+        crate::key::imported_hash(&fresh_owner()),
+        crate::key::imported_hash(&fresh_owner()),
+    );
+    let mut record = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    record.hash = first;
+    store
+        .insert(record.clone())
+        .await
+        .expect("insert an import");
+    record.hash = second;
+    store.update(record.clone()).await.expect("update its hash");
+    assert!(
+        store
+            .find_by_hash(&first)
+            .await
+            .expect("find_by_hash")
+            .is_none(),
+        "a hash the record no longer has must find nothing"
+    );
+    assert_eq!(
+        store
+            .find_by_hash(&second)
+            .await
+            .expect("find_by_hash")
+            .as_deref(),
+        Some(&record),
+        "an imported record is found by its new hash"
+    );
+    // The old hash is free: another record may be imported with it.
+    let mut other = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    other.hash = first;
+    store
+        .insert(other.clone())
+        .await
+        .expect("a hash given up by an update must be importable again");
+    assert_eq!(
+        store
+            .find_by_hash(&first)
+            .await
+            .expect("find_by_hash")
+            .as_deref(),
+        Some(&other)
+    );
+    // A record that stops being an import gives its hash up too.
+    record.hash = fresh_record(&fresh_owner(), epoch(0)).hash;
+    store
+        .update(record.clone())
+        .await
+        .expect("update to a key's hash");
+    let mut third = fresh_record(&fresh_owner(), epoch(1_700_000_000));
+    third.hash = second;
+    store
+        .insert(third)
+        .await
+        .expect("a hash given up by a record that is no import any more must be importable again");
 }
 
 async fn imported_keys_are_found_by_hash<S: KeyStore + ?Sized>(store: &S) {

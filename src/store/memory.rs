@@ -131,17 +131,25 @@ impl KeyStore for MemoryStore {
                     .with_limit_cell(LimitCell::successor(current, &record.limits)),
             )),
         });
-        match outcome {
-            Compute::Aborted(error) => Err(error),
-            _ => {
-                if is_imported(&record) {
-                    // Indexed if no other key holds the hash; a look-up
-                    // checks the record's hash anyway.
-                    let _ = self.imported.pin().try_insert(*record.hash.as_bytes(), id);
-                }
-                Ok(())
-            }
+        let replaced = match outcome {
+            Compute::Aborted(error) => return Err(error),
+            Compute::Updated { old: (_, old), .. } => old,
+            // `compute` only inserts where a record was.
+            Compute::Inserted(..) | Compute::Removed(..) => return Ok(()),
+        };
+        let imports = |r: &KeyRecord| is_imported(r).then(|| *r.hash.as_bytes());
+        let (before, after) = (imports(replaced), imports(&record));
+        let index = self.imported.pin();
+        if let Some(hash) = before.filter(|&hash| Some(hash) != after) {
+            // A hash the record gave up is free for another import.
+            let _ = index.remove_if(&hash, |_, holder| *holder == id);
         }
+        if let Some(hash) = after {
+            // Indexed if no other key holds the hash; a look-up checks the
+            // record's hash anyway.
+            let _ = index.try_insert(hash, id);
+        }
+        Ok(())
     }
 
     async fn revoke(&self, id: &KeyId, at: SystemTime) -> Result<(), StoreError> {

@@ -13,12 +13,16 @@ use crate::record::{KeyRecord, KeyStatus};
 /// Adds a record unless its id (or, for an imported key, its hash) is
 /// taken. KEYS: record, owner index, imported-hash index. ARGV: JSON,
 /// status, revoked_at ('' for none), score, id, '1' if imported.
+///
+/// An imported record keeps the name of its hash's index in its field
+/// `h`, for UPDATE to free it when the hash changes.
 static INSERT: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 'exists' end
 if ARGV[6] == '1' then
   if redis.call('SET', KEYS[3], ARGV[5], 'NX') == false then return 'hash exists' end
+  redis.call('HSET', KEYS[1], 'h', KEYS[3])
 end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2], 'o', KEYS[2])
 if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'ra', ARGV[3]) end
@@ -29,7 +33,10 @@ return 'ok'
 });
 
 /// Replaces a record unless it is missing or revoked; moves it between
-/// owner indexes if its owner changed. Same KEYS and ARGV as INSERT.
+/// owner indexes if its owner changed, and frees the index of an imported
+/// hash it no longer has (named in its field `h`: a key under the same
+/// hash tag, so in the same Cluster slot as KEYS). Same KEYS and ARGV as
+/// INSERT.
 static UPDATE: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"
@@ -37,6 +44,7 @@ local status = redis.call('HGET', KEYS[1], 's')
 if not status then return 'missing' end
 if status == 'revoked' then return 'revoked' end
 local old = redis.call('HGET', KEYS[1], 'o')
+local old_hash = redis.call('HGET', KEYS[1], 'h')
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 's', ARGV[2], 'o', KEYS[2])
 if ARGV[3] ~= '' then
   redis.call('HSET', KEYS[1], 'ra', ARGV[3])
@@ -45,7 +53,16 @@ else
 end
 if old and old ~= KEYS[2] then redis.call('ZREM', old, ARGV[5]) end
 redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-if ARGV[6] == '1' then redis.call('SET', KEYS[3], ARGV[5], 'NX') end
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'h', KEYS[3])
+  redis.call('SET', KEYS[3], ARGV[5], 'NX')
+else
+  redis.call('HDEL', KEYS[1], 'h')
+end
+if old_hash and (ARGV[6] ~= '1' or old_hash ~= KEYS[3])
+  and redis.call('GET', old_hash) == ARGV[5] then
+  redis.call('DEL', old_hash)
+end
 return 'ok'
 ",
     )
@@ -76,7 +93,8 @@ pub struct InvalidRedisPrefix;
 /// keys share a slot:
 ///
 /// - `{<prefix>}:k:<key id>`: a hash holding the record as JSON (the
-///   shapes of [`KeyRecord`]'s serde form), its status and `revoked_at`;
+///   shapes of [`KeyRecord`]'s serde form), its status and `revoked_at`
+///   (and, for an imported key, the name of its hash's index below);
 /// - `{<prefix>}:o:<hex of SHA-256 of the owner>`: a sorted set of the
 ///   owner's key ids, by creation time;
 /// - `{<prefix>}:h:<hex of SHA-256 of an imported key's hash>`: the id of
@@ -85,8 +103,8 @@ pub struct InvalidRedisPrefix;
 ///
 /// Names carry the public key id or a digest, never a key, a secret, a hash
 /// or an owner's raw text. Writes are Lua scripts, atomic on the server:
-/// `update` refuses a revoked record, `revoke` is final and keeps the first
-/// `revoked_at`.
+/// `update` refuses a revoked record (and frees an imported hash the
+/// record gave up), `revoke` is final and keeps the first `revoked_at`.
 ///
 /// Every call has a [timeout](Self::timeout) (1 s by default); failures and
 /// timeouts are [counted](Self::stats) and logged with the key id only.
