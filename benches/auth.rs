@@ -1,6 +1,9 @@
 //! The auth path on the in-memory store: a valid key, a well-formed key
 //! with an unknown id, and a key with a bad checksum, with 1 and 100 000
-//! keys in the store. `bare` is the inner service alone.
+//! keys in the store. `bare` is the inner service alone. `valid_no_floor`
+//! and `unknown_id_no_floor` are the same layer without its refusal floor
+//! (`AuthLayer::refusal_floor(None)`): what the floor costs a good key and
+//! adds to a refused one.
 //!
 //! `cargo bench --bench auth`
 
@@ -67,12 +70,26 @@ fn bench(c: &mut Criterion) {
         let mut bad_checksum = key.expose_secret().to_owned();
         let last = bad_checksum.pop().unwrap();
         bad_checksum.push(if last == 'a' { 'b' } else { 'a' });
-        let service = AuthLayer::new(store, format.clone()).layer(service_fn(inner));
+        let layer = AuthLayer::new(store, format.clone());
+        let service = layer.clone().layer(service_fn(inner));
+        // What the refusal floor costs a good key (a clock read) and saves
+        // a refused one (the spin), against the same layer without it.
+        let without_floor = layer.refusal_floor(None).layer(service_fn(inner));
 
-        for (name, presented) in [
-            ("valid", key.expose_secret().to_owned()),
-            ("unknown_id", unknown.expose_secret().to_owned()),
-            ("bad_checksum", bad_checksum),
+        for (name, presented, service) in [
+            ("valid", key.expose_secret().to_owned(), &service),
+            ("unknown_id", unknown.expose_secret().to_owned(), &service),
+            ("bad_checksum", bad_checksum, &service),
+            (
+                "valid_no_floor",
+                key.expose_secret().to_owned(),
+                &without_floor,
+            ),
+            (
+                "unknown_id_no_floor",
+                unknown.expose_secret().to_owned(),
+                &without_floor,
+            ),
         ] {
             let header = format!("Bearer {presented}");
             group.bench_with_input(BenchmarkId::new(name, keys), &header, |b, header| {

@@ -18,7 +18,9 @@
 //! drift, frequency scaling and the other processes on the machine fall on
 //! both classes alike. `--pool N` draws from the first N keys of each set
 //! only (`--pool 1`: one key asked again and again, as an attacker probing
-//! one id would).
+//! one id would). The layer keeps its default refusal floor (a refused key
+//! takes at least 1 µs from its look-up on); `--floor NANOS` sets another,
+//! `--floor 0` turns it off, to time the check's own steps.
 //!
 //! The first 100 000 samples are a warm-up: they are not counted, and fix
 //! the crop thresholds (the pooled 50th, 90th and 99th percentiles, as
@@ -346,6 +348,7 @@ fn main() {
     let mut samples = 1_000_000;
     let mut cached = false;
     let mut pool = usize::MAX;
+    let mut floor = Some(keyward::auth::DEFAULT_REFUSAL_FLOOR);
     let mut args = std::env::args().skip(1);
     let mut pairs = Vec::new();
     while let Some(arg) = args.next() {
@@ -353,13 +356,16 @@ fn main() {
             cached = true;
         } else if arg == "--pool" {
             pool = args.next().and_then(|n| n.parse().ok()).unwrap_or(0).max(1);
+        } else if arg == "--floor" {
+            let nanos: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            floor = (nanos > 0).then(|| Duration::from_nanos(nanos));
         } else if let Ok(n) = arg.parse() {
             samples = n;
         } else if PAIRS.contains(&arg.as_str()) {
             pairs.push(arg);
         } else {
             eprintln!(
-                "usage: timing [SAMPLES_PER_CLASS] [--cached] [--pool N] [{}]...",
+                "usage: timing [SAMPLES_PER_CLASS] [--cached] [--pool N] [--floor NANOS] [{}]...",
                 PAIRS.join("|")
             );
             std::process::exit(2);
@@ -370,6 +376,10 @@ fn main() {
     }
 
     let keys = Keys::new(KeyFormat::new("sk_live").unwrap(), pool);
+    match floor {
+        Some(floor) => println!("refusals take at least {floor:?} from the look-up on"),
+        None => println!("no refusal floor (--floor 0)"),
+    }
     if pool < usize::MAX {
         println!("each class draws from at most {pool} keys of its set");
     }
@@ -408,14 +418,17 @@ fn main() {
             store
         });
         println!("through a CachedStore (every entry cached) over a MemoryStore of 1 000 keys");
-        let mut service = AuthLayer::new(store, keys.format.clone()).layer(service_fn(inner));
+        let mut service = AuthLayer::new(store, keys.format.clone())
+            .refusal_floor(floor)
+            .layer(service_fn(inner));
         for pair in &pairs {
             run_pair(&mut service, &keys, pair, samples);
         }
     } else {
         println!("through a MemoryStore of 1 000 keys");
-        let mut service =
-            AuthLayer::new(keys.store.clone(), keys.format.clone()).layer(service_fn(inner));
+        let mut service = AuthLayer::new(keys.store.clone(), keys.format.clone())
+            .refusal_floor(floor)
+            .layer(service_fn(inner));
         for pair in &pairs {
             run_pair(&mut service, &keys, pair, samples);
         }

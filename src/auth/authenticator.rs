@@ -1,6 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::Principal;
 use crate::clock::{Clock, SystemClock};
@@ -16,6 +16,10 @@ use crate::unwind;
 /// How long a request waits for the key store by default (with the
 /// `tokio` feature): see [`Authenticator::with_store_timeout`].
 pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The least time a refusal takes by default, from the look-up on: see
+/// [`Authenticator::with_refusal_floor`].
+pub const DEFAULT_REFUSAL_FLOOR: Duration = Duration::from_micros(1);
 
 /// How many stand-in records unknown ids are checked against.
 const STAND_INS: usize = 1024;
@@ -54,6 +58,15 @@ fn stand_in_slot(id: &KeyId) -> usize {
     let [a, b, c, d, e, f, g, h, ..] = *id.as_bytes();
     let spread = u64::from_le_bytes([a, b, c, d, e, f, g, h]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     (spread >> 54) as usize % STAND_INS
+}
+
+/// Spins until `deadline`: a refusal's floor is shorter than any sleep
+/// the system offers, and must not yield the thread.
+#[inline(never)]
+fn wait_until(deadline: Instant) {
+    while Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
 }
 
 /// The reasons a key is refused, in the order they are reported: bit `i`
@@ -109,6 +122,8 @@ pub struct Authenticator {
     /// Cuts a look-up that takes longer (with the `tokio` feature).
     store_timeout: Option<Duration>,
     stand_ins: Arc<[Box<StandIn>]>,
+    /// The least time a refused look-up and check take.
+    refusal_floor: Option<Duration>,
     /// The old format of imported keys, if they are accepted.
     imported: Option<Arc<LegacyFormat>>,
 }
@@ -126,6 +141,18 @@ pub(crate) enum Pending {
     Key { id: KeyId, secret: SecretCopy },
     /// An imported key, by its hash.
     Imported { hash: KeyHash },
+}
+
+impl Begun {
+    /// The kind the key was presented as, before its record is trusted:
+    /// an imported key when it is looked up by its hash, else an API key
+    /// (a publishable key has the same format; its record tells).
+    pub(crate) fn presented_kind(&self) -> CredentialKind {
+        match self {
+            Begun::Lookup(Pending::Imported { .. }) => CredentialKind::Imported,
+            _ => CredentialKind::ApiKey,
+        }
+    }
 }
 
 /// A copy of a presented secret (base62, so ASCII), zeroed on drop.
@@ -161,6 +188,7 @@ impl Authenticator {
             hasher,
             clock: Arc::new(SystemClock),
             store_timeout: cfg!(feature = "tokio").then_some(DEFAULT_STORE_TIMEOUT),
+            refusal_floor: Some(DEFAULT_REFUSAL_FLOOR),
             imported: None,
         }
     }
@@ -224,6 +252,30 @@ impl Authenticator {
         self
     }
 
+    /// Makes a refused key take at least `floor` from its look-up on
+    /// ([`DEFAULT_REFUSAL_FLOOR`], 1 µs, unless set), when the store
+    /// answers at once ([`KeyStore::find_immediate`]). `None` turns it
+    /// off.
+    ///
+    /// The check takes the same steps for every refusal, but a known id
+    /// reads memory of its own where an unknown one reads a stand-in, and
+    /// the two differ by a few nanoseconds (SECURITY.md, "Timing"): the
+    /// floor hides that, so timing tells no one which ids exist. It costs
+    /// a clock read on every look-up, and a refusal spins its thread for
+    /// the rest of the floor. A store that must be awaited is not padded:
+    /// its own round trip varies by far more.
+    #[must_use]
+    pub fn with_refusal_floor(mut self, floor: Option<Duration>) -> Self {
+        self.refusal_floor = floor;
+        self
+    }
+
+    /// The least time a refusal takes (see
+    /// [`with_refusal_floor`](Self::with_refusal_floor)).
+    pub fn refusal_floor(&self) -> Option<Duration> {
+        self.refusal_floor
+    }
+
     /// Uses `clock` for expiry and not-before checks.
     #[must_use]
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
@@ -269,9 +321,16 @@ impl Authenticator {
             }
         };
         let id = parsed.id();
+        let started = self.refusal_floor.map(|floor| (Instant::now(), floor));
         // A store that panics fails this request (503), never the service.
         match crate::store::find_now(&*self.store, &id) {
-            Some(lookup) => Begun::Done(self.check(id, parsed.secret(), lookup)),
+            Some(lookup) => {
+                let checked = self.check(id, parsed.secret(), lookup);
+                if let (Err(_), Some((started, floor))) = (&checked, started) {
+                    wait_until(started + floor);
+                }
+                Begun::Done(checked)
+            }
             None => Begun::Lookup(Pending::Key {
                 id,
                 secret: SecretCopy::new(parsed.secret()),
@@ -348,6 +407,20 @@ impl Authenticator {
                 .imported
                 .as_ref()
                 .is_some_and(|format| format.matches(presented))
+    }
+
+    /// The kind `presented` counts as before it is looked up (for the
+    /// metrics of a request refused early): what [`begin`](Self::begin)
+    /// would take it for.
+    pub(crate) fn presented_kind(&self, presented: &str) -> CredentialKind {
+        let imported = self.imported.as_ref().is_some_and(|format| {
+            format.matches(presented) && self.format.parse(presented).is_err()
+        });
+        if imported {
+            CredentialKind::Imported
+        } else {
+            CredentialKind::ApiKey
+        }
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
@@ -448,6 +521,7 @@ impl fmt::Debug for Authenticator {
             .field("hasher", &self.hasher)
             .field("clock", &self.clock)
             .field("store_timeout", &self.store_timeout)
+            .field("refusal_floor", &self.refusal_floor)
             .field("imported", &self.imported)
             .finish()
     }

@@ -13,7 +13,7 @@ use crate::record::Environment;
 use super::source::{KeySource, KeySources};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
-use crate::credential::Verifier;
+use crate::credential::{CredentialKind, Verifier};
 use crate::key::{KeyFormat, KeyHasher, LegacyFormat};
 use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
@@ -44,15 +44,20 @@ pub(crate) struct AuthConfig {
 
 impl AuthConfig {
     /// Refuses a request, counting a refused key against its client. Every
-    /// refusal of the layer goes through here.
+    /// refusal of the layer goes through here. `credential` is the kind the
+    /// refused credential was presented as, if one could be told (for the
+    /// metrics).
     pub(crate) fn refuse(
         &self,
         request_headers: &http::HeaderMap,
         rejection: Rejection,
         client: Option<IpAddr>,
+        credential: Option<CredentialKind>,
     ) -> Response<Bytes> {
         #[cfg(feature = "metrics")]
-        crate::metrics::auth_rejected(rejection.reason());
+        crate::metrics::auth_rejected(rejection.reason(), credential);
+        #[cfg(not(feature = "metrics"))]
+        let _ = credential;
         if let (Some(throttle), Some(client)) = (&self.throttle, client) {
             if rejection.reason().is_invalid_key() {
                 throttle.record_failure(client);
@@ -155,6 +160,15 @@ impl AuthLayer {
     pub fn store_timeout(mut self, timeout: Option<std::time::Duration>) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.authenticator = config.authenticator.clone().with_store_timeout(timeout);
+        self
+    }
+
+    /// Makes a refused key take at least `floor` from its look-up on (1 µs
+    /// unless set, `None` to turn it off), so that timing does not tell
+    /// which ids exist: see [`Authenticator::with_refusal_floor`].
+    pub fn refusal_floor(mut self, floor: Option<std::time::Duration>) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.authenticator = config.authenticator.clone().with_refusal_floor(floor);
         self
     }
 

@@ -8,8 +8,9 @@
 //! 2. parses it — exact length, prefix, alphabet, checksum — with no I/O;
 //! 3. looks the record up by its public id and hashes the secret; an unknown
 //!    id is checked against a stand-in record instead, through the same
-//!    steps, so that the steps do not tell which ids exist (SECURITY.md,
-//!    "Timing", says what memory effects still tell);
+//!    steps, and a refused key takes at least a floor of time from its
+//!    look-up on ([`AuthLayer::refusal_floor`]), so that timing does not
+//!    tell which ids exist (SECURITY.md, "Timing");
 //! 4. compares the hashes in constant time, then checks status, expiry and
 //!    not-before against the injected [`Clock`](crate::clock::Clock)
 //!    (whatever the secret: every refusal takes the same steps), then
@@ -143,7 +144,7 @@ mod service;
 mod source;
 mod throttle;
 
-pub use authenticator::{Authenticator, DEFAULT_STORE_TIMEOUT};
+pub use authenticator::{Authenticator, DEFAULT_REFUSAL_FLOOR, DEFAULT_STORE_TIMEOUT};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 #[cfg(feature = "axum")]
