@@ -179,6 +179,18 @@ pub(crate) enum Pending {
     Imported { hash: KeyHash },
 }
 
+impl Begun {
+    /// The kind the key was presented as, before its record is trusted:
+    /// an imported key when it is looked up by its hash, else an API key
+    /// (a publishable key has the same format; its record tells).
+    pub(crate) fn presented_kind(&self) -> CredentialKind {
+        match self {
+            Begun::Lookup(Pending::Imported { .. }) => CredentialKind::Imported,
+            _ => CredentialKind::ApiKey,
+        }
+    }
+}
+
 /// A copy of a presented secret (base62, so ASCII), zeroed on drop.
 pub(crate) struct SecretCopy {
     len: usize,
@@ -431,6 +443,20 @@ impl Authenticator {
                 .imported
                 .as_ref()
                 .is_some_and(|format| format.matches(presented))
+    }
+
+    /// The kind `presented` counts as before it is looked up (for the
+    /// metrics of a request refused early): what [`begin`](Self::begin)
+    /// would take it for.
+    pub(crate) fn presented_kind(&self, presented: &str) -> CredentialKind {
+        let imported = self.imported.as_ref().is_some_and(|format| {
+            format.matches(presented) && self.format.parse(presented).is_err()
+        });
+        if imported {
+            CredentialKind::Imported
+        } else {
+            CredentialKind::ApiKey
+        }
     }
 
     /// Hashes the secret (once, whatever the answer), compares it with the
