@@ -80,10 +80,11 @@
 //! - `jwt`: `jwt` (JWT-based keys: `JwtVerifier`, `JwtIssuer`; adds
 //!   jsonwebtoken with its RustCrypto backend, serde and serde_json).
 //! - `metrics`: `metrics`, counters and histograms through the `metrics`
-//!   facade (any exporter): authentication outcomes by reason, limiter
-//!   decisions by policy, throttle hits, store and limiter latency and
-//!   errors, cache hits and misses, dropped usage events. Never a key id
-//!   or an owner in a label. Without the feature, none of it is compiled.
+//!   facade (any exporter): authentication outcomes by reason and kind
+//!   of credential, limiter decisions by policy, throttle hits, store and
+//!   limiter latency and errors, cache hits and misses, dropped usage
+//!   events. Never a key id or an owner in a label. Without the feature,
+//!   none of it is compiled.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -4,7 +4,7 @@
 //!
 //! | name | type | labels | what it counts |
 //! |---|---|---|---|
-//! | `keyward_auth_requests_total` | counter | `outcome` (`allowed`, `rejected`), `reason` | requests [`AuthLayer`](crate::AuthLayer) decided; `reason` is [`RejectReason::as_str`](crate::RejectReason::as_str) (`none` when allowed) |
+//! | `keyward_auth_requests_total` | counter | `outcome` (`allowed`, `rejected`), `reason`, `credential` | requests [`AuthLayer`](crate::AuthLayer) decided; `reason` is [`RejectReason::as_str`](crate::RejectReason::as_str) (`none` when allowed), `credential` the kind of credential (see below) |
 //! | `keyward_auth_throttle_hits_total` | counter | | requests refused by the [`FailureThrottle`](crate::auth::FailureThrottle) before any look-up |
 //! | `keyward_auth_throttle_blocks_total` | counter | | times a client address was put on hold for too many refused keys |
 //! | `keyward_store_lookup_duration_seconds` | histogram | | awaited key-store look-ups on the request path (see below) |
@@ -18,6 +18,30 @@
 //!
 //! Call [`describe`] once after installing the exporter, so that it knows
 //! each metric's help text and unit.
+//!
+//! # The `credential` label
+//!
+//! `keyward_auth_requests_total` tells the kinds of credential apart, so
+//! that API keys, publishable keys, imported keys, JWTs and signed
+//! requests each have their own rates and refusals. Its values are the
+//! [`CredentialKind::as_str`](crate::CredentialKind::as_str) names, and
+//! one more:
+//!
+//! | value | counted for |
+//! |---|---|
+//! | `api_key` | a key of the layer's format, or any value in a key source that no verifier recognised (refused as a malformed key) |
+//! | `publishable` | a publishable key whose secret matched: allowed, or refused afterwards (its origin, its restrictions) |
+//! | `imported` | a value of the imported keys' old format |
+//! | `signature`, `jwt` | a credential one of the layer's [verifiers](crate::credential::Verifier) recognised (a verifier of your own counts as the kind it says it makes) |
+//! | `none` | no credential could be told: none presented (`missing_key`), two of them (`two_credentials`), or a key source read twice (`invalid_request`) |
+//!
+//! A refusal counts the kind the credential *was presented as*, until its
+//! record is trusted: a publishable key has the format of every other key,
+//! so one refused for its secret, its status or its dates counts as
+//! `api_key` (telling it from an API key would need its record, which an
+//! unknown id does not have, and the refusal would then take a different
+//! path for known ids than for unknown ones). Once the secret matched, the
+//! principal's own [`credential`](crate::Principal::credential) counts.
 //!
 //! # No key id, no owner
 //!
@@ -87,12 +111,15 @@ use std::time::Duration;
 
 use ::metrics::{Key, Label, Level, Metadata, SharedString, Unit};
 
+use crate::credential::CredentialKind;
 use crate::reject::RejectReason;
 use crate::store::StoreError;
 
 /// Requests [`AuthLayer`](crate::AuthLayer) decided; labels `outcome`
-/// (`allowed`, `rejected`) and `reason` (a
-/// [`RejectReason::as_str`](crate::RejectReason::as_str), or `none`).
+/// (`allowed`, `rejected`), `reason` (a
+/// [`RejectReason::as_str`](crate::RejectReason::as_str), or `none`) and
+/// `credential` (a [`CredentialKind::as_str`](crate::CredentialKind::as_str),
+/// or `none`: see [the `credential` label](self#the-credential-label)).
 pub const AUTH_REQUESTS: &str = "keyward_auth_requests_total";
 /// Requests the [`FailureThrottle`](crate::auth::FailureThrottle) refused
 /// before any look-up.
@@ -128,7 +155,7 @@ pub fn describe() {
     use ::metrics::{describe_counter, describe_histogram};
     describe_counter!(
         AUTH_REQUESTS,
-        "Requests the authentication layer decided, by outcome and reason."
+        "Requests the authentication layer decided, by outcome, reason and kind of credential."
     );
     describe_counter!(
         AUTH_THROTTLE_HITS,
@@ -192,42 +219,67 @@ fn record(key: &Key, duration: Duration) {
     });
 }
 
-/// The keys of `keyward_auth_requests_total`: allowed, then one a reason
-/// (indexed by `reason as usize`). Built once; the labels are static
-/// strings, so a count allocates nothing.
+/// The values of the `credential` label: one a kind (indexed by `kind as
+/// usize`, [`CredentialKind::ALL`] being in declaration order), then
+/// `none`.
+const CREDENTIALS: usize = CredentialKind::ALL.len() + 1;
+
+fn credential_label(index: usize) -> &'static str {
+    CredentialKind::ALL
+        .get(index)
+        .map_or("none", CredentialKind::as_str)
+}
+
+fn credential_index(credential: Option<CredentialKind>) -> usize {
+    credential.map_or(CREDENTIALS - 1, |kind| kind as usize)
+}
+
+/// The keys of `keyward_auth_requests_total`: allowed, one a credential;
+/// then one a reason (indexed by `reason as usize`) and credential. Built
+/// once; the labels are static strings, so a count allocates nothing.
 struct AuthKeys {
-    allowed: Key,
-    rejected: Vec<Key>,
+    allowed: [Key; CREDENTIALS],
+    rejected: Vec<[Key; CREDENTIALS]>,
 }
 
 fn auth_keys() -> &'static AuthKeys {
     static KEYS: OnceLock<AuthKeys> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let key = |outcome: &'static str, reason: &'static str| {
-            Key::from_parts(
-                AUTH_REQUESTS,
-                vec![
-                    Label::from_static_parts("outcome", outcome),
-                    Label::from_static_parts("reason", reason),
-                ],
-            )
+        let keys = |outcome: &'static str, reason: &'static str| {
+            std::array::from_fn(|credential| {
+                Key::from_parts(
+                    AUTH_REQUESTS,
+                    vec![
+                        Label::from_static_parts("outcome", outcome),
+                        Label::from_static_parts("reason", reason),
+                        Label::from_static_parts("credential", credential_label(credential)),
+                    ],
+                )
+            })
         };
         AuthKeys {
-            allowed: key("allowed", "none"),
+            allowed: keys("allowed", "none"),
             rejected: RejectReason::ALL
                 .iter()
-                .map(|reason| key("rejected", reason.as_str()))
+                .map(|reason| keys("rejected", reason.as_str()))
                 .collect(),
         }
     })
 }
 
-pub(crate) fn auth_allowed() {
-    increment(&auth_keys().allowed, 1);
+pub(crate) fn auth_allowed(credential: CredentialKind) {
+    if let Some(key) = auth_keys().allowed.get(credential_index(Some(credential))) {
+        increment(key, 1);
+    }
 }
 
-pub(crate) fn auth_rejected(reason: RejectReason) {
-    if let Some(key) = auth_keys().rejected.get(reason as usize) {
+/// A refusal; `credential` is `None` when no credential could be told.
+pub(crate) fn auth_rejected(reason: RejectReason, credential: Option<CredentialKind>) {
+    let key = auth_keys()
+        .rejected
+        .get(reason as usize)
+        .and_then(|keys| keys.get(credential_index(credential)));
+    if let Some(key) = key {
         increment(key, 1);
     }
 }
@@ -324,4 +376,25 @@ pub(crate) fn usage_dropped(why: Dropped, events: u64) {
         Dropped::ExportFailed => static_key!(USAGE_EVENTS_DROPPED, "reason" => "export_failed"),
     };
     increment(key, events);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_credential_kind_has_its_own_label() {
+        for kind in CredentialKind::ALL {
+            assert_eq!(
+                credential_label(credential_index(Some(kind))),
+                kind.as_str()
+            );
+        }
+        assert_eq!(credential_label(credential_index(None)), "none");
+        let keys = auth_keys();
+        assert_eq!(keys.rejected.len(), RejectReason::ALL.len());
+        for key in keys.allowed.iter().chain(keys.rejected.iter().flatten()) {
+            assert_eq!(key.labels().count(), 3, "{key:?}");
+        }
+    }
 }

@@ -15,16 +15,20 @@ use axum::routing::get;
 use axum::Router;
 use http::{Request, StatusCode};
 use keyward::auth::client::ClientAddr;
-use keyward::auth::FailureThrottle;
+use keyward::auth::origin::AllowedOrigin;
+use keyward::auth::{FailureThrottle, Principal};
 use keyward::clock::FakeClock;
-use keyward::key::{ApiKey, KeyId};
+use keyward::credential::{CredentialKind, RequestView, Verification, Verifier};
+use keyward::key::{ApiKey, KeyId, LegacyAlphabet, LegacyFormat};
 use keyward::limit::{CreditPolicy, Decision, LimitError, Limiter, Limits, RatePolicy};
+use keyward::manager::{IssueOptions, KeyManager};
 use keyward::record::KeyStatus;
+use keyward::reject::{RejectReason, Rejection};
 use keyward::store::{CachedStore, Lookup, StoreError};
 use keyward::usage::{BatchingSink, Lifecycle, UsageEvent, UsageExporter, UsageSink};
 use keyward::{
-    AuthLayer, Environment, KeyFormat, KeyGenerator, KeyHasher, KeyRecord, KeyStore, MemoryLimiter,
-    MemoryStore, RateLimitLayer,
+    AuthLayer, Environment, KeyFormat, KeyGenerator, KeyHash, KeyHasher, KeyRecord, KeyStore,
+    MemoryLimiter, MemoryStore, RateLimitLayer,
 };
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
@@ -111,10 +115,25 @@ fn only_counters<const N: usize>(entries: [(&str, u64); N]) -> Moved {
     }
 }
 
-const ALLOWED: &str = r#"keyward_auth_requests_total{outcome="allowed",reason="none"}"#;
+/// An API key allowed.
+const ALLOWED: &str =
+    r#"keyward_auth_requests_total{credential="api_key",outcome="allowed",reason="none"}"#;
 
+fn allowed_as(credential: &str) -> String {
+    format!(
+        r#"keyward_auth_requests_total{{credential="{credential}",outcome="allowed",reason="none"}}"#
+    )
+}
+
+/// An API key refused.
 fn rejected(reason: &str) -> String {
-    format!(r#"keyward_auth_requests_total{{outcome="rejected",reason="{reason}"}}"#)
+    rejected_as(reason, "api_key")
+}
+
+fn rejected_as(reason: &str, credential: &str) -> String {
+    format!(
+        r#"keyward_auth_requests_total{{credential="{credential}",outcome="rejected",reason="{reason}"}}"#
+    )
 }
 
 fn format() -> KeyFormat {
@@ -303,15 +322,272 @@ async fn each_rejection_reason_class_is_counted_by_its_reason() {
     ];
     for (request, expected, reason) in cases {
         assert_eq!(status(&app, request).await, expected, "{reason}");
+        // No key, or two: no credential to tell.
+        let credential = match reason {
+            "missing_key" | "invalid_request" => "none",
+            _ => "api_key",
+        };
         assert_eq!(
             recorded.take(),
-            only_counters([(rejected(reason).as_str(), 1)]),
+            only_counters([(rejected_as(reason, credential).as_str(), 1)]),
             "{reason}"
         );
     }
     // And the good key still passes, counted as allowed.
     assert_eq!(status(&app, request(Some(good.expose_secret()))).await, 200);
     assert_eq!(recorded.take(), only_counters([(ALLOWED, 1)]));
+}
+
+/// A test verifier of `name: good` (anything else in that header is
+/// refused), making principals of `kind`, at once or after a yield.
+#[derive(Debug)]
+struct HeaderVerifier {
+    name: &'static str,
+    kind: CredentialKind,
+    record: Arc<KeyRecord>,
+    wait: bool,
+}
+
+impl Verifier for HeaderVerifier {
+    fn kind(&self) -> CredentialKind {
+        self.kind
+    }
+
+    fn recognises(&self, request: &RequestView<'_>) -> bool {
+        request.headers().contains_key(self.name)
+    }
+
+    fn verify(&self, request: &RequestView<'_>) -> Verification {
+        let result = match request.headers().get(self.name) {
+            Some(value) if value == "good" => Ok(Principal::with_credential(
+                Arc::clone(&self.record),
+                self.kind,
+            )),
+            _ => Err(Rejection::new(RejectReason::UnknownKey)),
+        };
+        if self.wait {
+            Verification::pending(async move {
+                tokio::task::yield_now().await;
+                result
+            })
+        } else {
+            Verification::Ready(result)
+        }
+    }
+}
+
+fn with_header(mut request: Request<Body>, name: &'static str, value: &str) -> Request<Body> {
+    request.headers_mut().append(name, value.parse().unwrap());
+    request
+}
+
+/// 32 hex characters: an imported key's old format.
+const OLD_KEY: &str = "9f86d081884c7d659a2feaa0c55ad015";
+const OTHER_OLD_KEY: &str = "a3f2b8c1d4e5f60718293a4b5c6d7e8f";
+
+fn old_format() -> LegacyFormat {
+    LegacyFormat::new(LegacyAlphabet::Hex, 32).unwrap()
+}
+
+#[tokio::test]
+async fn each_credential_kind_is_counted_by_its_kind() {
+    let recorded = Recorded::start();
+    let store = MemoryStore::new();
+    let api_key = new_key();
+    store.insert(record_for(&api_key)).await.unwrap();
+    let origin: AllowedOrigin = "https://app.example.com".parse().unwrap();
+    let publishable = new_key();
+    store
+        .insert(record_for(&publishable).with_publishable([origin.clone()]))
+        .await
+        .unwrap();
+    let revoked_publishable = new_key();
+    store
+        .insert(record_for(&revoked_publishable).with_publishable([origin]))
+        .await
+        .unwrap();
+    store
+        .revoke(&revoked_publishable.id(), SystemTime::now())
+        .await
+        .unwrap();
+    KeyManager::new(store.clone(), format())
+        .import_legacy_key(&old_format(), OLD_KEY, IssueOptions::new("acme"))
+        .await
+        .unwrap();
+    let claims = |owner: &str| {
+        let id = new_key().id();
+        Arc::new(KeyRecord::new(
+            id,
+            KeyHash::from_bytes([0; 32]),
+            owner,
+            SystemTime::now(),
+        ))
+    };
+    let app = app(|router| {
+        router.layer(
+            AuthLayer::new(store, format())
+                .imported_keys(old_format())
+                .environment(Environment::Live)
+                .credential(HeaderVerifier {
+                    name: "x-jwt",
+                    kind: CredentialKind::Jwt,
+                    record: claims("acme"),
+                    wait: false,
+                })
+                // Waits: its outcome is counted by the response future.
+                .credential(HeaderVerifier {
+                    name: "x-signature",
+                    kind: CredentialKind::Signature,
+                    record: Arc::new(
+                        Arc::unwrap_or_clone(claims("acme")).with_environment(Environment::Test),
+                    ),
+                    wait: true,
+                }),
+        )
+    });
+    recorded.take();
+
+    let from_app = |key: &ApiKey| {
+        with_header(
+            request(Some(key.expose_secret())),
+            "origin",
+            "https://app.example.com",
+        )
+    };
+    let two = with_header(request(Some(api_key.expose_secret())), "x-jwt", "good");
+    let cases: Vec<(Request<Body>, StatusCode, String)> = vec![
+        (
+            request(Some(api_key.expose_secret())),
+            StatusCode::OK,
+            allowed_as("api_key"),
+        ),
+        (
+            from_app(&publishable),
+            StatusCode::OK,
+            allowed_as("publishable"),
+        ),
+        // Its secret matched: the record tells it is publishable.
+        (
+            request(Some(publishable.expose_secret())),
+            StatusCode::FORBIDDEN,
+            rejected_as("origin_not_allowed", "publishable"),
+        ),
+        // Refused before its record is trusted: counted as presented.
+        (
+            from_app(&revoked_publishable),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("revoked", "api_key"),
+        ),
+        (
+            request(Some(OLD_KEY)),
+            StatusCode::OK,
+            allowed_as("imported"),
+        ),
+        (
+            request(Some(OTHER_OLD_KEY)),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("unknown_key", "imported"),
+        ),
+        (
+            request(Some("not-a-key")),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("malformed_key", "api_key"),
+        ),
+        (
+            with_header(request(None), "x-jwt", "good"),
+            StatusCode::OK,
+            allowed_as("jwt"),
+        ),
+        (
+            with_header(request(None), "x-jwt", "bad"),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("unknown_key", "jwt"),
+        ),
+        // The signature's record is for another environment.
+        (
+            with_header(request(None), "x-signature", "good"),
+            StatusCode::FORBIDDEN,
+            rejected_as("restricted", "signature"),
+        ),
+        (
+            with_header(request(None), "x-signature", "bad"),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("unknown_key", "signature"),
+        ),
+        (
+            two,
+            StatusCode::BAD_REQUEST,
+            rejected_as("two_credentials", "none"),
+        ),
+        (
+            request(None),
+            StatusCode::UNAUTHORIZED,
+            rejected_as("missing_key", "none"),
+        ),
+    ];
+    for (request, expected, counted) in cases {
+        assert_eq!(status(&app, request).await, expected, "{counted}");
+        // (Imported keys are looked up by an awaited, timed, `find_by_hash`.)
+        assert_eq!(
+            recorded.take().counters,
+            counters([(counted.as_str(), 1)]),
+            "{counted}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_throttled_client_is_counted_by_the_kind_it_presents() {
+    let recorded = Recorded::start();
+    let clock = FakeClock::default();
+    let app = app(|router| {
+        router.layer(
+            AuthLayer::new(MemoryStore::new(), format())
+                .imported_keys(old_format())
+                .credential(HeaderVerifier {
+                    name: "x-jwt",
+                    kind: CredentialKind::Jwt,
+                    record: Arc::new(record_for(&new_key())),
+                    wait: false,
+                })
+                .failure_throttle(
+                    FailureThrottle::new(1, Duration::from_secs(60)).with_clock(clock.clone()),
+                ),
+        )
+    });
+    let from_client = |mut request: Request<Body>| {
+        request
+            .extensions_mut()
+            .insert(ClientAddr("192.0.2.7".parse().unwrap()));
+        request
+    };
+    let jwt = || from_client(with_header(request(None), "x-jwt", "bad"));
+    assert_eq!(status(&app, jwt()).await, 401);
+    assert_eq!(
+        recorded.take(),
+        only_counters([
+            (rejected_as("unknown_key", "jwt").as_str(), 1),
+            ("keyward_auth_throttle_blocks_total", 1),
+        ])
+    );
+    for (request, credential) in [
+        (jwt(), "jwt"),
+        (from_client(request(Some(OLD_KEY))), "imported"),
+        (
+            from_client(request(Some(new_key().expose_secret()))),
+            "api_key",
+        ),
+    ] {
+        assert_eq!(status(&app, request).await, 429, "{credential}");
+        assert_eq!(
+            recorded.take(),
+            only_counters([
+                (rejected_as("too_many_failures", credential).as_str(), 1),
+                ("keyward_auth_throttle_hits_total", 1),
+            ]),
+            "{credential}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -115,9 +115,17 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match verified.and_then(|principal| {
-                        admit(&config, found, &mut request, principal, client)
-                    }) {
+                    // A refusal counts the principal's kind once there
+                    // is one, else the kind the credential was presented as.
+                    let (admitted, kind) = match verified {
+                        Ok(principal) => {
+                            let kind = principal.credential();
+                            let admitted = admit(&config, found, &mut request, principal, client);
+                            (admitted, Some(kind))
+                        }
+                        Err(rejection) => (Err(rejection), found.kind(&config)),
+                    };
+                    let next = match admitted {
                         Ok(()) => State::Inner {
                             future: service.call(request),
                         },
@@ -126,6 +134,7 @@ where
                                 request.headers(),
                                 rejection,
                                 client.flatten(),
+                                kind,
                             )),
                         },
                     };

@@ -13,7 +13,7 @@ use crate::record::Environment;
 use super::source::{KeySource, KeySources};
 use super::{AuthService, Authenticator, FailureThrottle};
 use crate::clock::Clock;
-use crate::credential::Verifier;
+use crate::credential::{CredentialKind, Verifier};
 use crate::key::{KeyFormat, KeyHasher, LegacyFormat};
 use crate::reject::{Rejection, Responder};
 use crate::store::KeyStore;
@@ -44,15 +44,20 @@ pub(crate) struct AuthConfig {
 
 impl AuthConfig {
     /// Refuses a request, counting a refused key against its client. Every
-    /// refusal of the layer goes through here.
+    /// refusal of the layer goes through here. `credential` is the kind the
+    /// refused credential was presented as, if one could be told (for the
+    /// metrics).
     pub(crate) fn refuse(
         &self,
         request_headers: &http::HeaderMap,
         rejection: Rejection,
         client: Option<IpAddr>,
+        credential: Option<CredentialKind>,
     ) -> Response<Bytes> {
         #[cfg(feature = "metrics")]
-        crate::metrics::auth_rejected(rejection.reason());
+        crate::metrics::auth_rejected(rejection.reason(), credential);
+        #[cfg(not(feature = "metrics"))]
+        let _ = credential;
         if let (Some(throttle), Some(client)) = (&self.throttle, client) {
             if rejection.reason().is_invalid_key() {
                 throttle.record_failure(client);

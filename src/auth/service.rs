@@ -11,7 +11,7 @@ use super::layer::AuthConfig;
 use super::source::{self, Presented};
 use super::Principal;
 use crate::body::ResponseBody;
-use crate::credential::{RequestView, Verification, VerifyFuture};
+use crate::credential::{CredentialKind, RequestView, Verification, VerifyFuture};
 use crate::reject::{RejectReason, Rejection};
 
 /// The service made by [`AuthLayer`](super::AuthLayer).
@@ -79,6 +79,7 @@ where
                     request.headers(),
                     rejection,
                     client,
+                    None,
                 ));
             }
         };
@@ -95,6 +96,7 @@ where
                         request.headers(),
                         Rejection::new(reason),
                         client,
+                        None,
                     ));
                 }
             }
@@ -102,27 +104,44 @@ where
         let Some(chosen) = chosen else {
             tracing::debug!(target: "keyward::auth", "no credential presented");
             let rejection = Rejection::new(RejectReason::MissingKey);
-            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
+            return ResponseFuture::rejected(config.refuse(
+                request.headers(),
+                rejection,
+                client,
+                None,
+            ));
         };
         if let Some(wait) = client.and_then(|ip| config.throttle.as_ref()?.blocked(ip)) {
             // Refused before any look-up: guessing costs the guesser.
             #[cfg(feature = "metrics")]
             crate::metrics::throttle_hit();
             let rejection = Rejection::new(RejectReason::TooManyFailures).with_retry_after(wait);
-            return ResponseFuture::rejected(config.refuse(request.headers(), rejection, client));
+            let kind = match &chosen {
+                Chosen::Key(presented) => Some(config.authenticator.presented_kind(&presented.key)),
+                Chosen::Verifier(index) => config.verifiers.get(*index).map(|v| v.kind()),
+            };
+            return ResponseFuture::rejected(config.refuse(
+                request.headers(),
+                rejection,
+                client,
+                kind,
+            ));
         }
         let (verified, found) = match chosen {
-            Chosen::Key(Presented { key, sources }) => match config.authenticator.begin(&key) {
-                Begun::Done(result) => (result, Found::Key(sources)),
-                Begun::Lookup(pending) => {
-                    let authenticating = Arc::clone(config);
-                    let future: VerifyFuture =
-                        Box::pin(
-                            async move { authenticating.authenticator.complete(pending).await },
-                        );
-                    return self.wait_for(future, Found::Key(sources), resolved, request);
+            Chosen::Key(Presented { key, sources }) => {
+                let begun = config.authenticator.begin(&key);
+                let found = Found::Key(sources, begun.presented_kind());
+                match begun {
+                    Begun::Done(result) => (result, found),
+                    Begun::Lookup(pending) => {
+                        let authenticating = Arc::clone(config);
+                        let future: VerifyFuture = Box::pin(async move {
+                            authenticating.authenticator.complete(pending).await
+                        });
+                        return self.wait_for(future, found, resolved, request);
+                    }
                 }
-            },
+            }
             Chosen::Verifier(index) => {
                 let view = RequestView::with_proxies(&request, &config.trusted_proxies, resolved);
                 let verification = config.verifiers[index].verify(&view);
@@ -138,18 +157,23 @@ where
         };
         match verified {
             Ok(principal) => {
+                let kind = principal.credential();
                 if let Err(rejection) = admit(config, found, &mut request, principal, resolved) {
                     return ResponseFuture::rejected(config.refuse(
                         request.headers(),
                         rejection,
                         client,
+                        Some(kind),
                     ));
                 }
                 ResponseFuture::inner(self.inner.call(request))
             }
-            Err(rejection) => {
-                ResponseFuture::rejected(config.refuse(request.headers(), rejection, client))
-            }
+            Err(rejection) => ResponseFuture::rejected(config.refuse(
+                request.headers(),
+                rejection,
+                client,
+                found.kind(config),
+            )),
         }
     }
 }
@@ -223,10 +247,22 @@ fn choose<'a, B>(
 /// strip.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Found {
-    /// The API key, in these key sources.
-    Key(source::SourceMask),
+    /// The API key, in these key sources, and the kind it was presented
+    /// as (an API key or an imported key).
+    Key(source::SourceMask, CredentialKind),
     /// The credential of this verifier.
     Verifier(usize),
+}
+
+impl Found {
+    /// The kind of the credential, as presented (before its record is
+    /// trusted): what a refusal counts it as.
+    pub(crate) fn kind(self, config: &AuthConfig) -> Option<CredentialKind> {
+        match self {
+            Found::Key(_, kind) => Some(kind),
+            Found::Verifier(index) => config.verifiers.get(index).map(|v| v.kind()),
+        }
+    }
 }
 
 /// Checks the principal's restrictions (whatever its kind), then prepares
@@ -241,7 +277,7 @@ pub(crate) fn admit<B>(
     super::client::restrict(config, request, &principal, client)?;
     if config.strip_credentials {
         match found {
-            Found::Key(sources) => source::strip(config.sources.list(), sources, request),
+            Found::Key(sources, _) => source::strip(config.sources.list(), sources, request),
             Found::Verifier(index) => strip_verifier(config, index, request),
         }
     }
@@ -250,9 +286,11 @@ pub(crate) fn admit<B>(
     if let Some(slot) = request.extensions().get::<super::PrincipalSlot>() {
         slot.fill(&principal);
     }
+    #[cfg(feature = "metrics")]
+    let kind = principal.credential();
     request.extensions_mut().insert(principal);
     #[cfg(feature = "metrics")]
-    crate::metrics::auth_allowed();
+    crate::metrics::auth_allowed(kind);
     Ok(())
 }
 
