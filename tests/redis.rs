@@ -196,3 +196,43 @@ async fn signing_keys_keep_their_verification_key() {
     );
     fixture.cleanup().await;
 }
+
+#[tokio::test]
+async fn find_by_hash_is_one_command() {
+    use futures_util::StreamExt;
+    let Some(url) = service_url("REDIS_URL", "find_by_hash_is_one_command") else {
+        return;
+    };
+    let fixture = fixture(&url).await;
+    let mut imported = record("acme");
+    imported.hash = keyward::key::LegacyFormat::new(keyward::key::LegacyAlphabet::Hex, 32)
+        .unwrap()
+        .hash("0123456789abcdef0123456789abcdef")
+        .unwrap();
+    fixture.store.insert(imported.clone()).await.unwrap();
+    // Once first, so that the script is loaded and the look-up watched
+    // below is the one every later look-up makes.
+    let found = fixture.store.find_by_hash(&imported.hash).await.unwrap();
+    assert_eq!(found.as_deref(), Some(&imported));
+
+    let mut monitor = fixture.client.get_async_monitor().await.unwrap();
+    let found = fixture.store.find_by_hash(&imported.hash).await.unwrap();
+    assert_eq!(found.as_deref(), Some(&imported));
+    // The commands this client sent that name this fixture's keys (the
+    // server is shared; commands run by a script show as `lua`).
+    let mut sent = Vec::new();
+    let mut lines = monitor.on_message::<String>();
+    while let Ok(Some(line)) = tokio::time::timeout(Duration::from_millis(300), lines.next()).await
+    {
+        if line.contains(&fixture.prefix) && !line.contains(" lua]") {
+            sent.push(line);
+        }
+    }
+    assert_eq!(
+        sent.len(),
+        1,
+        "find_by_hash must be one round trip, one command: {sent:#?}"
+    );
+    drop(lines);
+    fixture.cleanup().await;
+}

@@ -68,6 +68,22 @@ return 'ok'
     )
 });
 
+/// The record of the imported key with a hash, in one step: its id from
+/// the hash's index, then its fields as `read` gets them (nil if the index
+/// names no record). KEYS: imported-hash index. ARGV: the prefix of
+/// record names (`{<prefix>}:k:`), so the record read is under the same
+/// hash tag, in the same Cluster slot, as KEYS.
+static FIND_BY_HASH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+local fields = redis.call('HMGET', ARGV[1] .. id, 'r', 's', 'ra')
+return {id, fields[1], fields[2], fields[3]}
+",
+    )
+});
+
 /// Marks a record revoked, keeping the first revocation's time. KEYS:
 /// record. ARGV: revoked_at.
 static REVOKE: LazyLock<redis::Script> = LazyLock::new(|| {
@@ -102,9 +118,10 @@ pub struct InvalidRedisPrefix;
 ///   [`find_by_hash`](KeyStore::find_by_hash)).
 ///
 /// Names carry the public key id or a digest, never a key, a secret, a hash
-/// or an owner's raw text. Writes are Lua scripts, atomic on the server:
-/// `update` refuses a revoked record (and frees an imported hash the
-/// record gave up), `revoke` is final and keeps the first `revoked_at`.
+/// or an owner's raw text. Writes, and the look-up by hash, are Lua
+/// scripts, atomic on the server: `update` refuses a revoked record (and
+/// frees an imported hash the record gave up), `revoke` is final and keeps
+/// the first `revoked_at`, `find_by_hash` is one round trip.
 ///
 /// Every call has a [timeout](Self::timeout) (1 s by default); failures and
 /// timeouts are [counted](Self::stats) and logged with the key id only.
@@ -174,10 +191,20 @@ impl RedisStore {
 
     /// The name of the sorted set that lists `owner`'s keys.
     pub fn owner_key(&self, owner: &str) -> String {
-        let digest = Sha256::digest(owner.as_bytes());
-        let mut name = format!("{}o:", self.namespace);
+        self.digest_key("o:", owner.as_bytes())
+    }
+
+    /// `{<prefix>}:` `kind` and the first 16 bytes of the SHA-256 of
+    /// `bytes` in hex: a name that carries a digest, never the text.
+    fn digest_key(&self, kind: &str, bytes: &[u8]) -> String {
+        use std::fmt::Write as _;
+        let digest = Sha256::digest(bytes);
+        let mut name = String::with_capacity(self.namespace.len() + kind.len() + 32);
+        name.push_str(&self.namespace);
+        name.push_str(kind);
         for byte in &digest[..16] {
-            name.push_str(&format!("{byte:02x}"));
+            // Writing to a `String` cannot fail.
+            let _ = write!(name, "{byte:02x}");
         }
         name
     }
@@ -196,12 +223,7 @@ impl RedisStore {
     /// The name of the string that holds the id of the imported key with
     /// this hash: a digest of the hash, never the hash itself.
     pub fn imported_key(&self, hash: &KeyHash) -> String {
-        let digest = Sha256::digest(hash.as_bytes());
-        let mut name = format!("{}h:", self.namespace);
-        for byte in &digest[..16] {
-            name.push_str(&format!("{byte:02x}"));
-        }
-        name
+        self.digest_key("h:", hash.as_bytes())
     }
 
     /// Runs INSERT or UPDATE with a record's keys and arguments.
@@ -378,18 +400,23 @@ impl KeyStore for RedisStore {
         }
         self.run("find_by_hash", None, async {
             let mut connection = self.connection.clone();
-            let id: Option<String> = redis::cmd("GET")
-                .arg(self.imported_key(hash))
-                .query_async(&mut connection)
-                .await
-                .map_err(StoreError::backend)?;
-            let Some(id) = id.and_then(|id| id.parse::<KeyId>().ok()) else {
+            // One script: the index and the record it names are read in
+            // one atomic step, so no change falls between the two.
+            let row: Option<(String, Option<String>, Option<String>, Option<String>)> =
+                FIND_BY_HASH
+                    .key(self.imported_key(hash))
+                    .arg(format!("{}k:", self.namespace))
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(StoreError::backend)?;
+            let Some((id, json, status, revoked_at)) = row else {
                 return Ok(None);
             };
-            let mut records = self.read(std::slice::from_ref(&id)).await?;
+            let Ok(id) = id.parse::<KeyId>() else {
+                return Ok(None);
+            };
             // The record's own hash decides (an update may have changed it).
-            Ok(records
-                .pop()
+            Ok(decode(&id, (json, status, revoked_at))?
                 .filter(|record| record.hash == *hash)
                 .map(Arc::new))
         })
