@@ -13,7 +13,13 @@
 //! `admin key: <key>` and `reader key: <key>`: its own two keys, added to the
 //! shared store, so every key printed works on every instance. The routes and
 //! answers are the quickstart's (`GET /health`, `GET /pets`, `POST /pets`,
-//! `GET /me`, `POST /keys`, `DELETE /keys/{key_id}`, `GET /usage`), and:
+//! `GET /me`, `POST /keys`, `DELETE /keys/{key_id}`, `GET /usage`). As in
+//! the quickstart, `/keys` and `/usage` are keyward's admin API
+//! (`keyward::admin::AdminApi`, merged at the root), here over the shared
+//! store and the shared usage, so the rest of it works across instances
+//! too: `GET /keys?owner=..`, rotate, disable, enable, scopes, limits, usage
+//! per key and owner, `/openapi.json`, and the usage page at `/usage` in a
+//! browser. And:
 //!
 //! - **keys** live in PostgreSQL (`PgStore`), behind a `CachedStore` in each
 //!   instance; a key issued or revoked through any instance is announced over
@@ -23,9 +29,10 @@
 //!   request on the Redis server's clock: the reader's 5 requests a second
 //!   (burst 5) are 5 in total, however the requests are spread;
 //! - **usage** goes through a `BatchingSink` into PostgreSQL (`PgUsage`:
-//!   raw events, per-key per-minute rollups, the keys' `last_used_at`);
-//!   `GET /usage` reads every instance's usage of the last 24 hours from
-//!   there, a second or so after the requests;
+//!   raw events, per-key per-minute rollups, the keys' `last_used_at`); the
+//!   admin API reads it back from there (`PgUsage` is its `UsageSource`), so
+//!   `GET /usage` on any instance counts every instance's requests of the
+//!   last 24 hours, a second or so after them;
 //! - **pets** are a table in PostgreSQL too, so every instance shows the same.
 //!
 //! Configuration, from the environment:
@@ -47,25 +54,26 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use keyward::admin::AdminApi;
 use keyward::auth::{FailureThrottle, Principal, PrincipalSlot};
-use keyward::key::{ApiKey, KeyFormat, KeyId};
+use keyward::key::{ApiKey, KeyFormat};
 use keyward::limit::{Limits, PolicyError, RatePolicy, RedisLimiter};
-use keyward::manager::{IssueOptions, KeyManager, ManagerError};
+use keyward::manager::{IssueOptions, KeyManager};
 use keyward::postgres::QualifiedName;
 use keyward::reject::Rejection;
 use keyward::scope::{Scope, ScopeError, ScopeSet};
 use keyward::store::invalidation::RedisInvalidation;
 use keyward::store::{CachedStore, PgStore};
-use keyward::usage::{BatchingSink, PgUsage, TimeRange, UsageQuery, UsageSource};
+use keyward::usage::{BatchingSink, PgUsage};
 use keyward::{Keyward, RequireScopes};
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
@@ -292,7 +300,8 @@ async fn connect(config: &Config) -> Result<Shared, Fatal> {
     })?;
 
     let sink = BatchingSink::builder(usage.exporter())
-        // `GET /usage` shows a request about a quarter of a second after it.
+        // The admin API's usage shows a request about a quarter of a second
+        // after it.
         .interval(Duration::from_millis(250))
         .spawn();
     let format = KeyFormat::new("sk_live").map_err(|e| fatal("key format", &e))?;
@@ -375,30 +384,40 @@ async fn issue(
     Ok(issued.key)
 }
 
-/// What the handlers share.
+/// What the pets' handlers share.
 #[derive(Clone)]
 struct AppState {
-    manager: KeyManager,
     pool: PgPool,
     pets: QualifiedName,
-    usage: PgUsage,
-    /// The tier of keys made through `POST /keys`.
-    standard: Limits,
 }
 
 /// The quickstart's routes and layers, outermost first: `UsageLayer` (into
 /// PostgreSQL), the request log, `AuthLayer` (the cached PostgreSQL store,
 /// a failed-attempt throttle; `/health` is added after it, so it needs no
 /// key), `RateLimitLayer` (Redis), `RequireScopes` per route.
+///
+/// `/keys` and `/usage` are keyward's admin API, merged at the root with
+/// the same authentication and limiter: `keys:admin` to manage keys,
+/// `usage:read` to read usage. Its manager is the shared store's, so a key
+/// issued or revoked through it is announced to every instance; its usage
+/// is `PgUsage`, every instance's.
 fn app(shared: &Shared) -> Result<Router, Box<dyn std::error::Error>> {
     let keyward = &shared.keyward;
     let state = AppState {
-        manager: keyward.manager(),
         pool: shared.pool.clone(),
         pets: shared.pets.clone(),
-        usage: shared.usage.clone(),
-        standard: per_second(5)?,
     };
+    let auth = keyward
+        .auth_layer()
+        .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60)));
+    let limit = keyward.rate_limit_layer();
+    let admin = AdminApi::new(keyward.manager(), shared.usage.clone())
+        .scope(Scope::new("keys:admin")?)
+        .usage_scope(Scope::new("usage:read")?)
+        .auth_layer(auth.clone())
+        .rate_limit_layer(limit.clone())
+        // The tier of keys made through `POST /keys`.
+        .default_limits(per_second(5)?);
     let require = |scope: &str| Ok::<_, ScopeError>(RequireScopes::all([Scope::new(scope)?]));
     Ok(Router::new()
         .route("/pets", get(list_pets).route_layer(require("pets:read")?))
@@ -407,28 +426,12 @@ fn app(shared: &Shared) -> Result<Router, Box<dyn std::error::Error>> {
             post(create_pet).route_layer(require("pets:write")?),
         )
         .route("/me", get(me))
-        .route(
-            "/keys",
-            post(create_key).route_layer(require("keys:admin")?),
-        )
-        .route(
-            "/keys/{key_id}",
-            delete(revoke_key).route_layer(require("keys:admin")?),
-        )
-        .route(
-            "/usage",
-            get(usage_report).route_layer(require("usage:read")?),
-        )
         .with_state(state)
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    keyward
-                        .auth_layer()
-                        .failure_throttle(FailureThrottle::new(20, Duration::from_secs(60))),
-                )
-                .layer(keyward.rate_limit_layer()),
-        )
+        // One `Router::layer` per group, composed with `ServiceBuilder`
+        // (outermost first): every `Router::layer` boxes each route again.
+        .layer(ServiceBuilder::new().layer(auth).layer(limit))
+        // The admin routes bring their own (the same) authentication.
+        .merge(admin.router())
         .route("/health", get(|| async { "ok" }))
         .layer(
             ServiceBuilder::new()
@@ -502,144 +505,6 @@ async fn create_pet(State(state): State<AppState>, body: Bytes) -> Response {
         )
             .into_response(),
         Err(error) => unavailable("adding a pet", &error),
-    }
-}
-
-/// `POST /keys` (`keys:admin`): `{"scopes": [...], "owner": "...",
-/// "expires_in_seconds": N}` → `{"key": ..., "key_id": ...}`. The caller
-/// may only hand out scopes it holds itself. The key works on every
-/// instance at once.
-async fn create_key(State(state): State<AppState>, caller: Principal, body: Bytes) -> Response {
-    let Some(body) = json_object(&body) else {
-        return problem(StatusCode::BAD_REQUEST, "The body must be a JSON object.");
-    };
-    let Some(owner) = body
-        .get("owner")
-        .and_then(Value::as_str)
-        .filter(|o| !o.is_empty())
-    else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "\"owner\" must be a non-empty string.",
-        );
-    };
-    let Some(scopes) = body.get("scopes").and_then(Value::as_array) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "\"scopes\" must be an array of strings.",
-        );
-    };
-    let mut parsed = Vec::with_capacity(scopes.len());
-    for scope in scopes {
-        let Some(scope) = scope.as_str() else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "\"scopes\" must be an array of strings.",
-            );
-        };
-        match Scope::new(scope) {
-            Ok(scope) => parsed.push(scope),
-            Err(error) => {
-                return problem(StatusCode::BAD_REQUEST, &format!("Invalid scope: {error}."))
-            }
-        }
-    }
-    let scopes: ScopeSet = parsed.into_iter().collect();
-    if let Some(beyond) = scopes.iter().find(|s| !caller.scopes().grants(s)) {
-        return problem(
-            StatusCode::FORBIDDEN,
-            &format!("You cannot grant the scope {beyond}, which you do not hold."),
-        );
-    }
-    let mut options = IssueOptions::new(owner)
-        .scopes(scopes)
-        .limits(state.standard.clone())
-        .metadata("issued_by", caller.key_id().to_string());
-    match body.get("expires_in_seconds") {
-        None | Some(Value::Null) => {}
-        Some(value) => match value.as_u64().filter(|&secs| secs > 0) {
-            Some(secs) => options = options.expires_in(Duration::from_secs(secs)),
-            None => {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "\"expires_in_seconds\" must be a positive integer.",
-                )
-            }
-        },
-    }
-    match state.manager.issue(options).await {
-        Ok(issued) => (
-            StatusCode::CREATED,
-            Json(json!({
-                "key": issued.key.expose_secret(),
-                "key_id": issued.record.id.to_string(),
-                "owner": issued.record.owner,
-                "scopes": issued.record.scopes.iter().map(Scope::as_str).collect::<Vec<_>>(),
-            })),
-        )
-            .into_response(),
-        Err(ManagerError::ExpiryOutOfRange) => problem(
-            StatusCode::BAD_REQUEST,
-            "\"expires_in_seconds\" is too large.",
-        ),
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "issuing a key failed"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The key could not be issued.",
-            )
-        }
-    }
-}
-
-/// `DELETE /keys/{key_id}` (`keys:admin`): revokes the key at once, on
-/// every instance (the others hear it over Redis pub/sub).
-async fn revoke_key(State(state): State<AppState>, Path(key_id): Path<String>) -> Response {
-    let Ok(id) = key_id.parse::<KeyId>() else {
-        return problem(StatusCode::BAD_REQUEST, "That is not a key id.");
-    };
-    match state.manager.revoke(&id).await {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(ManagerError::NotFound(_)) => problem(StatusCode::NOT_FOUND, "No key has this id."),
-        Err(error) => {
-            tracing::error!(
-                error = &error as &dyn std::error::Error,
-                "revoking a key failed"
-            );
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The key could not be revoked.",
-            )
-        }
-    }
-}
-
-/// `GET /usage` (`usage:read`): each key's usage over the last 24 hours,
-/// from PostgreSQL, so every instance's requests: `{"keys": [{"key_id",
-/// "owner", "requests", "allowed", "denied", "unanswered",
-/// "denied_by_reason", "total_latency_us"}], "period": {"start", "end"}}`.
-async fn usage_report(State(state): State<AppState>) -> Response {
-    let day = TimeRange::last(Duration::from_secs(24 * 3600), SystemTime::now());
-    match state.usage.query(&UsageQuery::all(day)).await {
-        Ok(rows) => {
-            let keys: Vec<Value> = rows
-                .into_iter()
-                .map(|row| {
-                    let mut entry = json!({"key_id": row.key_id, "owner": row.owner});
-                    if let (Value::Object(entry), Ok(Value::Object(counts))) =
-                        (&mut entry, serde_json::to_value(&row.counts))
-                    {
-                        entry.extend(counts);
-                    }
-                    entry
-                })
-                .collect();
-            Json(json!({"keys": keys, "period": day})).into_response()
-        }
-        Err(error) => unavailable("reading usage", &error),
     }
 }
 

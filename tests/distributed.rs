@@ -4,7 +4,8 @@
 //! prefix of this test's own. Checked over TCP: every key printed works on
 //! both instances; a key revoked through one is refused by the other within
 //! a second; a reader's burst spread over both is admitted once; `GET
-//! /usage` on either counts what both served. Needs `DATABASE_URL` and
+//! /usage` on either counts what both served; the admin API behind `/keys`
+//! lists on each the keys issued through both. Needs `DATABASE_URL` and
 //! `REDIS_URL`; skipped without them. Also: without them, or with a server
 //! that does not answer, the example exits with a message, not a panic.
 #![cfg(all(feature = "postgres", feature = "redis"))]
@@ -423,6 +424,25 @@ async fn two_instances_share_keys_revocations_the_readers_budget_and_usage() {
         revocation_time(b, a, b).await,
     ];
     eprintln!("revocation seen by the other instance after {times:?}");
+
+    // `/keys` and `/usage` are keyward's admin API over the shared store:
+    // each instance lists the two keys issued above, through either, as
+    // revoked, and serves the API's OpenAPI document (no key needed).
+    for instance in [a, b] {
+        let listed = get(&instance.addr, "/keys?owner=carol", &instance.admin).await;
+        assert_eq!(listed.status, 200, "{}", listed.body);
+        let listed = listed.json();
+        let statuses: Vec<&Value> = listed["keys"]
+            .as_array()
+            .expect("{\"keys\": [...]}")
+            .iter()
+            .map(|key| &key["status"])
+            .collect();
+        assert_eq!(statuses, ["revoked", "revoked"], "{listed}");
+        let document = send(&instance.addr, "GET", "/openapi.json", None, "").await;
+        assert_eq!(document.status, 200, "{}", document.head);
+        assert!(document.body.contains("\"openapi\""), "{}", document.body);
+    }
 
     // Usage: A's reader made 12 requests, 6 to each instance; both
     // instances count all of them, a couple of seconds later at most.
