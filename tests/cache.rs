@@ -618,6 +618,55 @@ async fn no_refresh_of_a_record_resets_its_rate_budget() {
     assert!(spend().await);
 }
 
+/// A refresh that keeps the policy frees the record it replaced (its
+/// memory, and any secret it held): the new record shares a state of its
+/// own, which a request still holding the old record spends on too.
+#[tokio::test]
+async fn a_refresh_frees_the_record_it_replaced_and_keeps_the_budget() {
+    use keyward::limit::{Limiter, Limits, MemoryLimiter, RatePolicy};
+    let clock = FakeClock::default();
+    let backend = Fresh::default();
+    let cache = CachedStore::builder(backend.clone())
+        .clock(clock.clone())
+        .ttl(Duration::from_secs(30))
+        .build();
+    let (_, record) = issue(&backend, &clock).await;
+    let limits = Limits::new([RatePolicy::new("hourly", 3, Duration::from_secs(3600))
+        .unwrap()
+        .into()])
+    .unwrap();
+    backend
+        .update(record.clone().with_limits(limits))
+        .await
+        .unwrap();
+    let id = record.id;
+    let limiter = MemoryLimiter::new().with_clock(clock.clone());
+    let spend = |record: &Arc<KeyRecord>| {
+        let principal = keyward::Principal::new(record.clone());
+        let decision = limiter.check_principal_immediate(&principal, 1).unwrap();
+        decision.unwrap().is_allowed()
+    };
+
+    let old = cache.find(&id).await.unwrap().unwrap();
+    assert!(spend(&old));
+    clock.advance(Duration::from_secs(31)); // expired: refreshed
+    let new = cache.find(&id).await.unwrap().unwrap();
+    assert!(!Arc::ptr_eq(&old, &new));
+    assert!(spend(&old), "held across the refresh: the same budget");
+    // The cache's map frees the slots it replaced in batches (papaya's
+    // deferred reclamation): look-ups of other ids let it.
+    for _ in 0..100 {
+        cache.find(&unknown_id()).await.unwrap();
+    }
+    assert_eq!(Arc::strong_count(&old), 1, "the cache holds none");
+    let freed = Arc::downgrade(&old);
+    drop(old);
+    assert!(freed.upgrade().is_none());
+    assert!(spend(&new));
+    assert!(!spend(&new), "three an hour, three spent");
+    assert_eq!(limiter.tracked_keys(), 0);
+}
+
 /// A key's change announced while the cache fetches its record: the
 /// requests that waited on that fetch spend on its record's state, and the
 /// key's next record takes that state on.

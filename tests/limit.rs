@@ -840,6 +840,42 @@ async fn an_edit_keeps_the_budget_and_a_new_policy_restarts_it() {
     );
 }
 
+/// An edit that keeps the policy frees the record it replaced (its
+/// memory, and any secret it held): the budget goes on in a state of its
+/// own, which a request still holding the old record spends on too.
+#[tokio::test]
+async fn an_edit_frees_the_record_it_replaced_and_keeps_the_budget() {
+    let f = Fixture::new();
+    let key = f.key(Limits::new([rate("burst", 3, 60)]).unwrap()).await;
+    let limiter = f.limiter();
+    let spend = |record: &std::sync::Arc<KeyRecord>| {
+        let principal = keyward::Principal::new(record.clone());
+        let decision = limiter.check_principal_immediate(&principal, 1).unwrap();
+        decision.unwrap().is_allowed()
+    };
+    let old = f.store.find(&key.id()).await.unwrap().unwrap();
+    assert!(spend(&old));
+    let mut record = KeyRecord::clone(&old);
+    record.name = "renamed".into();
+    f.store.update(record.clone()).await.unwrap();
+    assert!(spend(&old), "held across the edit: the same budget");
+    // The store's map frees what it replaced in batches (papaya's
+    // deferred reclamation): more edits let it.
+    for edit in 0..100 {
+        record.name = format!("edit {edit}").into();
+        f.store.update(record.clone()).await.unwrap();
+    }
+    assert_eq!(std::sync::Arc::strong_count(&old), 1, "no record holds it");
+    let freed = std::sync::Arc::downgrade(&old);
+    drop(old);
+    assert!(freed.upgrade().is_none());
+
+    let new = f.store.find(&key.id()).await.unwrap().unwrap();
+    assert!(spend(&new));
+    assert!(!spend(&new), "three spent across the records");
+    assert_eq!(limiter.tracked_keys(), 0);
+}
+
 fn ready<F: std::future::Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

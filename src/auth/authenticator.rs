@@ -1,4 +1,6 @@
+use std::cell::Cell;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,13 +62,47 @@ fn stand_in_slot(id: &KeyId) -> usize {
     (spread >> 54) as usize % STAND_INS
 }
 
-/// Spins until `deadline`: a refusal's floor is shorter than any sleep
-/// the system offers, and must not yield the thread.
+/// How far past its floor a refusal may wait, at random: several reads of
+/// the clock (tens of nanoseconds each).
+const FLOOR_SPREAD_NANOS: u64 = 256;
+
+/// Spins until `deadline` and a random part of [`FLOOR_SPREAD_NANOS`] after
+/// it: a refusal's floor is shorter than any sleep the system offers, and
+/// must not yield the thread.
+///
+/// Why at random: the loop ends at the first clock read past its
+/// deadline, and the reads come a fixed period apart from where the check
+/// ended, so without it a check that ends a nanosecond later would still
+/// end its wait about a nanosecond later. Past a deadline spread over
+/// many periods, where the reads fall no longer depends on where the check
+/// ended.
 #[inline(never)]
 fn wait_until(deadline: Instant) {
+    let deadline = deadline + Duration::from_nanos(spread() % FLOOR_SPREAD_NANOS);
     while Instant::now() < deadline {
         std::hint::spin_loop();
     }
+}
+
+/// A random number for [`wait_until`] from a per-thread generator
+/// (splitmix64, seeded from std's random hash keys): it need not be
+/// secret, only independent of the check's timing.
+fn spread() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0) };
+    }
+    STATE.with(|state| {
+        let mut seed = state.get();
+        if seed == 0 {
+            seed = RandomState::new().build_hasher().finish();
+        }
+        let seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(seed);
+        let mut z = seed;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
 }
 
 /// The reasons a key is refused, in the order they are reported: bit `i`
@@ -524,5 +560,36 @@ impl fmt::Debug for Authenticator {
             .field("refusal_floor", &self.refusal_floor)
             .field("imported", &self.imported)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusals_wait_is_spread_over_the_whole_range() {
+        // Where a wait ends must not follow where the check ended: the
+        // spreads drawn cover the range, each part about evenly.
+        let mut quarters = [0u32; 4];
+        for _ in 0..4_000 {
+            let nanos = spread() % FLOOR_SPREAD_NANOS;
+            quarters[(nanos * 4 / FLOOR_SPREAD_NANOS) as usize] += 1;
+        }
+        assert!(
+            quarters.iter().all(|&n| (800..1_200).contains(&n)),
+            "{quarters:?}"
+        );
+        // Another thread draws its own sequence.
+        let here: Vec<u64> = (0..4).map(|_| spread()).collect();
+        let there = std::thread::spawn(|| (0..4).map(|_| spread()).collect::<Vec<u64>>());
+        assert_ne!(here, there.join().unwrap());
+    }
+
+    #[test]
+    fn a_wait_ends_no_earlier_than_its_deadline() {
+        let deadline = Instant::now() + Duration::from_micros(50);
+        wait_until(deadline);
+        assert!(Instant::now() >= deadline);
     }
 }

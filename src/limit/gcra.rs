@@ -80,6 +80,12 @@ pub enum GcraOutcome {
 /// is denied as an overflow.
 pub(crate) const LOCKED: u64 = u64::MAX;
 
+/// The words from here to just below [`LOCKED`] say that a state kept in
+/// a record has moved to its own allocation (see `LimitCell`), and where:
+/// no valid TAT reaches them either (the last 4.3 seconds before
+/// `u64::MAX` nanoseconds, in the year 2554, are denied as overflows).
+pub(crate) const MOVED: u64 = LOCKED - (1 << 32);
+
 impl Gcra {
     /// One unit every `period` (at least a nanosecond), at most `burst`
     /// (at least 1) at once. A `tau` beyond a `u64` saturates, which only
@@ -138,7 +144,7 @@ impl Gcra {
             .max(now)
             .checked_add(t)
             .and_then(|next| next.checked_add(additional))
-            .filter(|&next| next != LOCKED)
+            .filter(|&next| next < MOVED)
         else {
             return NEVER;
         };

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use papaya::{Compute, Operation};
 
 use super::bounded::{forgettable, BoundedMap, Expiring, SWEPT};
-use super::cell::CellState;
+use super::cell::{is_moved, CellState};
 use super::decide::{self, rate_verdict, unspent_rate};
 use super::gcra::{load_unlocked, lock_word};
 use super::{
@@ -96,9 +96,8 @@ struct Shared {
     /// 0): a stored record's state is decided on only by the limiter that
     /// claimed it.
     id: u32,
-    /// Keys [`forget`](MemoryLimiter::forget) was asked for, whose state
-    /// may be in a record the limiter cannot reach: reset by that record's
-    /// next check.
+    /// What [`forget`](MemoryLimiter::forget) leaves for states kept in
+    /// records, which the limiter cannot reach.
     forgotten: Forgotten,
 }
 
@@ -118,59 +117,71 @@ fn next_limiter_id() -> u32 {
 /// there, so that the key has one state.
 const TABLE: u32 = 1 << 31;
 
-/// The ids `forget` was asked for, until their key's record is checked
-/// again (at most one entry per key; only operators add them), with a
-/// 256-bit filter that the request path reads (one load) instead of the
-/// set: only a key whose bit is set looks further.
-#[derive(Default)]
+/// What [`forget`](MemoryLimiter::forget) leaves for states kept in
+/// records: a note per id, and a generation that each forget bumps. A
+/// record's state keeps the generation it last caught up with, so the
+/// request path compares it with this one (one load) and looks for its
+/// note only after a forget, once. A note that no state takes (a deleted
+/// key's, one decided in the table or by another limiter) goes once the
+/// longest window of the policies this limiter keeps in records has
+/// passed: the state it was for is full again by then anyway. (The
+/// generation is 16 bits, which fit in a record's spare bytes: a state
+/// left unchecked across an exact multiple of 65 536 forgets would find
+/// its note only after the next one.)
 struct Forgotten {
-    ids: papaya::HashSet<KeyId, KeyIdBuildHasher>,
-    filter: [AtomicU64; 4],
-    /// Held while the filter is rebuilt.
-    writing: Mutex<()>,
+    generation: AtomicU16,
+    notes: BoundedMap<KeyId, Note, KeyIdBuildHasher>,
+    /// How long (nanoseconds) a state this limiter decides in a record
+    /// takes, at most, to be full again.
+    longest: AtomicU64,
+}
+
+/// An id forgotten, and until when its note can matter.
+struct Note {
+    until: u64,
+}
+
+impl Expiring for Note {
+    fn is_idle(&self, now: u64) -> bool {
+        self.until <= now
+    }
 }
 
 impl Forgotten {
-    fn bit(id: &KeyId) -> (usize, u64) {
-        let bytes = id.as_bytes();
-        // Ids are random: two of their characters spread them well enough.
-        let n = usize::from(bytes[0]) * 61 + usize::from(bytes[11]);
-        ((n >> 6) & 3, 1 << (n & 63))
+    fn new(max_notes: usize) -> Self {
+        Self {
+            generation: AtomicU16::new(0),
+            notes: BoundedMap::new(max_notes, Duration::from_secs(60)),
+            longest: AtomicU64::new(0),
+        }
     }
 
-    fn insert(&self, id: KeyId) {
-        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        self.ids.pin().insert(id);
-        let (word, bit) = Self::bit(&id);
-        self.filter[word].fetch_or(bit, Ordering::AcqRel);
+    fn note(&self, id: KeyId, now: u64) {
+        // Sequentially consistent with `claimed`: a state claimed before
+        // this forget has its window counted.
+        let until = now.saturating_add(self.longest.load(Ordering::SeqCst));
+        self.notes.make_room(now);
+        self.notes.map().pin().insert(id, Note { until });
+        // After the note: a state that sees the new generation finds it.
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
-    /// Whether `id` was forgotten since its record's state was last
-    /// reset; takes it off the list.
+    /// A state this limiter decides on (with `rate`) is claimed.
+    fn claimed(&self, rate: &RatePolicy) {
+        let gcra = rate.gcra();
+        let full_in = gcra.tolerance_nanos().saturating_add(gcra.period_nanos());
+        self.longest.fetch_max(full_in, Ordering::SeqCst);
+    }
+
     #[inline]
-    fn take(&self, id: &KeyId) -> bool {
-        let (word, bit) = Self::bit(id);
-        if self.filter[word].load(Ordering::Acquire) & bit == 0 {
-            return false;
-        }
-        self.take_slow(id)
+    fn generation(&self) -> u16 {
+        self.generation.load(Ordering::Acquire)
     }
 
-    #[cold]
-    fn take_slow(&self, id: &KeyId) -> bool {
-        if !self.ids.pin().remove(id) {
-            return false;
-        }
-        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut filter = [0u64; 4];
-        for id in self.ids.pin().iter() {
-            let (word, bit) = Self::bit(id);
-            filter[word] |= bit;
-        }
-        for (word, bits) in self.filter.iter().zip(filter) {
-            word.store(bits, Ordering::Release);
-        }
-        true
+    /// Whether `id` has a note that still matters at `now`; takes it.
+    fn take(&self, id: &KeyId, now: u64) -> bool {
+        let notes = self.notes.map().pin();
+        notes.remove(id).is_some_and(|note| note.until > now)
     }
 }
 
@@ -267,7 +278,7 @@ impl MemoryLimiter {
                 states: BoundedMap::new(max_keys, Duration::from_secs(60)),
                 clock,
                 id: next_limiter_id(),
-                forgotten: Forgotten::default(),
+                forgotten: Forgotten::new(max_keys),
             }),
         }
     }
@@ -300,11 +311,13 @@ impl MemoryLimiter {
     ///
     /// A state kept in the key's stored record is reset by that record's
     /// next check (the limiter does not hold the record); until then the
-    /// id waits in a list, which requests of other keys pass with one
-    /// load of a 256-bit filter.
+    /// id waits in a note, which requests of other keys pass with one
+    /// compare after their first check since. A note no check takes goes
+    /// once the state it was for would be full again anyway.
     pub fn forget(&self, id: &KeyId) {
-        self.shared.states.map().pin().remove(id);
-        self.shared.forgotten.insert(*id);
+        let shared = &*self.shared;
+        shared.states.map().pin().remove(id);
+        shared.forgotten.note(*id, epoch_nanos(shared.clock.now()));
     }
 
     /// The decision for the key of `record`: on the state in the record,
@@ -314,20 +327,88 @@ impl MemoryLimiter {
     fn decide_record(&self, record: &KeyRecord, cost: u32) -> Result<Decision, LimitError> {
         let limits = &record.limits;
         if let ([Policy::Rate(rate)], Some(cell)) = (limits.policies(), record.limit_cell.state()) {
-            let shared = &*self.shared;
-            let keeper = cell.keeper.load(Ordering::Acquire);
-            if keeper == shared.id || (keeper == 0 && cost > 0 && self.claim(record, &cell)) {
-                let now = epoch_nanos(shared.clock.now());
-                if shared.forgotten.take(&record.id) {
-                    cell.tat.store(0, Ordering::Release);
-                }
-                return Ok(Decision::one(decide_rate(cell.tat, rate, cost, now)?));
-            }
-            if keeper == shared.id | TABLE {
-                shared.forgotten.take(&record.id);
+            match self.decide_cell(record, &cell, rate, cost) {
+                InRecord::Decided(verdict) => return Ok(Decision::one(verdict?)),
+                InRecord::Moved => return self.decide_moved(record, rate, cost),
+                InRecord::ById => {}
             }
         }
         self.decide(&record.id, limits, cost)
+    }
+
+    /// The decision on the state in a record, if this limiter decides on
+    /// it.
+    #[inline]
+    fn decide_cell(
+        &self,
+        record: &KeyRecord,
+        cell: &CellState<'_>,
+        rate: &RatePolicy,
+        cost: u32,
+    ) -> InRecord {
+        let shared = &*self.shared;
+        let keeper = cell.keeper.load(Ordering::Acquire);
+        let caught_up = cell.seen.load(Ordering::Acquire) == shared.forgotten.generation();
+        if keeper == shared.id || (keeper == 0 && cost > 0 && self.claim(record, cell, rate)) {
+            let now = epoch_nanos(shared.clock.now());
+            if !caught_up {
+                self.catch_up(record, cell, now);
+            }
+            return match decide_cell_rate(cell.tat, rate, cost, now) {
+                Some(verdict) => InRecord::Decided(verdict),
+                None => InRecord::Moved,
+            };
+        }
+        if keeper == shared.id | TABLE && !caught_up {
+            // Decided in the table, where `forget` reached it: the note
+            // has no other use.
+            self.catch_up(record, cell, epoch_nanos(shared.clock.now()));
+        }
+        InRecord::ById
+    }
+
+    /// The decision for a replaced record whose state moved on to its
+    /// successor (a request that found the record just before).
+    #[cold]
+    fn decide_moved(
+        &self,
+        record: &KeyRecord,
+        rate: &RatePolicy,
+        cost: u32,
+    ) -> Result<Decision, LimitError> {
+        if let Some(words) = record.limit_cell.moved() {
+            // A moved state never moves again.
+            if let InRecord::Decided(verdict) = self.decide_cell(record, &words.state(), rate, cost)
+            {
+                return Ok(Decision::one(verdict?));
+            }
+        }
+        self.decide(&record.id, &record.limits, cost)
+    }
+
+    /// The first check of a record's state since a `forget` (of any key):
+    /// takes the key's note, if any, and restarts the state. One check per
+    /// generation does (the one that moves the state's generation on), so
+    /// a forget restarts a state once.
+    #[cold]
+    fn catch_up(&self, record: &KeyRecord, cell: &CellState<'_>, now: u64) {
+        let forgotten = &self.shared.forgotten;
+        let generation = forgotten.generation();
+        let seen = cell.seen.load(Ordering::Acquire);
+        if seen == generation
+            || cell
+                .seen
+                .compare_exchange(seen, generation, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            || !forgotten.take(&record.id, now)
+        {
+            return;
+        }
+        if !restart(cell.tat) {
+            if let Some(words) = record.limit_cell.moved() {
+                restart(words.state().tat);
+            }
+        }
     }
 
     /// Claims a stored record's state for this limiter, the first time it
@@ -336,7 +417,7 @@ impl MemoryLimiter {
     /// table keeps deciding it, marked so that the next check needs no
     /// look-up to know). Whether this limiter decides on the record's state.
     #[cold]
-    fn claim(&self, record: &KeyRecord, cell: &CellState<'_>) -> bool {
+    fn claim(&self, record: &KeyRecord, cell: &CellState<'_>, rate: &RatePolicy) -> bool {
         let shared = &*self.shared;
         let fingerprint = record.limits.policies()[0].fingerprint();
         let in_table = shared
@@ -348,6 +429,7 @@ impl MemoryLimiter {
         let claim = if in_table {
             shared.id | TABLE
         } else {
+            shared.forgotten.claimed(rate);
             shared.id
         };
         let keeper =
@@ -569,8 +651,9 @@ impl KeyState {
     /// left out: forgetting them changes nothing. (A check that borrowed
     /// one just then spends on a state no longer kept: it costs that
     /// check's spend, at most once per request in flight, only when a key
-    /// back from idle meets a new policy. Never-used ones stay: the
-    /// request that made one is about to spend on it.) Past
+    /// back from idle meets a new policy. Never-used ones stay, even once
+    /// a sweep marked them: the request that made one is about to spend
+    /// on it.) Past
     /// [`MAX_SLOTS`], states go in the order it gives; the others are
     /// shared, not copied.
     fn with(&self, added: Vec<Slot>, now: u64) -> KeyState {
@@ -672,12 +755,13 @@ impl Slot {
         }
     }
 
-    /// Whether anything was ever spent on this state (or a sweep saw it
-    /// unspent: see [`SWEPT`]).
+    /// Whether anything was ever spent on this state. One a sweep only
+    /// marked ([`SWEPT`]) was not: the request that made it may still be
+    /// about to spend on it.
     fn is_used(&self) -> bool {
         match self {
-            Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) != 0,
-            Slot::Credits(credits) => credits.balance().restored_at != 0,
+            Slot::Rate(rate) => rate.tat.load(Ordering::Relaxed) > SWEPT,
+            Slot::Credits(credits) => credits.balance().restored_at > SWEPT,
         }
     }
 }
@@ -740,6 +824,51 @@ impl SlotRef<'_> {
 #[derive(Debug, thiserror::Error)]
 #[error("limit state of the wrong kind for this policy")]
 struct KindMismatch;
+
+/// What became of a check on the state in a record.
+enum InRecord {
+    Decided(Result<Verdict, LimitError>),
+    /// Not this limiter's to decide on: by key id, in the table.
+    ById,
+    /// The record was replaced and its state moved on (see `LimitCell`).
+    Moved,
+}
+
+/// [`decide_rate`] on the state in a record; `None` if the state moved
+/// on. A word that moved reads as a time far ahead, which denies: only a
+/// denial looks at the word again, so the allowed path pays nothing.
+#[inline]
+fn decide_cell_rate(
+    tat: &AtomicU64,
+    rate: &RatePolicy,
+    cost: u32,
+    now: u64,
+) -> Option<Result<Verdict, LimitError>> {
+    if cost == 0 {
+        let word = load_unlocked(tat);
+        return (!is_moved(word)).then(|| Ok(unspent_rate(rate, word, now)));
+    }
+    let verdict = decide_rate(tat, rate, cost, now);
+    if verdict.as_ref().is_ok_and(Verdict::is_allowed) || !is_moved(tat.load(Ordering::Acquire)) {
+        Some(verdict)
+    } else {
+        None
+    }
+}
+
+/// Restarts a record's state full; `false` if it moved on meanwhile.
+fn restart(tat: &AtomicU64) -> bool {
+    let mut current = load_unlocked(tat);
+    loop {
+        if is_moved(current) {
+            return false;
+        }
+        match tat.compare_exchange_weak(current, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(actual) => current = actual,
+        }
+    }
+}
 
 /// One rate alone: one compare-and-swap on its word.
 #[inline]
@@ -934,6 +1063,150 @@ mod tests {
         assert!(through(&limiter, &loose));
     }
 
+    /// Ids never checked through a record again (deleted keys, loose
+    /// records, keys of another limiter) leave nothing behind for long,
+    /// and nothing on the request path. A stored key's first check after the forgets
+    /// catches up once and keeps its budget; its later checks compare two
+    /// equal words; the notes go once they cannot matter.
+    #[test]
+    fn forgetting_ids_never_seen_again_leaves_the_fast_path_as_before() {
+        let clock = FakeClock::default();
+        let limits = Limits::new([rate("burst", 3, 3_600)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(clock.clone());
+        let principal = stored(&limits);
+        assert!(through(&limiter, &principal));
+        let forgotten = &limiter.shared.forgotten;
+        let numbered = |n: u32| -> KeyId { format!("zz{n:010}").parse().unwrap() };
+        for n in 0..10_000 {
+            limiter.forget(&numbered(n));
+        }
+        assert_eq!(forgotten.notes.len(), 10_000);
+        let seen = || {
+            let cell = principal.record().limit_cell.state().unwrap();
+            cell.seen.load(Ordering::Relaxed)
+        };
+        assert_ne!(seen(), forgotten.generation());
+        assert!(through(&limiter, &principal), "not restarted: 2 left");
+        assert_eq!(seen(), forgotten.generation(), "caught up: fast path");
+        assert!(through(&limiter, &principal));
+        assert!(!through(&limiter, &principal), "not restarted");
+        assert_eq!(seen(), forgotten.generation());
+        assert_eq!(forgotten.notes.len(), 10_000);
+        // Past the longest window (an hour) the notes no check took go.
+        clock.advance(Duration::from_secs(3_601));
+        limiter.forget(&numbered(10_000));
+        assert_eq!(forgotten.notes.len(), 1);
+        // And a note still restarts its key's state: once.
+        while through(&limiter, &principal) {}
+        limiter.forget(&id());
+        for _ in 0..3 {
+            assert!(through(&limiter, &principal));
+        }
+        assert!(!through(&limiter, &principal), "once");
+        assert_eq!(forgotten.notes.len(), 1, "taken");
+    }
+
+    /// Requests of a spent key racing its first checks after a forget:
+    /// the state restarts once, so exactly one budget passes.
+    #[test]
+    fn forget_restarts_a_record_state_once_under_contention() {
+        let limits = Limits::new([rate("burst", 5, 3_600)]).unwrap();
+        for round in 0..30u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let principal = stored(&limits);
+            while through(&limiter, &principal) {}
+            limiter.forget(&id());
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(4);
+            std::thread::scope(|scope| {
+                for _ in 0..4 {
+                    let (limiter, principal) = (&limiter, &principal);
+                    let (allowed, barrier) = (&allowed, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        for _ in 0..5 {
+                            if through(limiter, principal) {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+            });
+            assert_eq!(allowed.load(Ordering::Relaxed), 5, "round {round}");
+        }
+    }
+
+    /// A request that holds a record the store has just replaced spends on
+    /// the state the successor took over (one budget), and a forget
+    /// restarts that state once, whichever record is checked first.
+    #[test]
+    fn a_replaced_record_spends_on_the_state_its_successor_took_over() {
+        let limits = Limits::new([rate("burst", 3, 60)]).unwrap();
+        let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+        let old = stored(&limits);
+        assert!(through(&limiter, &old));
+        let cell = LimitCell::successor(old.record(), &limits);
+        let new = Principal::new(Arc::new(
+            old.record().as_ref().clone().with_limit_cell(cell),
+        ));
+        assert!(through(&limiter, &old), "on the moved state");
+        assert!(through(&limiter, &new));
+        assert!(!through(&limiter, &new));
+        assert!(!through(&limiter, &old));
+        let read = limiter.check_principal_immediate(&old, 0).unwrap();
+        assert_eq!(read.unwrap().verdicts()[0].remaining(), 0);
+
+        limiter.forget(&id());
+        assert!(through(&limiter, &old), "restarted");
+        assert!(through(&limiter, &new));
+        assert!(through(&limiter, &new));
+        assert!(!through(&limiter, &new), "once");
+        assert!(!through(&limiter, &old));
+        assert_eq!(limiter.tracked_keys(), 0);
+    }
+
+    /// A record replaced while requests spend on it: one thread holds the
+    /// old record throughout, another takes the new one once it exists.
+    /// Every spend lands on the one state, before or after it moved.
+    #[test]
+    fn a_state_moving_on_under_contention_loses_no_spend() {
+        let limits = Limits::new([rate("burst", 20, 3_600)]).unwrap();
+        for round in 0..100u32 {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let old = stored(&limits);
+            let new = std::sync::OnceLock::new();
+            let allowed = AtomicUsize::new(0);
+            let barrier = Barrier::new(3);
+            std::thread::scope(|scope| {
+                for holds_old in [true, false] {
+                    let (limiter, old, new) = (&limiter, &old, &new);
+                    let (allowed, barrier) = (&allowed, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        for _ in 0..15 {
+                            let principal = if holds_old {
+                                old
+                            } else {
+                                new.get().unwrap_or(old)
+                            };
+                            if through(limiter, principal) {
+                                allowed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
+                }
+                barrier.wait();
+                for _ in 0..round % 10 * 50 {
+                    std::hint::spin_loop();
+                }
+                let cell = LimitCell::successor(old.record(), &limits);
+                let record = old.record().as_ref().clone().with_limit_cell(cell);
+                let _ = new.set(Principal::new(Arc::new(record)));
+            });
+            assert_eq!(allowed.load(Ordering::Relaxed), 20, "round {round}");
+        }
+    }
+
     fn principal_of(limits: &Limits, id: &str) -> Principal {
         let hash = crate::key::KeyHash::from_bytes([7; 32]);
         let record = KeyRecord::new(id.parse().unwrap(), hash, "acme", std::time::UNIX_EPOCH)
@@ -1080,6 +1353,30 @@ mod tests {
         assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
         assert!(borrowed.decide(&burst, 1, now).unwrap().is_allowed());
         assert!(!allowed(&limiter, &[burst]), "a spend was lost");
+    }
+
+    /// A state just made, that a sweep marked (never spent on) and kept,
+    /// is not taken for a used one when another request of the key adds a
+    /// policy: the request that made it still spends on it.
+    #[test]
+    fn a_state_a_sweep_marked_survives_a_policy_being_added() {
+        let credits = Policy::from(CreditPolicy::new("prepaid", 1).unwrap());
+        for made in [rate("burst", 1, 60), credits] {
+            let limiter = MemoryLimiter::new().with_clock(FakeClock::default());
+            let now = epoch_nanos(limiter.shared.clock.now());
+            let map = limiter.shared.states.map().pin();
+            map.insert(
+                id(),
+                KeyState::from_slots(vec![Slot::new(&made, made.fingerprint(), now)]),
+            );
+            let borrowed = map.get(&id()).unwrap().find(made.fingerprint()).unwrap();
+            // The first sweep is due at once: it marks the state.
+            limiter.shared.states.make_room(now);
+            assert!(map.get(&id()).unwrap().is_forgettable(now), "marked");
+            assert!(allowed(&limiter, &[rate("daily", 100, 86_400)]));
+            assert!(borrowed.decide(&made, 1, now).unwrap().is_allowed());
+            assert!(!allowed(&limiter, &[made]), "a spend was lost");
+        }
     }
 
     /// The race behind a flaky `concurrent_first_requests_...`: a sweep
