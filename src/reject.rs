@@ -513,7 +513,7 @@ fn allow_origin(request_headers: &HeaderMap, response_headers: &mut HeaderMap) {
     if origin
         .to_str()
         .ok()
-        .and_then(crate::auth::origin::RequestOrigin::parse_origin)
+        .and_then(crate::auth::origin::OriginRef::parse_origin)
         .is_none()
     {
         return;

@@ -228,22 +228,26 @@ pub(crate) fn restrict<B>(
 /// Whether the request comes from one of the key's allowed origins (see
 /// [`origin`](super::origin)).
 fn check_origin(record: &crate::record::KeyRecord, headers: &HeaderMap) -> Result<(), Rejection> {
-    let origin = super::origin::RequestOrigin::of(headers);
+    // Borrowed from the header and compared without regard to case: no
+    // allocation for a key used from where it may be.
+    let origin = super::origin::OriginRef::of(headers);
     let allowed = origin.as_ref().is_some_and(|origin| {
         record
             .allowed_origins()
             .iter()
-            .any(|allowed| allowed.matches(origin))
+            .any(|allowed| allowed.matches_ref(origin))
     });
     if allowed {
         return Ok(());
     }
-    // The origin is the browser's claim, not a secret: logged to explain
-    // the refusal (bounded in length by the parser).
+    // The origin is the browser's claim, not a secret: logged (in its
+    // canonical form) to explain the refusal, bounded in length by the
+    // parser.
+    let none: &dyn std::fmt::Display = &"(none)";
     tracing::info!(
         target: "keyward::auth",
         key_id = %record.id,
-        origin = origin.as_ref().map(|o| o.to_string()).as_deref().unwrap_or("(none)"),
+        origin = %origin.as_ref().map_or(none, |o| o as &dyn std::fmt::Display),
         "API key refused: origin not allowed"
     );
     Err(Rejection::new(RejectReason::OriginNotAllowed).with_key_id(record.id))
