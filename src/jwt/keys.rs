@@ -73,6 +73,11 @@ impl JwtKey {
     /// A key for `algorithm`, made with any of jsonwebtoken's
     /// [`DecodingKey`] constructors (from a JWK, DER, or RSA / EC / Ed25519
     /// components). The key must be of the algorithm's family.
+    ///
+    /// If jsonwebtoken has no crypto provider yet (a build where another
+    /// crate also enables its `aws_lc_rs` feature), this installs the
+    /// RustCrypto one, for the whole process: to use another, install it
+    /// before making any key.
     pub fn new(kid: &str, algorithm: Algorithm, key: DecodingKey) -> Result<Self, JwtKeyError> {
         super::ensure_crypto_provider();
         check_family(algorithm, key.family())?;
@@ -223,7 +228,8 @@ impl JwtSigningKey {
 
     /// A key for `algorithm`, made with any of jsonwebtoken's
     /// [`EncodingKey`] constructors. The key must be of the algorithm's
-    /// family.
+    /// family. Settles jsonwebtoken's crypto provider as
+    /// [`JwtKey::new`] does.
     pub fn new(kid: &str, algorithm: Algorithm, key: EncodingKey) -> Result<Self, JwtKeyError> {
         super::ensure_crypto_provider();
         check_family(algorithm, key.family())?;
