@@ -30,6 +30,17 @@ impl Algorithm {
         }
     }
 
+    /// Every algorithm keyward verifies.
+    pub(crate) const ALL: [Algorithm; 2] = [Algorithm::Ed25519, Algorithm::HmacSha256];
+
+    /// The algorithm `name` (an `alg` parameter) names, if keyward
+    /// verifies it; names are compared exactly, as `alg` is checked.
+    pub(crate) fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|algorithm| algorithm.as_str() == name)
+    }
+
     /// The algorithm of a verification key, if keyward verifies it.
     pub fn of(key: &VerificationKey) -> Option<Self> {
         match key {
@@ -230,30 +241,206 @@ pub(crate) fn ed25519_public_key(
 /// malleable signatures); the HMAC is compared in constant time.
 pub(crate) fn verify(key: &VerificationKey, message: &[u8], signature: &[u8]) -> bool {
     match key {
-        VerificationKey::Ed25519(public) => {
-            let Ok(public) = ed25519_public_key(public) else {
-                return false;
-            };
-            let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
-                return false;
-            };
-            public.verify_strict(message, &signature).is_ok()
+        VerificationKey::Ed25519(public) => verify_ed25519(public, message, signature),
+        VerificationKey::HmacSha256(secret) => {
+            verify_hmac_sha256(secret.expose(), message, signature)
         }
-        VerificationKey::HmacSha256(secret) => mac(secret.expose(), message)
-            .verify_slice(signature)
-            .is_ok(),
     }
 }
 
-/// The work of one Ed25519 verification, on a key nobody holds: an
-/// unknown key id costs what a known one does.
-pub(crate) fn verify_dummy(message: &[u8], signature: &[u8]) {
-    // The compressed base point: a valid key of full order.
-    let mut base_point = [0x66u8; 32];
-    base_point[0] = 0x58;
-    std::hint::black_box(verify(
-        &VerificationKey::Ed25519(base_point),
-        message,
-        signature,
-    ));
+fn verify_ed25519(public: &[u8; 32], message: &[u8], signature: &[u8]) -> bool {
+    #[cfg(test)]
+    work::count(Algorithm::Ed25519);
+    let Ok(public) = ed25519_public_key(public) else {
+        return false;
+    };
+    let Ok(signature) = ed25519_dalek::Signature::from_slice(signature) else {
+        return false;
+    };
+    public.verify_strict(message, &signature).is_ok()
+}
+
+fn verify_hmac_sha256(secret: &[u8], message: &[u8], signature: &[u8]) -> bool {
+    #[cfg(test)]
+    work::count(Algorithm::HmacSha256);
+    mac(secret, message).verify_slice(signature).is_ok()
+}
+
+/// The seed of the Ed25519 key [`verify_dummy`] verifies with; only the
+/// tests sign with it.
+#[cfg(test)]
+const DUMMY_ED25519_SEED: [u8; 32] = [0x2a; 32];
+
+/// The public key of [`DUMMY_ED25519_SEED`]: a valid key of full order,
+/// decoded as a stored one is.
+const DUMMY_ED25519: [u8; 32] = [
+    0x19, 0x7f, 0x6b, 0x23, 0xe1, 0x6c, 0x85, 0x32, 0xc6, 0xab, 0xc8, 0x38, 0xfa, 0xcd, 0x5e, 0xa7,
+    0x89, 0xbe, 0x0c, 0x76, 0xb2, 0x92, 0x03, 0x34, 0x03, 0x9b, 0xfa, 0x8b, 0x3d, 0x36, 0x8d, 0x61,
+];
+
+/// A 32-byte HMAC-SHA-256 secret, the length keyward issues.
+const DUMMY_HMAC_SHA256: [u8; 32] = [0x5c; 32];
+
+/// The work of verifying `signature` of `message` with `algorithm`, on a
+/// fixed key, through the same function a real key goes through; the
+/// result is thrown away (the request is refused whatever it is). So a
+/// refusal that has no key to verify with (an unknown key id, a key of
+/// another algorithm, a record without a verification key) costs what a
+/// failed verification of a known key of that algorithm does.
+pub(crate) fn verify_dummy(algorithm: Algorithm, message: &[u8], signature: &[u8]) {
+    #[cfg(test)]
+    work::count_dummy(algorithm);
+    let verified = match algorithm {
+        Algorithm::Ed25519 => verify_ed25519(&DUMMY_ED25519, message, signature),
+        Algorithm::HmacSha256 => verify_hmac_sha256(&DUMMY_HMAC_SHA256, message, signature),
+    };
+    std::hint::black_box(verified);
+}
+
+/// Counts, per thread, the verifications each algorithm ran (real or
+/// dummy) and the dummies among them, so that tests can tell which work a
+/// refusal did without timing it.
+#[cfg(test)]
+pub(crate) mod work {
+    use std::cell::Cell;
+
+    use super::Algorithm;
+
+    thread_local! {
+        static VERIFIED: Cell<[usize; 2]> = const { Cell::new([0; 2]) };
+        static DUMMIES: Cell<[usize; 2]> = const { Cell::new([0; 2]) };
+    }
+
+    fn index(algorithm: Algorithm) -> usize {
+        match algorithm {
+            Algorithm::Ed25519 => 0,
+            Algorithm::HmacSha256 => 1,
+        }
+    }
+
+    fn bump(cell: &'static std::thread::LocalKey<Cell<[usize; 2]>>, algorithm: Algorithm) {
+        cell.with(|cell| {
+            let mut counts = cell.get();
+            counts[index(algorithm)] += 1;
+            cell.set(counts);
+        });
+    }
+
+    pub(super) fn count(algorithm: Algorithm) {
+        bump(&VERIFIED, algorithm);
+    }
+
+    pub(super) fn count_dummy(algorithm: Algorithm) {
+        bump(&DUMMIES, algorithm);
+    }
+
+    /// What this thread ran so far: (verifications, of which dummies), by
+    /// algorithm.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub(crate) struct Work {
+        pub(crate) ed25519: (usize, usize),
+        pub(crate) hmac_sha256: (usize, usize),
+    }
+
+    /// Runs `f` and says what verification work it did on this thread.
+    pub(crate) fn during(f: impl FnOnce()) -> Work {
+        let read = || (VERIFIED.with(Cell::get), DUMMIES.with(Cell::get));
+        let (verified, dummies) = read();
+        f();
+        let (verified_after, dummies_after) = read();
+        let of = |i: usize| {
+            (
+                verified_after[i] - verified[i],
+                dummies_after[i] - dummies[i],
+            )
+        };
+        Work {
+            ed25519: of(0),
+            hmac_sha256: of(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dummy_keys() -> [(Algorithm, SigningKey); 2] {
+        [
+            (
+                Algorithm::Ed25519,
+                SigningKey::ed25519_from_seed(&DUMMY_ED25519_SEED),
+            ),
+            (
+                Algorithm::HmacSha256,
+                SigningKey::hmac_sha256(DUMMY_HMAC_SHA256.to_vec()).unwrap(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn the_dummy_ed25519_key_is_the_seeds_and_a_valid_key() {
+        let key = SigningKey::ed25519_from_seed(&DUMMY_ED25519_SEED).verification_key();
+        assert_eq!(key, VerificationKey::Ed25519(DUMMY_ED25519));
+        assert!(ed25519_public_key(&DUMMY_ED25519).is_ok());
+    }
+
+    /// The dummy runs the whole verification, not a short cut: with the
+    /// dummy key's own signature it reaches the answer "valid" (which the
+    /// caller throws away), and with a wrong one "invalid", through the
+    /// same function a stored key of that algorithm goes through.
+    #[test]
+    fn each_dummy_computes_its_algorithms_verification() {
+        let message = b"\"@method\": GET\n\"@signature-params\": ();created=1";
+        for (algorithm, key) in dummy_keys() {
+            assert_eq!(key.algorithm(), algorithm);
+            let good = key.sign(message);
+            let mut bad = good.clone();
+            bad[0] ^= 1;
+            // The same function, on the same key, gives both answers.
+            assert!(verify(&key.verification_key(), message, &good));
+            assert!(!verify(&key.verification_key(), message, &bad));
+            let dummy_key = match algorithm {
+                Algorithm::Ed25519 => verify_ed25519(&DUMMY_ED25519, message, &good),
+                Algorithm::HmacSha256 => verify_hmac_sha256(&DUMMY_HMAC_SHA256, message, &good),
+            };
+            assert!(dummy_key, "{algorithm}");
+
+            for signature in [good, bad] {
+                let done = work::during(|| verify_dummy(algorithm, message, &signature));
+                let expected = (1, 1);
+                match algorithm {
+                    Algorithm::Ed25519 => assert_eq!(
+                        done,
+                        work::Work {
+                            ed25519: expected,
+                            ..Default::default()
+                        }
+                    ),
+                    Algorithm::HmacSha256 => assert_eq!(
+                        done,
+                        work::Work {
+                            hmac_sha256: expected,
+                            ..Default::default()
+                        }
+                    ),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_real_verification_counts_as_work_not_as_a_dummy() {
+        let key = SigningKey::generate_hmac_sha256().unwrap();
+        let done = work::during(|| {
+            verify(&key.verification_key(), b"message", &[0; 32]);
+        });
+        assert_eq!(
+            done,
+            work::Work {
+                hmac_sha256: (1, 0),
+                ..Default::default()
+            }
+        );
+    }
 }

@@ -46,6 +46,15 @@ pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 /// - the record is active and within its validity times;
 /// - the signature was not accepted before (see [`ReplayCache`]).
 ///
+/// Which key ids exist does not show in how long a refusal takes: every
+/// refusal after the look-up costs one verification of each algorithm the
+/// request names in `alg` (of each algorithm keyward verifies when `alg` is
+/// absent), on the key if it has that algorithm, else on a fixed dummy key
+/// whose result is thrown away. So an unknown id, a record without a
+/// verification key and a key of another algorithm cost what a known key
+/// with a bad signature does. (A client that leaves `alg` out and is refused
+/// pays for every algorithm: send `alg`.)
+///
 /// Cheap to clone: clones share the store, the clock and the replay cache.
 #[derive(Clone)]
 pub struct SignatureVerifier {
@@ -94,6 +103,37 @@ pub(crate) struct Prepared {
     alg: Option<String>,
     now: SystemTime,
     window_end: u64,
+}
+
+impl Prepared {
+    /// The algorithms whose verification every refusal of this request
+    /// costs, whatever its key id names, so that its time tells no known
+    /// id from an unknown one: the one `alg` names; every one keyward
+    /// verifies when `alg` is absent (the algorithm would be the key's,
+    /// and an unknown id has none); none when `alg` names one keyward does
+    /// not verify (every id is refused without cryptography then).
+    fn refusal_work(&self) -> &'static [Algorithm] {
+        match self.alg.as_deref().map(Algorithm::from_name) {
+            None => &Algorithm::ALL,
+            Some(Some(Algorithm::Ed25519)) => &[Algorithm::Ed25519],
+            Some(Some(Algorithm::HmacSha256)) => &[Algorithm::HmacSha256],
+            Some(None) => &[],
+        }
+    }
+
+    /// Before a refusal: runs a dummy verification of each algorithm of
+    /// [`refusal_work`](Self::refusal_work) but `done` (the one a
+    /// failed verification of the key already ran). Equal work, not equal
+    /// nanoseconds: an HMAC secret over 64 bytes is hashed first, and
+    /// Ed25519's check takes a time that varies with its inputs, for the
+    /// dummy key as for any other.
+    fn pad_refusal(&self, done: Option<Algorithm>) {
+        for &algorithm in self.refusal_work() {
+            if Some(algorithm) != done {
+                keys::verify_dummy(algorithm, self.base.as_bytes(), &self.signature);
+            }
+        }
+    }
 }
 
 impl SignatureVerifier {
@@ -320,7 +360,7 @@ impl SignatureVerifier {
         let record = match lookup {
             Ok(Some(record)) => record,
             Ok(None) => {
-                keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
+                prepared.pad_refusal(None);
                 tracing::info!(target: "keyward::signature", key_id = %id, "signed request refused: unknown key");
                 return Err(Rejection::new(RejectReason::UnknownKey).with_key_id(id));
             }
@@ -337,17 +377,19 @@ impl SignatureVerifier {
             }
         };
         let Some(key) = record.verification_key() else {
-            keys::verify_dummy(prepared.base.as_bytes(), &prepared.signature);
+            prepared.pad_refusal(None);
             return fail(SignatureError::NotASigningKey);
         };
         // The algorithm comes from the key; `alg`, if sent, must agree.
         let algorithm = Algorithm::of(key);
         if let Some(alg) = &prepared.alg {
             if algorithm.is_none_or(|a| a.as_str() != alg) {
+                prepared.pad_refusal(None);
                 return fail(SignatureError::AlgorithmMismatch);
             }
         }
         if !keys::verify(key, prepared.base.as_bytes(), &prepared.signature) {
+            prepared.pad_refusal(algorithm);
             return fail(SignatureError::Invalid);
         }
         let refuse_record = |reason: RejectReason| {
@@ -460,5 +502,201 @@ impl fmt::Debug for SignatureVerifier {
             .field("replay", &inner.replay)
             .field("store_timeout", &inner.store_timeout)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::clock::FakeClock;
+    use crate::key::VerificationKey;
+    use crate::signature::keys::work::{self, Work};
+    use crate::signature::{RequestSigner, SigningKey};
+    use crate::{KeyHasher, KeyRecord, MemoryStore};
+
+    /// What `alg` says in a test request.
+    #[derive(Debug, Clone, Copy)]
+    enum Alg {
+        Named(Algorithm),
+        Absent,
+        Unsupported,
+    }
+
+    /// Who the key id names.
+    #[derive(Debug, Clone, Copy)]
+    enum Target {
+        Unknown,
+        ApiKey,
+        Key(Algorithm),
+    }
+
+    fn record(id: &str, key: Option<VerificationKey>) -> Lookup {
+        let record = KeyRecord::new(
+            id.parse().unwrap(),
+            KeyHasher::sha256().hash("unused"),
+            "acme",
+            SystemTime::UNIX_EPOCH,
+        );
+        Ok(Some(Arc::new(match key {
+            Some(key) => record.with_verification_key(key),
+            None => record,
+        })))
+    }
+
+    fn signing_key(algorithm: Algorithm) -> SigningKey {
+        match algorithm {
+            Algorithm::Ed25519 => SigningKey::generate_ed25519().unwrap(),
+            Algorithm::HmacSha256 => SigningKey::generate_hmac_sha256().unwrap(),
+        }
+    }
+
+    /// A bodiless GET by `id`, signed with `key`, its `alg` as `alg` says,
+    /// as the digest layer would hand it on.
+    fn request(clock: &FakeClock, id: &str, key: SigningKey, alg: Alg) -> Request<&'static str> {
+        let signer = RequestSigner::new(id, key)
+            .clock(clock.clone())
+            .alg(!matches!(alg, Alg::Absent));
+        let mut request = Request::get("https://api.example.com/pets")
+            .body("")
+            .unwrap();
+        signer.sign(&mut request).unwrap();
+        if let Alg::Unsupported = alg {
+            let headers = request.headers_mut();
+            let input = headers[&SIGNATURE_INPUT].to_str().unwrap();
+            let edited = input
+                .replace("\"ed25519\"", "\"rsa-pss-sha512\"")
+                .replace("\"hmac-sha256\"", "\"rsa-pss-sha512\"");
+            assert_ne!(edited, input);
+            headers.insert(&SIGNATURE_INPUT, edited.try_into().unwrap());
+        }
+        request.extensions_mut().insert(DigestStatus::bodiless());
+        request
+    }
+
+    /// The work a refusal must do when the request says `alg`: one
+    /// verification of each algorithm it names (all, if none).
+    fn expected(alg: Alg) -> [usize; 2] {
+        match alg {
+            Alg::Named(Algorithm::Ed25519) => [1, 0],
+            Alg::Named(Algorithm::HmacSha256) => [0, 1],
+            Alg::Absent => [1, 1],
+            Alg::Unsupported => [0, 0],
+        }
+    }
+
+    /// Every refusal of a well-formed signed request costs the
+    /// verifications of the algorithm the request names, whoever its key
+    /// id names: an unknown id, a record without a verification key, a key
+    /// of another algorithm (dummies), a key of the same algorithm whose
+    /// verification fails (the real one). The reasons stay what they were.
+    #[test]
+    fn every_refusal_does_the_work_of_the_requests_algorithm() {
+        let clock = FakeClock::default();
+        let verifier = SignatureVerifier::new(MemoryStore::new()).clock(clock.clone());
+        let ed25519 = signing_key(Algorithm::Ed25519);
+        let hmac = signing_key(Algorithm::HmacSha256);
+        let targets = [
+            Target::Unknown,
+            Target::ApiKey,
+            Target::Key(Algorithm::Ed25519),
+            Target::Key(Algorithm::HmacSha256),
+        ];
+        let algs = [
+            Alg::Named(Algorithm::Ed25519),
+            Alg::Named(Algorithm::HmacSha256),
+            Alg::Absent,
+            Alg::Unsupported,
+        ];
+        let id = "AbCdEf012345";
+        for alg in algs {
+            // Signed by a stranger's key, so that no key here verifies it.
+            let stranger = match alg {
+                Alg::Named(Algorithm::HmacSha256) => Algorithm::HmacSha256,
+                _ => Algorithm::Ed25519,
+            };
+            for target in targets {
+                let lookup = match target {
+                    Target::Unknown => Ok(None),
+                    Target::ApiKey => record(id, None),
+                    Target::Key(Algorithm::Ed25519) => record(id, Some(ed25519.verification_key())),
+                    Target::Key(Algorithm::HmacSha256) => record(id, Some(hmac.verification_key())),
+                };
+                let request = request(&clock, id, signing_key(stranger), alg);
+                let prepared = verifier.begin(RequestParts::of(&request)).unwrap();
+                let mut answer = None;
+                let done = work::during(|| answer = Some(verifier.finish(prepared, lookup)));
+                let rejection = answer.unwrap().expect_err("refused");
+                let case = format!("{alg:?} to {target:?}");
+                let reason = match target {
+                    Target::Unknown => RejectReason::UnknownKey,
+                    _ => RejectReason::BadSignature,
+                };
+                assert_eq!(rejection.reason(), reason, "{case}");
+                let [ed, mac] = expected(alg);
+                assert_eq!(
+                    [done.ed25519.0, done.hmac_sha256.0],
+                    [ed, mac],
+                    "verifications, {case}"
+                );
+                // Which of them are dummies: all but the key's own, when
+                // the key is of an algorithm the request allows.
+                let real = match (target, alg) {
+                    (Target::Key(key), Alg::Named(named)) if key == named => Some(key),
+                    (Target::Key(key), Alg::Absent) => Some(key),
+                    _ => None,
+                };
+                let dummies = [
+                    ed - usize::from(real == Some(Algorithm::Ed25519)),
+                    mac - usize::from(real == Some(Algorithm::HmacSha256)),
+                ];
+                assert_eq!(
+                    [done.ed25519.1, done.hmac_sha256.1],
+                    dummies,
+                    "dummies, {case}"
+                );
+            }
+        }
+    }
+
+    /// An admitted request does only its own key's work: the padding is
+    /// for refusals.
+    #[test]
+    fn an_admitted_request_runs_no_dummy() {
+        let clock = FakeClock::default();
+        let verifier = SignatureVerifier::new(MemoryStore::new()).clock(clock.clone());
+        let id = "AbCdEf012345";
+        for (algorithm, alg) in [
+            (Algorithm::Ed25519, true),
+            (Algorithm::HmacSha256, true),
+            (Algorithm::Ed25519, false),
+            (Algorithm::HmacSha256, false),
+        ] {
+            let key = signing_key(algorithm);
+            let alg = if alg {
+                Alg::Named(algorithm)
+            } else {
+                Alg::Absent
+            };
+            let request = request(&clock, id, key.clone(), alg);
+            let prepared = verifier.begin(RequestParts::of(&request)).unwrap();
+            let lookup = record(id, Some(key.verification_key()));
+            let mut answer = None;
+            let done = work::during(|| answer = Some(verifier.finish(prepared, lookup)));
+            assert!(answer.unwrap().is_ok(), "{algorithm} {alg:?}");
+            let own = (1, 0);
+            let expected = match algorithm {
+                Algorithm::Ed25519 => Work {
+                    ed25519: own,
+                    ..Work::default()
+                },
+                Algorithm::HmacSha256 => Work {
+                    hmac_sha256: own,
+                    ..Work::default()
+                },
+            };
+            assert_eq!(done, expected, "{algorithm} {alg:?}");
+        }
     }
 }
