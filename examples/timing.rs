@@ -357,7 +357,10 @@ fn main() {
         } else if arg == "--pool" {
             pool = args.next().and_then(|n| n.parse().ok()).unwrap_or(0).max(1);
         } else if arg == "--floor" {
-            let nanos: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let Some(nanos) = args.next().and_then(|n| n.parse::<u64>().ok()) else {
+                eprintln!("--floor takes nanoseconds (0: no floor)");
+                std::process::exit(2);
+            };
             floor = (nanos > 0).then(|| Duration::from_nanos(nanos));
         } else if let Ok(n) = arg.parse() {
             samples = n;
