@@ -20,7 +20,9 @@
 //! only (`--pool 1`: one key asked again and again, as an attacker probing
 //! one id would). The layer keeps its default refusal floor (a refused key
 //! takes at least 1 µs from its look-up on); `--floor NANOS` sets another,
-//! `--floor 0` turns it off, to time the check's own steps.
+//! `--floor 0` turns it off, to time the check's own steps. `--usage` puts
+//! the `AuthLayer` inside a `UsageLayer` recording into a `RollupSink`, as
+//! the quickstart does, so that the sink's work is timed too.
 //!
 //! The first 100 000 samples are a warm-up: they are not counted, and fix
 //! the crop thresholds (the pooled 50th, 90th and 99th percentiles, as
@@ -52,13 +54,16 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderValue, Request, Response};
+use http_body_util::Empty;
 use keyward::auth::AuthLayer;
 use keyward::key::{ApiKey, KeyFormat, KeyGenerator, KeyHasher};
 use keyward::record::{KeyRecord, KeyStatus};
 use keyward::store::{CachedStore, KeyStore, MemoryStore};
-use tower::{service_fn, Layer, Service, ServiceExt};
+use keyward::usage::{RollupSink, UsageLayer};
+use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 
 const KEYS_ACTIVE: usize = 800;
 const KEYS_REVOKED: usize = 100;
@@ -349,6 +354,7 @@ fn main() {
     let mut cached = false;
     let mut pool = usize::MAX;
     let mut floor = Some(keyward::auth::DEFAULT_REFUSAL_FLOOR);
+    let mut usage = false;
     let mut args = std::env::args().skip(1);
     let mut pairs = Vec::new();
     while let Some(arg) = args.next() {
@@ -356,8 +362,13 @@ fn main() {
             cached = true;
         } else if arg == "--pool" {
             pool = args.next().and_then(|n| n.parse().ok()).unwrap_or(0).max(1);
+        } else if arg == "--usage" {
+            usage = true;
         } else if arg == "--floor" {
-            let nanos: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+            let Some(nanos) = args.next().and_then(|n| n.parse::<u64>().ok()) else {
+                eprintln!("--floor takes nanoseconds (0: no floor)");
+                std::process::exit(2);
+            };
             floor = (nanos > 0).then(|| Duration::from_nanos(nanos));
         } else if let Ok(n) = arg.parse() {
             samples = n;
@@ -365,7 +376,7 @@ fn main() {
             pairs.push(arg);
         } else {
             eprintln!(
-                "usage: timing [SAMPLES_PER_CLASS] [--cached] [--pool N] [--floor NANOS] [{}]...",
+                "usage: timing [SAMPLES_PER_CLASS] [--cached] [--usage] [--pool N] [--floor NANOS] [{}]...",
                 PAIRS.join("|")
             );
             std::process::exit(2);
@@ -418,19 +429,42 @@ fn main() {
             store
         });
         println!("through a CachedStore (every entry cached) over a MemoryStore of 1 000 keys");
-        let mut service = AuthLayer::new(store, keys.format.clone())
-            .refusal_floor(floor)
-            .layer(service_fn(inner));
-        for pair in &pairs {
-            run_pair(&mut service, &keys, pair, samples);
-        }
+        run_pairs(store, &keys, &pairs, samples, floor, usage);
     } else {
         println!("through a MemoryStore of 1 000 keys");
-        let mut service = AuthLayer::new(keys.store.clone(), keys.format.clone())
-            .refusal_floor(floor)
-            .layer(service_fn(inner));
-        for pair in &pairs {
-            run_pair(&mut service, &keys, pair, samples);
+        run_pairs(keys.store.clone(), &keys, &pairs, samples, floor, usage);
+    }
+}
+
+/// Runs each pair through an `AuthLayer` over `store`, inside a
+/// `UsageLayer` recording into a `RollupSink` with `usage` (as the
+/// quickstart does: the sink's work is on the response's path too).
+fn run_pairs(
+    store: impl KeyStore,
+    keys: &Keys,
+    pairs: &[String],
+    samples: usize,
+    floor: Option<Duration>,
+    usage: bool,
+) {
+    let auth = AuthLayer::new(store, keys.format.clone()).refusal_floor(floor);
+    if usage {
+        println!("inside a UsageLayer recording into a RollupSink");
+        // The usage layer reads bodies' sizes: an empty body, not `()`.
+        let mut service = ServiceBuilder::new()
+            .map_request(|request: Request<()>| request.map(|()| Empty::<Bytes>::new()))
+            .layer(UsageLayer::new(RollupSink::new()))
+            .layer(auth)
+            .service(service_fn(|_: Request<Empty<Bytes>>| async {
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }));
+        for pair in pairs {
+            run_pair(&mut service, keys, pair, samples);
+        }
+    } else {
+        let mut service = auth.layer(service_fn(inner));
+        for pair in pairs {
+            run_pair(&mut service, keys, pair, samples);
         }
     }
 }

@@ -23,6 +23,10 @@ pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`Authenticator::with_refusal_floor`].
 pub const DEFAULT_REFUSAL_FLOOR: Duration = Duration::from_micros(1);
 
+/// The longest refusal floor: a longer one is cut to this (a refusal
+/// spins its thread until the floor).
+pub const MAX_REFUSAL_FLOOR: Duration = Duration::from_micros(100);
+
 /// How many stand-in records unknown ids are checked against.
 const STAND_INS: usize = 1024;
 
@@ -80,6 +84,8 @@ const FLOOR_SPREAD_NANOS: u64 = 512;
 /// longer (25 → 40–50 ns on the project's machine), the remainder larger.
 #[inline(never)]
 fn wait_until(deadline: Instant) {
+    #[cfg(test)]
+    tests::WAITS.with(|waits| waits.set(waits.get() + 1));
     let deadline = deadline + Duration::from_nanos(spread() % FLOOR_SPREAD_NANOS);
     while Instant::now() < deadline {}
 }
@@ -103,6 +109,17 @@ fn spread() -> u64 {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     })
+}
+
+/// Logs a refused API key: its id and the reason, never the key.
+fn log_refusal(rejection: &Rejection) {
+    let reason = rejection.reason();
+    match rejection.key_id() {
+        Some(key_id) => {
+            tracing::info!(target: "keyward::auth", %key_id, %reason, "API key refused");
+        }
+        None => tracing::info!(target: "keyward::auth", %reason, "API key refused"),
+    }
 }
 
 /// The reasons a key is refused, in the order they are reported: bit `i`
@@ -291,7 +308,8 @@ impl Authenticator {
     /// Makes a refused key take at least `floor` from its look-up on
     /// ([`DEFAULT_REFUSAL_FLOOR`], 1 µs, unless set), and up to 512 ns
     /// more at random, when the store answers at once
-    /// ([`KeyStore::find_immediate`]). `None` turns it off.
+    /// ([`KeyStore::find_immediate`]). `None` turns it off; a floor
+    /// longer than [`MAX_REFUSAL_FLOOR`] (100 µs) is cut to it.
     ///
     /// The check takes the same steps for every refusal, but a known id
     /// reads memory of its own where an unknown one reads a stand-in, and
@@ -302,7 +320,7 @@ impl Authenticator {
     /// its own round trip varies by far more.
     #[must_use]
     pub fn with_refusal_floor(mut self, floor: Option<Duration>) -> Self {
-        self.refusal_floor = floor;
+        self.refusal_floor = floor.map(|floor| floor.min(MAX_REFUSAL_FLOOR));
         self
     }
 
@@ -362,8 +380,14 @@ impl Authenticator {
         match crate::store::find_now(&*self.store, &id) {
             Some(lookup) => {
                 let checked = self.check(id, parsed.secret(), lookup);
-                if let (Err(_), Some((started, floor))) = (&checked, started) {
-                    wait_until(started + floor);
+                if let Err(rejection) = &checked {
+                    if let Some((started, floor)) = started {
+                        wait_until(started + floor);
+                    }
+                    // After the floor: a subscriber may take longer than
+                    // the floor to write a line, which would leave the
+                    // floor nothing to pad.
+                    log_refusal(rejection);
                 }
                 Begun::Done(checked)
             }
@@ -383,7 +407,11 @@ impl Authenticator {
             Pending::Key { id, secret } => {
                 let find = crate::store::find_awaited(&*self.store, &id);
                 let lookup = unwind::within(self.store_timeout, find, timeout).await;
-                self.check(id, secret.as_str(), lookup)
+                let checked = self.check(id, secret.as_str(), lookup);
+                if let Err(rejection) = &checked {
+                    log_refusal(rejection);
+                }
+                checked
             }
             Pending::Imported { hash } => {
                 let find = crate::store::awaited(self.store.find_by_hash(&hash));
@@ -470,11 +498,11 @@ impl Authenticator {
     /// clock is read for every refusal), and the reason is picked from a
     /// mask of failures rather than by early returns. Only a usable key
     /// without validity times skips reading the clock.
+    ///
+    /// It does not log the refusal: its caller does, once the refusal
+    /// floor has passed ([`log_refusal`]).
     fn check(&self, id: KeyId, secret: &str, lookup: Lookup) -> Result<Principal, Rejection> {
-        let refuse = |reason: RejectReason| {
-            tracing::info!(target: "keyward::auth", key_id = %id, %reason, "API key refused");
-            Err(Rejection::new(reason).with_key_id(id))
-        };
+        let refuse = |reason: RejectReason| Err(Rejection::new(reason).with_key_id(id));
         let found = match lookup {
             Ok(found) => found,
             Err(error) => {
@@ -566,6 +594,65 @@ impl fmt::Debug for Authenticator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::KeyGenerator;
+    use crate::store::MemoryStore;
+
+    thread_local! {
+        /// How many times this thread waited for a refusal floor.
+        pub(super) static WAITS: Cell<u32> = const { Cell::new(0) };
+    }
+
+    fn waits() -> u32 {
+        WAITS.with(Cell::get)
+    }
+
+    /// A store that answers only after a wait (never at once).
+    #[derive(Debug)]
+    struct Awaited(MemoryStore);
+
+    #[async_trait::async_trait]
+    impl KeyStore for Awaited {
+        async fn find(&self, id: &KeyId) -> Lookup {
+            self.0.find(id).await
+        }
+        async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+            self.0.insert(record).await
+        }
+        async fn update(&self, record: KeyRecord) -> Result<(), StoreError> {
+            self.0.update(record).await
+        }
+        async fn revoke(&self, id: &KeyId, at: std::time::SystemTime) -> Result<(), StoreError> {
+            self.0.revoke(id, at).await
+        }
+        async fn list_by_owner(&self, owner: &str) -> Result<Vec<Arc<KeyRecord>>, StoreError> {
+            self.0.list_by_owner(owner).await
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn only_a_refusal_after_an_immediate_look_up_waits() {
+        let format = KeyFormat::new("sk_test").unwrap();
+        let generator = KeyGenerator::new(format.clone());
+        let (key, unknown) = (generator.generate().unwrap(), generator.generate().unwrap());
+        let store = MemoryStore::new();
+        let hash = KeyHasher::sha256().hash(key.secret());
+        let record = KeyRecord::new(key.id(), hash, "acme", std::time::UNIX_EPOCH);
+        store.insert(record).await.unwrap();
+        let auth = Authenticator::new(store.clone(), format.clone());
+
+        let before = waits();
+        assert!(auth.authenticate(key.expose_secret()).await.is_ok());
+        assert!(auth.authenticate("sk_test_malformed").await.is_err());
+        assert_eq!(waits(), before, "a good key and a malformed one never wait");
+        assert!(auth.authenticate(unknown.expose_secret()).await.is_err());
+        assert_eq!(waits(), before + 1, "a refusal after an immediate look-up");
+
+        let awaited = Authenticator::new(Awaited(store), format);
+        assert!(awaited.authenticate(unknown.expose_secret()).await.is_err());
+        let off = auth.clone().with_refusal_floor(None);
+        assert!(off.authenticate(unknown.expose_secret()).await.is_err());
+        assert_eq!(waits(), before + 1, "an awaited look-up, or no floor");
+    }
 
     #[test]
     fn a_refusals_wait_is_spread_over_the_whole_range() {

@@ -164,8 +164,8 @@ impl AuthLayer {
     }
 
     /// Makes a refused key take at least `floor` from its look-up on (1 µs
-    /// unless set, `None` to turn it off), so that timing does not tell
-    /// which ids exist: see [`Authenticator::with_refusal_floor`].
+    /// unless set, `None` to turn it off, at most 100 µs), so that timing
+    /// does not tell which ids exist: see [`Authenticator::with_refusal_floor`].
     pub fn refusal_floor(mut self, floor: Option<std::time::Duration>) -> Self {
         let config = Arc::make_mut(&mut self.config);
         config.authenticator = config.authenticator.clone().with_refusal_floor(floor);

@@ -144,7 +144,9 @@ mod service;
 mod source;
 mod throttle;
 
-pub use authenticator::{Authenticator, DEFAULT_REFUSAL_FLOOR, DEFAULT_STORE_TIMEOUT};
+pub use authenticator::{
+    Authenticator, DEFAULT_REFUSAL_FLOOR, DEFAULT_STORE_TIMEOUT, MAX_REFUSAL_FLOOR,
+};
 pub use future::ResponseFuture;
 pub use layer::AuthLayer;
 #[cfg(feature = "axum")]

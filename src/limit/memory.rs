@@ -170,7 +170,11 @@ impl Forgotten {
     fn claimed(&self, rate: &RatePolicy) {
         let gcra = rate.gcra();
         let full_in = gcra.tolerance_nanos().saturating_add(gcra.period_nanos());
-        self.longest.fetch_max(full_in, Ordering::SeqCst);
+        // Only grows: a read spares the shared line a write when it is
+        // long enough already (the usual case).
+        if self.longest.load(Ordering::SeqCst) < full_in {
+            self.longest.fetch_max(full_in, Ordering::SeqCst);
+        }
     }
 
     #[inline]

@@ -17,12 +17,14 @@ use crate::reject::RejectReason;
 /// in a small per-thread cache of recently used keys, else in a lock-free
 /// map. Clones share the same counters.
 ///
-/// Only keys that exist get an entry: requests by an authenticated key, or
-/// refused for a key whose record was found (wrong secret, expired, not yet
-/// valid, disabled, revoked). Everything else — no key, a malformed key, an
-/// unknown id — is counted in [`anonymous`](AggregatingSink::anonymous), so
-/// that made-up key ids cannot grow the map. Lifecycle events are not
-/// counted.
+/// Only keys that exist get an entry, and only from callers that hold their
+/// secret: requests by an authenticated key, or refused for a key whose
+/// secret was right (expired, not yet valid, disabled, revoked). Everything
+/// else — no key, a malformed key, an unknown id, a wrong secret — is
+/// counted in [`anonymous`](AggregatingSink::anonymous), so that made-up
+/// key ids cannot grow the map, and a known id with a wrong secret is
+/// recorded as an unknown one is (its timing must not tell which ids
+/// exist). Lifecycle events are not counted.
 #[derive(Clone, Default)]
 pub struct AggregatingSink {
     inner: Arc<Inner>,
@@ -285,15 +287,20 @@ impl AggregatingSink {
     }
 }
 
-/// Whether a request event belongs to a key whose record exists.
+/// Whether a request event belongs to a key whose record exists and whose
+/// secret its caller holds.
+///
+/// A wrong secret is not counted against the key it names: anyone can name
+/// any id, and a sink that did more work for a known id than for an
+/// unknown one, after the refusal floor, would tell by its timing which
+/// ids exist (SECURITY.md, "Timing"). It is counted with the unknown ids.
 pub(crate) fn known_key(event: &UsageEvent) -> Option<KeyId> {
     let id = event.key_id()?;
     let record_found = event.authenticated()
         || matches!(
             event.outcome(),
             Outcome::Refused(
-                RejectReason::WrongSecret
-                    | RejectReason::Expired
+                RejectReason::Expired
                     | RejectReason::NotYetValid
                     | RejectReason::Disabled
                     | RejectReason::Revoked
@@ -336,7 +343,7 @@ mod tests {
             request_size: Size::new(None),
             tags: None,
         };
-        let outcome = Outcome::Refused(RejectReason::WrongSecret);
+        let outcome = Outcome::Refused(RejectReason::Revoked);
         UsageEvent::request(facts, None, Some(id), None, outcome, Duration::ZERO, None)
     }
 

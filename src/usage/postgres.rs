@@ -86,7 +86,7 @@ const BATCH_MEMORY: &str = "1 hour";
 /// Owners: each rollup row stores the owner of its key, taken from the
 /// events (the authenticated key's owner); with
 /// [`keys_table`](PgUsage::keys_table), a row whose events named none (a
-/// key that only presented a wrong secret, or was revoked) takes the owner
+/// key only refused, as revoked or expired) takes the owner
 /// from the keys table. Queries by owner read that column, so they need no
 /// join, work whatever store holds the keys, and keep a key's usage under
 /// the owner it had when it was used, also after the key is deleted.

@@ -283,7 +283,7 @@ pub struct UsageRow {
     /// The key.
     pub key_id: KeyId,
     /// Its owner, as recorded with its requests (`None` if none of them
-    /// named it, such as a key that only ever presented a wrong secret).
+    /// named it, such as a key only ever refused as revoked or expired).
     pub owner: Option<String>,
     /// The bucket, or the whole range (both on minute boundaries).
     pub period: TimeRange,
