@@ -102,7 +102,11 @@ impl FailureThrottle {
         let period = (window / max_failures).max(Duration::from_nanos(1));
         Self {
             shared: Arc::new(Shared {
-                clients: BoundedMap::new(max_clients, Duration::from_secs(60)),
+                clients: BoundedMap::new(
+                    max_clients,
+                    Duration::from_secs(60),
+                    "failure throttle clients",
+                ),
                 gcra: Gcra::new(period, max_failures),
                 period,
                 max_failures,

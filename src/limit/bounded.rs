@@ -56,6 +56,8 @@ pub(crate) struct BoundedMap<K, V, S> {
     max: usize,
     sweep_every: u64,
     last_sweep: AtomicU64,
+    /// What the entries are, for the warning when the map is full.
+    what: &'static str,
 }
 
 impl<K, V, S> BoundedMap<K, V, S>
@@ -64,7 +66,7 @@ where
     V: Expiring + Send + Sync,
     S: BuildHasher + Default,
 {
-    pub(crate) fn new(max: usize, sweep_every: Duration) -> Self {
+    pub(crate) fn new(max: usize, sweep_every: Duration, what: &'static str) -> Self {
         Self {
             map: papaya::HashMap::builder()
                 .hasher(S::default())
@@ -77,6 +79,7 @@ where
                 .build(),
             max: max.max(1),
             sweep_every: saturating_nanos(sweep_every),
+            what,
             last_sweep: AtomicU64::new(0),
         }
     }
@@ -137,9 +140,10 @@ where
             }
             tracing::warn!(
                 target: "keyward::limit",
+                map = self.what,
                 evicted = victims.len(),
                 max = self.max,
-                "limit state full of active keys; evicted some (raise the bound)"
+                "bounded map full of active entries; evicted some (raise the bound)"
             );
         }
     }

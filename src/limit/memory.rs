@@ -151,7 +151,7 @@ impl Forgotten {
     fn new(max_notes: usize) -> Self {
         Self {
             generation: AtomicU16::new(0),
-            notes: BoundedMap::new(max_notes, Duration::from_secs(60)),
+            notes: BoundedMap::new(max_notes, Duration::from_secs(60), "forget notes"),
             longest: AtomicU64::new(0),
         }
     }
@@ -279,7 +279,7 @@ impl MemoryLimiter {
     fn build(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                states: BoundedMap::new(max_keys, Duration::from_secs(60)),
+                states: BoundedMap::new(max_keys, Duration::from_secs(60), "limit states"),
                 clock,
                 id: next_limiter_id(),
                 forgotten: Forgotten::new(max_keys),
@@ -317,7 +317,11 @@ impl MemoryLimiter {
     /// next check (the limiter does not hold the record); until then the
     /// id waits in a note, which requests of other keys pass with one
     /// compare after their first check since. A note no check takes goes
-    /// once the state it was for would be full again anyway.
+    /// once the state it was for would be full again anyway. Notes are
+    /// bounded like states ([`max_keys`](Self::max_keys)): forgetting more
+    /// keys than that within a policy's window makes room by dropping
+    /// notes (a warning names the `forget notes`), and those keys keep
+    /// what they spent.
     pub fn forget(&self, id: &KeyId) {
         let shared = &*self.shared;
         shared.states.map().pin().remove(id);

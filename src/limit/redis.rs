@@ -18,6 +18,9 @@ use crate::key::{KeyId, KeyIdBuildHasher};
 /// The decision, in Lua: every policy of the key, all or nothing.
 const SCRIPT: &str = include_str!("redis.lua");
 
+/// What the denial cache holds, for its warning when full.
+const DENIALS: &str = "redis limiter denial cache";
+
 /// How long a local refusal is trusted at most, whatever the retry time
 /// Redis gave: bounds what a change made behind the limiter's back (an
 /// operator resetting a balance) takes to be seen here.
@@ -169,7 +172,7 @@ impl RedisLimiter {
                 timeout: Duration::from_millis(200),
                 clock,
                 script_clock,
-                denials: Some(BoundedMap::new(100_000, Duration::from_secs(60))),
+                denials: Some(BoundedMap::new(100_000, Duration::from_secs(60), DENIALS)),
                 fallback: None,
             }),
         }
@@ -199,7 +202,7 @@ impl RedisLimiter {
                 denials: shared
                     .denials
                     .as_ref()
-                    .map(|map| BoundedMap::new(map.max(), Duration::from_secs(60))),
+                    .map(|map| BoundedMap::new(map.max(), Duration::from_secs(60), DENIALS)),
                 fallback: shared
                     .fallback
                     .as_ref()
@@ -249,7 +252,7 @@ impl RedisLimiter {
     pub fn with_denial_cache(self, max_keys: usize) -> Self {
         self.with_inner(|inner| {
             inner.denials =
-                (max_keys > 0).then(|| BoundedMap::new(max_keys, Duration::from_secs(60)));
+                (max_keys > 0).then(|| BoundedMap::new(max_keys, Duration::from_secs(60), DENIALS));
         })
     }
 
