@@ -216,13 +216,13 @@ async fn key_usage_is_counters_with_named_reasons() {
         json!({
             "key_id": f.key.id().as_str(),
             "owner": "acme",
-            "requests": 2,
+            "requests": 1,
             "allowed": 1,
-            "denied": 1,
+            "denied": 0,
             "unanswered": 0,
-            "denied_by_reason": {"wrong_secret": 1},
+            "denied_by_reason": {},
             "statuses": {"informational": 0, "success": 1, "redirection": 0,
-                         "client_error": 1, "server_error": 0},
+                         "client_error": 0, "server_error": 0},
             "total_latency_us": 0,
             "mean_latency_us": 0,
             "last_used": "2025-01-01T00:00:00Z",
@@ -231,7 +231,12 @@ async fn key_usage_is_counters_with_named_reasons() {
     assert_no_secret(&json, &f);
     let anonymous = serde_json::to_value(aggregate.anonymous()).unwrap();
     assert_eq!(anonymous["key_id"], Value::Null);
-    assert_eq!(anonymous["denied_by_reason"], json!({"missing_key": 1}));
+    // A wrong secret counts with the unknown ids, not against its key.
+    assert_eq!(
+        anonymous["denied_by_reason"],
+        json!({"missing_key": 1, "wrong_secret": 1})
+    );
+    assert_eq!(anonymous["statuses"]["client_error"], 2);
 }
 
 #[tokio::test]
