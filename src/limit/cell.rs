@@ -233,6 +233,7 @@ fn move_out(keeper: &AtomicU32, seen: &AtomicU16, tat: &AtomicU64) -> Arc<Words>
 /// restarts) is all that could be done.
 fn found(word: u64) -> Arc<Words> {
     moved_to(word).unwrap_or_else(|| {
+        debug_assert!(false, "a moved state outlived its record's token");
         Arc::new(Words {
             keeper: AtomicU32::new(0),
             seen: AtomicU16::new(0),
