@@ -20,6 +20,8 @@ server=$!
 trap 'kill $server 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 50); do grep -q '^key: ' "$log" && break; sleep 0.1; done
 key=$(sed -n 's/^key: //p' "$log")
+# Without a key every keyward route would measure fast 401s.
+[ -n "$key" ] || { echo "e2e_server printed no key:" >&2; cat "$log" >&2; exit 1; }
 
 declare -A results
 for round in $(seq "$rounds"); do

@@ -178,7 +178,8 @@ impl Stamp {
             Ok(since) => (since.as_secs() as i64, since.subsec_nanos()),
             Err(before) => {
                 let before = before.duration();
-                let secs = -(before.as_secs() as i64);
+                // Exact for every time `SystemTime` holds, 2^63 s before too.
+                let secs = (before.as_secs() as i64).wrapping_neg();
                 match before.subsec_nanos() {
                     0 => (secs, 0),
                     nanos => (secs - 1, 1_000_000_000 - nanos),

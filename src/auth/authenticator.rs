@@ -8,12 +8,12 @@ use super::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::credential::CredentialKind;
 use crate::key::{
-    HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat, MAX_SECRET_LEN,
+    imported_hash, HashAlgorithm, KeyFormat, KeyHash, KeyHasher, KeyId, LegacyFormat,
+    MAX_SECRET_LEN,
 };
 use crate::record::{KeyRecord, KeyStatus};
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup, StoreError};
-use crate::unwind;
+use crate::store::{KeyStore, Lookup};
 
 /// How long a request waits for the key store by default (with the
 /// `tokio` feature): see [`Authenticator::with_store_timeout`].
@@ -367,7 +367,8 @@ impl Authenticator {
             Err(error) => {
                 // Not a keyward key; perhaps an imported one (rare: off
                 // the valid keys' path).
-                if let Some(hash) = self.imported.as_ref().and_then(|f| f.hash(presented)) {
+                if self.matches_imported(presented) {
+                    let hash = imported_hash(presented);
                     return Begun::Lookup(Pending::Imported { hash });
                 }
                 tracing::info!(target: "keyward::auth", %error, "API key refused: malformed");
@@ -402,11 +403,10 @@ impl Authenticator {
     /// checks it. Fails closed: a store that panics answers an error, one
     /// that takes longer than the timeout [`StoreError::Timeout`].
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
-        let timeout = |limit| Err(StoreError::Timeout(limit));
         match pending {
             Pending::Key { id, secret } => {
-                let find = crate::store::find_awaited(&*self.store, &id);
-                let lookup = unwind::within(self.store_timeout, find, timeout).await;
+                let lookup =
+                    crate::store::find_awaited(&*self.store, &id, self.store_timeout).await;
                 let checked = self.check(id, secret.as_str(), lookup);
                 if let Err(rejection) = &checked {
                     log_refusal(rejection);
@@ -414,8 +414,8 @@ impl Authenticator {
                 checked
             }
             Pending::Imported { hash } => {
-                let find = crate::store::awaited(self.store.find_by_hash(&hash));
-                let lookup = unwind::within(self.store_timeout, find, timeout).await;
+                let find = self.store.find_by_hash(&hash);
+                let lookup = crate::store::awaited(find, self.store_timeout).await;
                 self.check_imported(&hash, lookup)
             }
         }
@@ -467,20 +467,23 @@ impl Authenticator {
         (presented.len() > prefix.len()
             && presented.as_bytes()[prefix.len()] == b'_'
             && presented.starts_with(prefix))
-            || self
-                .imported
-                .as_ref()
-                .is_some_and(|format| format.matches(presented))
+            || self.matches_imported(presented)
+    }
+
+    /// Whether `presented` has the old format of imported keys, if they
+    /// are accepted: a value that is no key of this format and has it is
+    /// looked up as an imported key.
+    fn matches_imported(&self, presented: &str) -> bool {
+        self.imported
+            .as_ref()
+            .is_some_and(|format| format.matches(presented))
     }
 
     /// The kind `presented` counts as before it is looked up (for the
     /// metrics of a request refused early): what [`begin`](Self::begin)
     /// would take it for.
     pub(crate) fn presented_kind(&self, presented: &str) -> CredentialKind {
-        let imported = self.imported.as_ref().is_some_and(|format| {
-            format.matches(presented) && self.format.parse(presented).is_err()
-        });
-        if imported {
+        if self.matches_imported(presented) && self.format.parse(presented).is_err() {
             CredentialKind::Imported
         } else {
             CredentialKind::ApiKey
@@ -595,7 +598,7 @@ impl fmt::Debug for Authenticator {
 mod tests {
     use super::*;
     use crate::key::KeyGenerator;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, StoreError};
 
     thread_local! {
         /// How many times this thread waited for a refusal floor.

@@ -356,6 +356,7 @@ fn trim_spaces(value: &str) -> &str {
 /// as one word: for a letter, `b | 0x20` is its lowercase, and no other
 /// byte becomes a letter that way.
 fn scheme_is(value: &[u8], scheme: &[u8]) -> bool {
+    debug_assert!(scheme.len() <= 8, "a scheme of at most eight letters");
     let len = scheme.len().min(8);
     let Some(head) = value.get(..len) else {
         return false;

@@ -280,11 +280,8 @@ impl JwtVerifier {
         }
         let this = self.clone();
         Verification::pending(async move {
-            let find = crate::store::find_awaited(&*this.inner.store, &id);
-            let lookup = crate::unwind::within(this.inner.store_timeout, find, |limit| {
-                Err(crate::store::StoreError::Timeout(limit))
-            })
-            .await;
+            let store = &*this.inner.store;
+            let lookup = crate::store::find_awaited(store, &id, this.inner.store_timeout).await;
             this.finish(checked, id, lookup)
         })
     }

@@ -3,7 +3,6 @@
 //! [`MemoryLimiter`](super::MemoryLimiter) needs no table entry (and no
 //! second look-up) for it.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
@@ -274,36 +273,10 @@ fn one_rate(limits: &Limits) -> Option<u64> {
     }
 }
 
-impl Default for LimitCell {
-    fn default() -> Self {
-        Self::loose()
-    }
-}
-
 /// A copy of a record is another record: it starts without state.
 impl Clone for LimitCell {
     fn clone(&self) -> Self {
         Self::loose()
-    }
-}
-
-/// Not part of what a record says: two records that differ only in their
-/// cell are equal.
-impl PartialEq for LimitCell {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-
-impl Eq for LimitCell {}
-
-impl fmt::Debug for LimitCell {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self.0 {
-            Cell::Loose => "Loose",
-            Cell::Own { .. } => "Own",
-            Cell::Shared(_) => "Shared",
-        })
     }
 }
 

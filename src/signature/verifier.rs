@@ -18,7 +18,7 @@ use crate::content_digest::DigestStatus;
 use crate::credential::{CredentialKind, RequestView, Verification, Verifier};
 use crate::key::KeyId;
 use crate::reject::{RejectReason, Rejection};
-use crate::store::{KeyStore, Lookup, StoreError};
+use crate::store::{KeyStore, Lookup};
 
 /// The default window around now a signature's `created` must fall in:
 /// five minutes either way.
@@ -265,11 +265,7 @@ impl SignatureVerifier {
     /// The record of `id` from the store, awaited within the timeout (fail
     /// closed: a store that panics or hangs answers an error).
     async fn find_awaited(&self, id: &KeyId) -> Lookup {
-        let find = crate::store::find_awaited(&*self.inner.store, id);
-        crate::unwind::within(self.inner.store_timeout, find, |limit| {
-            Err(StoreError::Timeout(limit))
-        })
-        .await
+        crate::store::find_awaited(&*self.inner.store, id, self.inner.store_timeout).await
     }
 
     /// Everything that needs no key: parse, choose the signature, check

@@ -557,15 +557,10 @@ impl<S: KeyStore> Inner<S> {
     fn settle(&self, id: KeyId, flight: u64, slot: Option<Slot>) {
         let map = self.map.pin();
         let _ = map.compute(id, |current| match current {
-            Some((_, Slot::Pending(pending))) if pending.id == flight => match &slot {
+            Some((_, current @ Slot::Pending(pending))) if pending.id == flight => match &slot {
                 Some(slot) => Operation::Insert(slot.clone()),
-                None => match &pending.previous {
-                    // A failed query keeps what the next one takes on.
-                    Some(previous) if previous.limit_cell.is_spent() => {
-                        Operation::Insert(Slot::Gone(Arc::clone(previous)))
-                    }
-                    _ => Operation::Remove,
-                },
+                // A failed query keeps what the next one takes on.
+                None => current.dropped(),
             },
             // Dropped meanwhile (an announced change): the requests that
             // waited on this query spend on its record's state, so the
@@ -589,10 +584,7 @@ impl<S: KeyStore> Inner<S> {
         let map = self.map.pin();
         let _ = map.compute(*id, |current| match current {
             Some((_, Slot::Gone(_))) => Operation::Abort(()),
-            Some((_, slot)) => match slot.spent_record() {
-                Some(record) => Operation::Insert(Slot::Gone(Arc::clone(record))),
-                None => Operation::Remove,
-            },
+            Some((_, slot)) => slot.dropped(),
             None => Operation::Abort(()),
         });
     }
@@ -869,6 +861,15 @@ impl Slot {
         };
         record.filter(|record| record.limit_cell.is_spent())
     }
+
+    /// What dropping this slot leaves: the record whose rate state was
+    /// spent on, as [`Slot::Gone`], else nothing.
+    fn dropped<T>(&self) -> Operation<Slot, T> {
+        match self.spent_record() {
+            Some(record) => Operation::Insert(Slot::Gone(Arc::clone(record))),
+            None => Operation::Remove,
+        }
+    }
 }
 
 /// A fetched record as the cache keeps it: with the rate state of the
@@ -911,15 +912,8 @@ impl Drop for PendingGuard<'_> {
         let flight = self.flight;
         let map = self.map.pin();
         let _ = map.compute(self.id, |current| match current {
-            Some((_, Slot::Pending(pending))) if pending.id == flight => {
-                match pending
-                    .previous
-                    .as_ref()
-                    .filter(|r| r.limit_cell.is_spent())
-                {
-                    Some(previous) => Operation::Insert(Slot::Gone(Arc::clone(previous))),
-                    None => Operation::Remove,
-                }
+            Some((_, current @ Slot::Pending(pending))) if pending.id == flight => {
+                current.dropped()
             }
             _ => Operation::Abort(()),
         });

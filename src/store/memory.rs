@@ -94,7 +94,7 @@ impl KeyStore for MemoryStore {
     async fn insert(&self, mut record: KeyRecord) -> Result<(), StoreError> {
         let id = record.id;
         record.limit_cell = LimitCell::for_stored(&record.limits);
-        let imported = is_imported(&record).then(|| *record.hash.as_bytes());
+        let imported = imported_hash(&record);
         if let Some(hash) = imported {
             // The hash first: of two imports of one key, one wins.
             if self.imported.pin().try_insert(hash, id).is_err() {
@@ -137,8 +137,7 @@ impl KeyStore for MemoryStore {
             // `compute` only inserts where a record was.
             Compute::Inserted(..) | Compute::Removed(..) => return Ok(()),
         };
-        let imports = |r: &KeyRecord| is_imported(r).then(|| *r.hash.as_bytes());
-        let (before, after) = (imports(replaced), imports(&record));
+        let (before, after) = (imported_hash(replaced), imported_hash(&record));
         let index = self.imported.pin();
         if let Some(hash) = before.filter(|&hash| Some(hash) != after) {
             // A hash the record gave up is free for another import.
@@ -192,6 +191,7 @@ impl KeyStore for MemoryStore {
     }
 }
 
-fn is_imported(record: &KeyRecord) -> bool {
-    record.hash.algorithm() == HashAlgorithm::ImportedSha256
+/// The hash an imported record is indexed by; none for other records.
+fn imported_hash(record: &KeyRecord) -> Option<[u8; 32]> {
+    (record.hash.algorithm() == HashAlgorithm::ImportedSha256).then(|| *record.hash.as_bytes())
 }

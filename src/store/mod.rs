@@ -329,22 +329,33 @@ pub(crate) fn find_now(store: &dyn KeyStore, id: &KeyId) -> Option<Lookup> {
 /// timed with the `metrics` feature. (One that answers at once, from
 /// memory, costs less than the clock reads that would time it.)
 ///
-/// A store that panics answers an error (the request is refused, `503`),
-/// never a panic in the service.
-pub(crate) async fn find_awaited(store: &dyn KeyStore, id: &KeyId) -> Lookup {
-    awaited(store.find(id)).await
+/// Fails closed: a store that panics answers an error (the request is
+/// refused, `503`), never a panic in the service, and one that takes
+/// longer than `timeout` answers [`StoreError::Timeout`] (not timed).
+pub(crate) async fn find_awaited(
+    store: &dyn KeyStore,
+    id: &KeyId,
+    timeout: Option<std::time::Duration>,
+) -> Lookup {
+    awaited(store.find(id), timeout).await
 }
 
 /// [`find_awaited`] for any look-up of the request path (by id, by hash).
-pub(crate) async fn awaited(lookup: impl Future<Output = Lookup>) -> Lookup {
-    #[cfg(feature = "metrics")]
-    let started = std::time::Instant::now();
-    let lookup = crate::unwind::CatchUnwind::new("key store", lookup)
-        .await
-        .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
-    #[cfg(feature = "metrics")]
-    crate::metrics::store_lookup(started.elapsed());
-    lookup
+pub(crate) async fn awaited(
+    lookup: impl Future<Output = Lookup>,
+    timeout: Option<std::time::Duration>,
+) -> Lookup {
+    let timed = async {
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let lookup = crate::unwind::CatchUnwind::new("key store", lookup)
+            .await
+            .unwrap_or_else(|panicked| Err(StoreError::backend(panicked)));
+        #[cfg(feature = "metrics")]
+        crate::metrics::store_lookup(started.elapsed());
+        lookup
+    };
+    crate::unwind::within(timeout, timed, |limit| Err(StoreError::Timeout(limit))).await
 }
 
 #[async_trait::async_trait]
