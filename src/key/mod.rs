@@ -53,7 +53,6 @@ pub use hash::{
     DuplicatePepperId, HashAlgorithm, InvalidHashAlgorithm, InvalidKeyHash, InvalidPepperId,
     KeyHash, KeyHasher, PepperId, UnknownPepper,
 };
-#[cfg(feature = "test-util")]
 pub(crate) use legacy::imported_hash;
 pub use legacy::{
     LegacyAlphabet, LegacyFormat, LegacyFormatError, MAX_LEGACY_LEN, MIN_LEGACY_BITS,
