@@ -273,7 +273,7 @@ impl Authenticator {
     /// Refuses a request whose look-up takes longer than `timeout`
     /// ([`DEFAULT_STORE_TIMEOUT`], 5 s, unless set): `503`, reason
     /// [`StoreUnavailable`](RejectReason::StoreUnavailable), logged as
-    /// [`StoreError::Timeout`]. `None` waits as long as the store does.
+    /// [`StoreError::Timeout`](crate::store::StoreError::Timeout). `None` waits as long as the store does.
     ///
     /// The timer is tokio's: a look-up awaited outside a tokio runtime is
     /// not cut, and the runtime must have its timers enabled. A store
@@ -401,7 +401,7 @@ impl Authenticator {
 
     /// Looks the record of a parsed key up (awaiting the store), then
     /// checks it. Fails closed: a store that panics answers an error, one
-    /// that takes longer than the timeout [`StoreError::Timeout`].
+    /// that takes longer than the timeout [`StoreError::Timeout`](crate::store::StoreError::Timeout).
     pub(crate) async fn complete(&self, pending: Pending) -> Result<Principal, Rejection> {
         match pending {
             Pending::Key { id, secret } => {
